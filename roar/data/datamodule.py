@@ -1,0 +1,284 @@
+"""ImageDataModule: seeded splits, channel statistics and on-device augmentation.
+
+Batches are ``(image, label, index)``. ``image`` is un-augmented and un-normalised on the way
+to the device; :meth:`ImageDataModule.on_after_batch_transfer` first calls :meth:`mask`
+(identity here; ROAR masking in :class:`roar.data.roar.RoarDataModule`), then augments.
+Normalisation is the classifier's first layer, so the data, the attributions and the masks
+all live in ``[0, 1]`` pixel space and checkpoints are self-contained.
+
+``index`` is a *global sample index*: samples of the source's train split are
+``0 .. num_train_pool - 1`` (validation is carved out of them), samples of its test split
+follow at ``num_train_pool + j``. Masks look ranks up by it, so a mask always matches the image
+it was computed on, whatever the sampler, the worker or the process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from roar.data.sources import ImageSource, TensorImageDataset, list_sources, load_source
+
+AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
+
+DEFAULT_AUGMENTATION = {
+    "digits": "crop",
+    "mnist": "crop",
+    "fashion_mnist": "crop",
+    "cifar10": "crop_flip",
+    "image_folder": "crop_flip",
+    "synthetic_linear": "none",
+}
+"""Digits and MNIST-like sets are not mirror-symmetric (a flipped 2 is no 2): crop only."""
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# A Literal of the registry's names, so the CLI rejects an unknown source at parse time and lists the choices.
+SourceName = Literal[tuple(list_sources())]  # type: ignore[valid-type]
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(image, label, offset + i)``; optionally replaces the labels.
+
+    For a :class:`TensorImageDataset` it also serves whole batches through ``__getitems__``
+    (one tensor index instead of ``batch_size`` item reads and a collate).
+    """
+
+    def __init__(self, dataset: Dataset, offset: int = 0, labels: torch.Tensor | None = None) -> None:
+        self.dataset = dataset
+        self.offset = offset
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[i][:2]
+        if self.labels is not None:
+            label = int(self.labels[i])
+        return image, label, self.offset + i
+
+    def __getitems__(self, indices: list[int]) -> Batch | list[tuple[torch.Tensor, int, int]]:
+        if not isinstance(self.dataset, TensorImageDataset):
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        labels = (self.labels if self.labels is not None else self.dataset.labels)[idx]
+        return self.dataset.images[idx], labels, idx + self.offset
+
+
+def collate_batch(batch: Batch | list[tuple[torch.Tensor, int, int]]) -> Batch:
+    """Collate per-item samples; pass through batches already built by ``__getitems__``."""
+    if isinstance(batch, tuple):
+        return batch
+    images, labels, indices = zip(*batch, strict=True)
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.long), torch.as_tensor(indices, dtype=torch.long)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop after zero padding, and a random horizontal flip, vectorised.
+
+    The standard CIFAR augmentation (He et al. 2016), done on the device in a few tensor ops.
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        batch_idx = torch.arange(b, device=device)[:, None, None, None]
+        chan_idx = torch.arange(images.shape[1], device=device)[None, :, None, None]
+        images = padded[batch_idx, chan_idx, rows, cols]
+    if flip:
+        do_flip = torch.rand(b, device=device, generator=generator) < 0.5
+        images = torch.where(do_flip[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+class ImageDataModule(LightningDataModule):
+    """A dataset source with seeded splits, channel statistics and on-device augmentation.
+
+    Args:
+        source: dataset source name (see :func:`roar.data.sources.list_sources`).
+        root: folder with the dataset files (file-backed sources).
+        download: download the files into ``root`` if they are missing (needs internet).
+        image_size: resize images to this side; ``None`` keeps the source's native size.
+        batch_size: samples per batch (per device under DDP).
+        val_fraction: fraction of the source's train split held out for validation (seeded).
+        num_workers: loader worker processes; in-memory sources are always served without them.
+        augment: ``auto`` (the source's sensible default), ``none``, ``crop`` or ``crop_flip``.
+        crop_padding: zero padding of the random crop; ``None`` is ``image_size // 8``.
+        seed: seeds the validation split, the label permutation and the statistics subsample.
+        label_permutation: train on randomly permuted labels (the data-randomisation test of
+            Adebayo et al. 2018). Only the train split (and the validation part of it) is permuted.
+        stats_samples: at most this many train images estimate the channel mean and std.
+        source_options: extra options for the source (e.g. ``{"seed": 1}`` for ``synthetic_linear``).
+    """
+
+    def __init__(
+        self,
+        source: SourceName = "digits",
+        root: str | None = None,
+        download: bool = False,
+        image_size: int | None = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        augment: Literal["auto", "none", "crop", "crop_flip"] = "auto",
+        crop_padding: int | None = None,
+        seed: int = 0,
+        label_permutation: bool = False,
+        stats_samples: int = 10_000,
+        source_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if source not in list_sources():
+            raise ValueError(f"unknown dataset source {source!r}; valid sources: {', '.join(list_sources())}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; valid choices: {', '.join(AUGMENTATIONS)}")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.save_hyperparameters()
+        self.source_name = source
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.source: ImageSource = load_source(source, root=root, download=download, image_size=image_size, **(source_options or {}))
+        self.augment = DEFAULT_AUGMENTATION.get(source, "none") if augment == "auto" else augment
+        self.crop_padding = crop_padding if crop_padding is not None else max(1, self.image_size // 8)
+
+        gen = torch.Generator().manual_seed(seed)
+        n_pool = len(self.source.train)
+        order = torch.randperm(n_pool, generator=gen)
+        n_val = int(round(val_fraction * n_pool))
+        self.val_indices = order[:n_val].sort().values
+        self.train_indices = order[n_val:].sort().values
+        self.train_labels = None
+        if label_permutation:
+            self.train_labels = self._pool_labels()[torch.randperm(n_pool, generator=gen)]
+        mean, std = self._channel_stats(stats_samples, gen)
+        self.channel_mean: list[float] = mean.tolist()
+        self.channel_std: list[float] = std.tolist()
+
+    # ----------------------------------------------------------------- facts the model needs
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.source.in_chans
+
+    @property
+    def image_size(self) -> int:
+        return self.source.image_size
+
+    @property
+    def num_train_pool(self) -> int:
+        """Samples in the source's train split (train + validation)."""
+        return len(self.source.train)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples addressable by a global index: train pool followed by test."""
+        return len(self.source.train) + len(self.source.test)
+
+    @property
+    def dataset_id(self) -> dict[str, Any]:
+        """What identifies the images (not the labels or splits): part of every attribution fingerprint."""
+        hp = self.hparams
+        return {
+            "source": self.source_name,
+            "image_size": self.image_size,
+            "root": str(hp.root) if hp.root else None,
+            "source_options": dict(hp.source_options or {}),
+            "num_train": len(self.source.train),
+            "num_test": len(self.source.test),
+        }
+
+    # ----------------------------------------------------------------- datasets
+    def _pool_labels(self) -> torch.Tensor:
+        if isinstance(self.source.train, TensorImageDataset):
+            return self.source.train.labels
+        return torch.tensor([int(self.source.train[i][1]) for i in range(len(self.source.train))])
+
+    def _channel_stats(self, max_samples: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        train = self.train_indices
+        if isinstance(self.source.train, TensorImageDataset):
+            images = self.source.train.images[train if len(train) <= max_samples else train[torch.randperm(len(train), generator=gen)[:max_samples]]]
+        else:
+            pick = train[torch.randperm(len(train), generator=gen)[:max_samples]]
+            images = torch.stack([self.source.train[int(i)][0] for i in pick])
+        mean = images.mean(dim=(0, 2, 3), dtype=torch.float64).float()
+        std = images.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        return mean, std
+
+    def split_dataset(self, split: Literal["train", "val", "test", "train_pool"]) -> Dataset:
+        """The un-augmented dataset of a split, yielding ``(image, label, global index)``."""
+        pool = IndexedDataset(self.source.train, offset=0, labels=self.train_labels)
+        if split == "train":
+            return Subset(pool, self.train_indices.tolist())
+        if split == "val":
+            return Subset(pool, self.val_indices.tolist())
+        if split == "train_pool":
+            return pool
+        if split == "test":
+            return IndexedDataset(self.source.test, offset=self.num_train_pool)
+        raise ValueError(f"unknown split {split!r}; valid splits: train, val, test, train_pool")
+
+    def source_split(self, split: Literal["train", "test"]) -> Dataset:
+        """A whole source split with *local* indices (0..N-1) and true labels: what attribution ranks."""
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown source split {split!r}; valid splits: train, test")
+        return IndexedDataset(self.source.train if split == "train" else self.source.test)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = 0 if self.source.in_memory else self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate_batch,
+            persistent_workers=workers > 0,
+            pin_memory=False,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split_dataset("test"), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # ----------------------------------------------------------------- on the device
+    def mask(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Replace features before augmentation; the identity here (see ``RoarDataModule``)."""
+        return images
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augment == "none":
+            return images
+        return random_crop_flip(images, self.crop_padding, flip=self.augment == "crop_flip")
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels, indices = batch
+        images = self.mask(images, indices)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            images = self.augment_batch(images)
+        return images, labels, indices

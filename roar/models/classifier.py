@@ -1,0 +1,154 @@
+"""The LightningModule every fit trains: base models, ROAR/KAR retrains, permuted-label models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from roar.models.factory import build_model, list_models
+
+OPTIMIZERS = ("sgd", "adamw")
+
+# A Literal of the factory's names, so the CLI rejects an unknown model at parse time and lists the choices.
+ModelName = Literal[tuple(list_models())]  # type: ignore[valid-type]
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation as the network's first layer.
+
+    Keeping it inside the model means images, attributions and masks all live in ``[0, 1]``
+    pixel space, the masked value (the channel mean) maps to exactly 0, and a checkpoint
+    carries the statistics it was trained with.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"channel_mean has {len(mean)} values but channel_std has {len(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ImageClassifier(LightningModule):
+    """Cross-entropy classifier with torchmetrics accuracy and a warm-up + cosine schedule.
+
+    Args:
+        arch: network name (see :func:`roar.models.list_models`).
+        num_classes: output classes (linked from the datamodule).
+        in_chans: input channels (linked from the datamodule).
+        image_size: input side in pixels (linked from the datamodule).
+        channel_mean: per-channel training mean (linked from the datamodule).
+        channel_std: per-channel training std (linked from the datamodule).
+        optimizer: ``sgd`` (with momentum, Nesterov) or ``adamw``.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        warmup_epochs: linear warm-up length, in epochs (fractional allowed).
+        label_smoothing: cross-entropy label smoothing.
+        compile: wrap the network with ``torch.compile`` (pays off on GPU for long runs).
+        channels_last: use the channels-last memory format (faster convolutions on GPU).
+    """
+
+    def __init__(
+        self,
+        arch: ModelName = "small_cnn",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        image_size: int = 32,
+        channel_mean: list[float] | None = None,
+        channel_std: list[float] | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if arch not in list_models():
+            raise ValueError(f"unknown model {arch!r}; valid models: {', '.join(list_models())}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.save_hyperparameters()
+        mean = channel_mean if channel_mean is not None else [0.0] * in_chans
+        std = channel_std if channel_std is not None else [1.0] * in_chans
+        if len(mean) != in_chans:
+            raise ValueError(f"channel_mean has {len(mean)} values for in_chans={in_chans}")
+        self.normalize = Normalize(mean, std)
+        self.net = build_model(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+        # Kept out of the module tree so the state_dict has one copy of the weights.
+        object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (self._compiled or self.net)(x)
+
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
+        metric = getattr(self, f"{split}_acc")
+        metric(logits.detach(), labels)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=split != "test", batch_size=len(labels), sync_dist=not on_step)
+        self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).argmax(dim=1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            # Weight decay on biases and norm scales only hurts (Goyal et al. 2017).
+            (no_decay if param.ndim <= 1 else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, int(round(hp.warmup_epochs * total / epochs)))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch import nn
+
+from roar.models import build_model, list_models
+from roar.models.classifier import ImageClassifier
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_factory_output_shape(name, in_chans):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7, in_chans=in_chans, image_size=16)
+    out = model(torch.rand(2, in_chans, 16, 16))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_relus_are_neither_inplace_nor_shared(name):
+    model = build_model(name, num_classes=3, in_chans=3, image_size=16)
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert all(not m.inplace for m in relus)
+    named = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)]
+    assert len(named) == len({id(m) for m in relus})
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_small_image_stem(name):
+    small = build_model(name, num_classes=10, in_chans=3, image_size=32)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    large = build_model(name, num_classes=10, in_chans=3, image_size=96)
+    assert large.conv1.kernel_size == (7, 7) and large.conv1.stride == (2, 2)
+
+
+def test_resnet50_is_timm_bottleneck_resnet():
+    model = build_model("resnet50", num_classes=10, in_chans=1, image_size=16)
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert model.fc.out_features == 10 and model.conv1.in_channels == 1
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="valid models: linear, mlp, resnet18, resnet50, small_cnn"):
+        build_model("vgg", 10, 3, 32)
+
+
+@pytest.mark.parametrize("name,size", [("small_cnn", 2), ("resnet18", 4)])
+def test_too_small_image_is_rejected(name, size):
+    with pytest.raises(ValueError, match=f"image_size={size}"):
+        build_model(name, 10, 3, size)
+
+
+def test_bad_num_classes_is_rejected():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("mlp", 0, 3, 8)
+
+
+def test_classifier_normalises_with_given_statistics():
+    model = ImageClassifier(arch="linear", num_classes=2, in_chans=3, image_size=4, channel_mean=[0.1, 0.2, 0.3], channel_std=[2.0, 2.0, 2.0])
+    x = torch.rand(5, 3, 4, 4)
+    expected = model.net((x - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / 2.0)
+    torch.testing.assert_close(model(x), expected)
+    # the channel mean maps to exactly zero: masked features carry no signal into the network
+    mean_image = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    assert model.normalize(mean_image).abs().max() == 0
+
+
+def test_classifier_rejects_bad_choices():
+    with pytest.raises(ValueError, match="valid choices: sgd, adamw"):
+        ImageClassifier(optimizer="adam")
+    with pytest.raises(ValueError, match="channel_mean has 1 values for in_chans=3"):
+        ImageClassifier(in_chans=3, channel_mean=[0.5], channel_std=[0.5])
