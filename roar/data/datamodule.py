@@ -43,14 +43,16 @@ SourceName = Literal[tuple(list_sources())]  # type: ignore[valid-type]
 class IndexedDataset(Dataset):
     """Yields ``(image, label, offset + i)``; optionally replaces the labels.
 
-    For a :class:`TensorImageDataset` it also serves whole batches through ``__getitems__``
-    (one tensor index instead of ``batch_size`` item reads and a collate).
+    With ``batched`` and a :class:`TensorImageDataset` it serves whole batches through
+    ``__getitems__`` (one tensor index instead of ``batch_size`` item reads and a collate);
+    such batches need :func:`collate_batch` as the loader's ``collate_fn``.
     """
 
-    def __init__(self, dataset: Dataset, offset: int = 0, labels: torch.Tensor | None = None) -> None:
+    def __init__(self, dataset: Dataset, offset: int = 0, labels: torch.Tensor | None = None, batched: bool = True) -> None:
         self.dataset = dataset
         self.offset = offset
         self.labels = labels
+        self.batched = batched
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -62,7 +64,7 @@ class IndexedDataset(Dataset):
         return image, label, self.offset + i
 
     def __getitems__(self, indices: list[int]) -> Batch | list[tuple[torch.Tensor, int, int]]:
-        if not isinstance(self.dataset, TensorImageDataset):
+        if not (self.batched and isinstance(self.dataset, TensorImageDataset)):
             return [self[i] for i in indices]
         idx = torch.as_tensor(indices, dtype=torch.long)
         labels = (self.labels if self.labels is not None else self.dataset.labels)[idx]
@@ -238,7 +240,7 @@ class ImageDataModule(LightningDataModule):
         """A whole source split with *local* indices (0..N-1) and true labels: what attribution ranks."""
         if split not in ("train", "test"):
             raise ValueError(f"unknown source split {split!r}; valid splits: train, test")
-        return IndexedDataset(self.source.train if split == "train" else self.source.test)
+        return IndexedDataset(self.source.train if split == "train" else self.source.test, batched=False)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = 0 if self.source.in_memory else self.num_workers

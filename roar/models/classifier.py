@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from roar.models.factory import build_model, list_models
 
 OPTIMIZERS = ("sgd", "adamw")
+LOSSES = ("cross_entropy", "least_squares")
 
 # A Literal of the factory's names, so the CLI rejects an unknown model at parse time and lists the choices.
 ModelName = Literal[tuple(list_models())]  # type: ignore[valid-type]
@@ -55,6 +56,8 @@ class ImageClassifier(LightningModule):
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         warmup_epochs: linear warm-up length, in epochs (fractional allowed).
         label_smoothing: cross-entropy label smoothing.
+        loss: ``cross_entropy``, or ``least_squares`` regression of the logits onto one-hot targets
+            (the linear least-squares model of the synthetic benchmark, Hooker et al. 2019).
         compile: wrap the network with ``torch.compile`` (pays off on GPU for long runs).
         channels_last: use the channels-last memory format (faster convolutions on GPU).
     """
@@ -73,6 +76,7 @@ class ImageClassifier(LightningModule):
         weight_decay: float = 5e-4,
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.0,
+        loss: Literal["cross_entropy", "least_squares"] = "cross_entropy",
         compile: bool = False,
         channels_last: bool = False,
     ) -> None:
@@ -81,6 +85,8 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"unknown model {arch!r}; valid models: {', '.join(list_models())}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         self.save_hyperparameters()
@@ -109,7 +115,10 @@ class ImageClassifier(LightningModule):
     def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
         images, labels = batch[0], batch[1]
         logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
+        if self.hparams.loss == "least_squares":
+            loss = F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if split == "train" else 0.0)
         metric = getattr(self, f"{split}_acc")
         metric(logits.detach(), labels)
         on_step = split == "train"

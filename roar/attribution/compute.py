@@ -1,0 +1,166 @@
+"""Glue: a base checkpoint + a datamodule + a method name -> cached ranks of every train/test image.
+
+ROAR (Hooker et al., NeurIPS 2019) needs each method's ranking of every feature of every image
+of both splits, computed once with the *base* model and reused by every retrain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from roar.attribution.methods import TARGETS, resolve_target
+from roar.attribution.registry import METHODS, get_method, list_methods
+from roar.attribution.store import AttributionStore, checkpoint_sha256
+from roar.data.masking import check_granularity, check_score
+
+ORACLES = ("ground_truth", "inverted")
+"""Rankings that need the synthetic benchmark's informative weights."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_method_name(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; valid methods: {', '.join(list_methods())}")
+    return name
+
+
+def load_classifier(checkpoint: str | Path, *, num_classes: int | None = None, in_chans: int | None = None, image_size: int | None = None, arch: str | None = None) -> nn.Module:
+    """Load an :class:`ImageClassifier` checkpoint and check it fits the data before any computation.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: the checkpoint's architecture, classes, channels or image size differ from
+            what was expected (the message names the path and the mismatch).
+    """
+    from roar.models.classifier import ImageClassifier
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    expected = {"num_classes": num_classes, "in_chans": in_chans, "image_size": image_size, "arch": arch}
+    mismatches = [f"{k}={hparams.get(k)!r} (expected {v!r})" for k, v in expected.items() if v is not None and hparams.get(k) != v]
+    if mismatches:
+        raise ValueError(f"checkpoint {path} does not fit this data/model: {', '.join(mismatches)}")
+    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    return model.eval()
+
+
+def method_fingerprint(method: str, params: dict[str, Any], *, checkpoint_sha: str | None, dataset_id: dict[str, Any], split: str, target: str) -> dict[str, Any]:
+    """What identifies a cached ranking (DESIGN.md, "Fingerprints"). Model-free methods omit the checkpoint."""
+    needs_model = METHODS[method].needs_model
+    return {
+        "method": method,
+        "params": params,
+        "checkpoint_sha256": checkpoint_sha if needs_model else None,
+        "target": target if needs_model else None,
+        "dataset": dataset_id,
+        "split": split,
+    }
+
+
+def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, torch.Tensor):
+            value = value.tolist()
+        out[key] = value
+    return out
+
+
+def compute_ranks(
+    datamodule: Any,
+    method: str,
+    store: AttributionStore | str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    model: nn.Module | None = None,
+    method_params: dict[str, Any] | None = None,
+    granularity: str = "element",
+    score: str = "abs",
+    target: str = "predicted",
+    tie_seed: int = 0,
+    batch_size: int = 256,
+    chunk_size: int = 4096,
+    device: str | torch.device = "auto",
+    splits: Sequence[str] = ("train", "test"),
+    progress: bool = True,
+) -> dict[str, np.memmap]:
+    """Rank every feature of every image of ``splits`` with ``method``, through the store.
+
+    Args:
+        datamodule: an :class:`~roar.data.datamodule.ImageDataModule` (gives the images and
+            ``dataset_id``).
+        method: a registry key.
+        store: the store or its folder.
+        checkpoint: the base model's checkpoint; required by model-based methods (its sha256 is
+            part of the fingerprint). ``model`` may be passed too, to skip reloading it.
+        method_params: the method's parameters (part of the fingerprint).
+        granularity, score, tie_seed: how attributions become ranks (see :mod:`roar.data.masking`).
+        target: ``predicted`` (base model's class, as the ROAR code) or ``label``.
+        batch_size: images per attribution call.
+        chunk_size: images per resumable unit.
+        device: ``auto``, ``cpu``, ``cuda``...
+        splits: the source splits to rank.
+        progress: progress bars.
+
+    Returns:
+        ``{split: (N, F) memmap of ranks}``.
+    """
+    check_method_name(method)
+    check_granularity(granularity)
+    check_score(score)
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    store = store if isinstance(store, AttributionStore) else AttributionStore(store)
+    params = dict(method_params or {})
+    if method in ORACLES and "weights" not in params:
+        weights = datamodule.source.extras.get("informative_weights")
+        if weights is None:
+            raise ValueError(f"method {method!r} needs the source's informative weights; only synthetic_linear has them (source is {datamodule.source_name!r})")
+        params["weights"] = weights
+    needs_model = METHODS[method].needs_model
+    sha = None
+    if needs_model:
+        if checkpoint is None:
+            raise ValueError(f"method {method!r} explains a model: give the base checkpoint")
+        sha = checkpoint_sha256(checkpoint)
+        if model is None:
+            model = load_classifier(checkpoint, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans, image_size=datamodule.image_size)
+    dev = resolve_device(device)
+    if model is not None:
+        model = model.to(dev).eval()
+    explain = get_method(method, model=model if needs_model else None, **params)
+
+    def attribute(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        targets = resolve_target(model, images, labels, target) if needs_model else labels
+        return explain(images, targets, indices)
+
+    out = {}
+    for split in splits:
+        fingerprint = method_fingerprint(method, _json_params(params), checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target)
+        out[split] = store.get_or_compute(
+            fingerprint,
+            datamodule.source_split(split),
+            attribute,
+            granularity=granularity,
+            score=score,
+            tie_seed=tie_seed,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            device=dev,
+            progress=progress,
+        )
+    return out

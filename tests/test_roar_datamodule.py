@@ -1,0 +1,147 @@
+"""RoarDataModule: masks from the store, looked up by global index, on the device, before augmentation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from roar.attribution.compute import compute_ranks, load_classifier
+from roar.data.masking import num_masked
+from roar.data.roar import RoarDataModule
+from roar.models.classifier import ImageClassifier
+from train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def roar_dm(tmp_path, **kwargs):
+    args = dict(source="digits", image_size=8, batch_size=50, store=str(tmp_path / "store"), method="sobel", threshold=0.3)
+    args.update(kwargs)
+    return RoarDataModule(**args)
+
+
+def masked_batch(dm, loader="test"):
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(getattr(dm, f"{loader}_dataloader")()))
+    return batch, dm.on_after_batch_transfer(batch, 0)
+
+
+@pytest.mark.parametrize("mode", ["roar", "kar"])
+@pytest.mark.parametrize("threshold", [0.1, 0.5, 0.9])
+def test_exactly_k_features_replaced_by_the_channel_mean(tmp_path, mode, threshold):
+    dm = roar_dm(tmp_path, method="random", threshold=threshold, mode=mode)
+    (images, _, indices), (masked, _, _) = masked_batch(dm)
+    k = num_masked(threshold, 64)
+    changed_expected = k if mode == "roar" else 64 - k
+    mean = dm.channel_mean[0]
+    replaced = (masked == mean).flatten(1)
+    assert torch.all(replaced.sum(1) >= changed_expected)
+    # pixels equal to the mean by chance aside, exactly the expected set differs from the input
+    changed = (masked != images).flatten(1)
+    assert torch.all(changed.sum(1) <= changed_expected)
+    assert torch.all(masked.flatten(1)[changed] == mean)
+
+
+def test_masks_follow_the_stored_ranks_of_each_global_index(tmp_path):
+    dm = roar_dm(tmp_path, threshold=0.5)
+    (images, _, indices), (masked, _, _) = masked_batch(dm)
+    ranks = compute_ranks(dm, "sobel", tmp_path / "store", progress=False)
+    k = num_masked(0.5, 64)
+    local = (indices - dm.num_train_pool).numpy()  # test samples follow the train pool
+    expected_mask = torch.from_numpy(np.asarray(ranks["test"])[local].astype(np.int64) < k).view(-1, 1, 8, 8)
+    expected = torch.where(expected_mask, torch.tensor(dm.channel_mean[0]), images)
+    torch.testing.assert_close(masked, expected)
+
+
+def test_masks_are_identical_across_instances_and_reads(tmp_path):
+    a = masked_batch(roar_dm(tmp_path, method="random"), "val")[1][0]
+    b = masked_batch(roar_dm(tmp_path, method="random"), "val")[1][0]
+    dm = roar_dm(tmp_path, method="random")
+    c1 = masked_batch(dm, "val")[1][0]
+    c2 = masked_batch(dm, "val")[1][0]
+    assert torch.equal(a, b) and torch.equal(c1, c2) and torch.equal(a, c1)
+
+
+def test_fresh_random_masks_change_between_reads(tmp_path):
+    dm = roar_dm(tmp_path, method="random", random_mask="fresh", threshold=0.5)
+    batch = next(iter(dm.val_dataloader()))
+    first = dm.on_after_batch_transfer(batch, 0)[0]
+    second = dm.on_after_batch_transfer(batch, 0)[0]
+    assert not torch.equal(first, second)
+    assert not (tmp_path / "store").exists()  # nothing to store for fresh masks
+
+
+def test_threshold_zero_is_the_unmasked_data(tmp_path):
+    (images, _, _), (masked, _, _) = masked_batch(roar_dm(tmp_path, threshold=0.0))
+    assert torch.equal(images, masked)
+
+
+def test_pixel_granularity_masks_whole_pixels(tmp_path):
+    dm = RoarDataModule(source="synthetic_linear", store=str(tmp_path / "s"), method="random", threshold=0.5, granularity="pixel")
+    (images, _, _), (masked, _, _) = masked_batch(dm)
+    assert ((masked != images).flatten(1).sum(1) <= 8).all()
+
+
+def test_image_mean_fill(tmp_path):
+    dm = roar_dm(tmp_path, method="random", fill="image_mean", threshold=0.5)
+    (images, _, _), (masked, _, _) = masked_batch(dm)
+    changed = masked != images
+    per_image_mean = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+    torch.testing.assert_close(masked[changed], per_image_mean[changed])
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"threshold": 1.0}, "threshold must be in"),
+        ({"threshold": -0.1}, "threshold must be in"),
+        ({"mode": "drop"}, "roar"),
+        ({"granularity": "patch"}, "element"),
+        ({"fill": "zero"}, "channel_mean"),
+        ({"method": "lime"}, "integrated_gradients_sg_sq"),
+    ],
+)
+def test_bad_settings_fail_before_any_training(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        roar_dm(tmp_path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base")
+    dm = RoarDataModule(source="digits", image_size=8, store=str(folder / "store"), method="gradient", threshold=0.0)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, channel_mean=dm.channel_mean, channel_std=dm.channel_std)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    path = folder / "base.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_model_ranks_need_a_fitting_checkpoint(tmp_path, base_checkpoint):
+    dm = roar_dm(tmp_path, method="gradient", base_checkpoint=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        dm.prepare_data()
+    with pytest.raises(ValueError, match=r"image_size=8 \(expected 16\)"):
+        load_classifier(base_checkpoint, image_size=16)
+    with pytest.raises(ValueError, match=r"num_classes=10 \(expected 2\)"):
+        compute_ranks(roar_dm(tmp_path, source="synthetic_linear", method="gradient"), "gradient", tmp_path / "s", checkpoint=base_checkpoint, progress=False)
+    with pytest.raises(ValueError, match="give the base checkpoint"):
+        roar_dm(tmp_path, method="gradient").prepare_data()
+
+
+def test_roar_retrain_through_the_cli(tmp_path, base_checkpoint):
+    cli = main([
+        "fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", str(ROOT / "configs/roar/digits.yaml"),
+        "--trainer", str(ROOT / "configs/trainer/debug.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+        "--data.image_size", "8", "--data.store", str(tmp_path / "store"), "--data.base_checkpoint", str(base_checkpoint),
+        "--data.method", "gradient", "--data.threshold", "0.5", "--data.mode", "kar", "--seed_everything", "3",
+    ])  # fmt: skip
+    assert isinstance(cli.datamodule, RoarDataModule)
+    assert cli.datamodule.mode == "kar" and cli.datamodule.method == "gradient"
+    assert "test/acc" in cli.trainer.callback_metrics
+    assert len(list((tmp_path / "store" / "gradient").iterdir())) == 2  # train and test ranks
