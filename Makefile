@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:
+#   make run    create .venv if missing, install roar, run the embedded digits job
+#   make test   create/update .venv with the test extras, run the default test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.roar-installed
+
+.PHONY: run test test-slow benchmarks install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install when the dependencies change. torch==2.14.1/torchvision==0.29.1 are pinned in pyproject.toml.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) train.py fit --config configs/digits.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf runs .pytest_cache
