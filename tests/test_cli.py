@@ -54,7 +54,8 @@ def test_print_config_shows_the_resolved_config():
 
 
 def test_fit_then_test_from_checkpoint_reaches_95_percent(tmp_path):
-    cli = main(fit_args(tmp_path, "--trainer.max_epochs", "12"))
+    # native 8 px keeps it fast; the default 16 px config is checked by the slow test below
+    cli = main(fit_args(tmp_path, "--trainer.max_epochs", "12", "--data.init_args.image_size", "8"))
     fitted_acc = cli.trainer.callback_metrics["test/acc"].item()
     assert fitted_acc >= 0.95
     log_dir = Path(cli.trainer.log_dir)
@@ -91,3 +92,10 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
 def test_image_size_the_model_cannot_take_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="image_size=2"):
         main(fit_args(tmp_path, "--data.init_args.image_size", "2"))
+
+
+@pytest.mark.slow
+def test_default_digits_config_reaches_95_percent(tmp_path):
+    cli = main(["fit", "--config", DIGITS, "--trainer.logger", "configs/logger/csv.yaml",
+                "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert cli.trainer.callback_metrics["test/acc"].item() >= 0.95
