@@ -96,6 +96,6 @@ def test_image_size_the_model_cannot_take_fails_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_default_digits_config_reaches_95_percent(tmp_path):
-    cli = main(["fit", "--config", DIGITS, "--trainer.logger", "configs/logger/csv.yaml",
+    cli = main(["fit", "--config", DIGITS, "--trainer.logger", str(ROOT / "configs/logger/csv.yaml"),
                 "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert cli.trainer.callback_metrics["test/acc"].item() >= 0.95
