@@ -1,0 +1,216 @@
+"""ResultsStore: the benchmark's results database, one SQLite row per finished run.
+
+Why SQLite: a benchmark is hours of retrains that may be interrupted at any point, possibly with
+several worker processes (one per device) finishing runs at the same time. Each finished run is
+one transaction, so a killed process never leaves half a row, and resuming is "skip the run ids
+already done". WAL journal mode lets readers (a report written mid-benchmark) run beside writers,
+and the busy timeout makes concurrent writers wait their turn instead of failing.
+
+The store keeps only its path and opens a short-lived connection per call, so it can be pickled
+into worker processes (a SQLite connection must never cross a fork).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from roar.benchmark.plan import RunSpec
+
+DB_NAME = "results.db"
+STATUSES = ("done", "failed")
+# The design's results.csv columns (DESIGN.md, "Benchmark output folder"), then the bookkeeping.
+CSV_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint", "status", "error")
+COLUMNS = (
+    "run_id", "dataset", "model", "method", "mode", "threshold", "seed", "status", "test_acc",
+    "epochs", "seconds", "checkpoint", "error", "config", "finished_at",
+)  # fmt: skip
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    dataset     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    mode        TEXT NOT NULL,
+    threshold   REAL NOT NULL,
+    seed        INTEGER NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    test_acc    REAL,
+    epochs      INTEGER,
+    seconds     REAL,
+    checkpoint  TEXT,
+    error       TEXT,
+    config      TEXT,
+    finished_at TEXT NOT NULL
+)
+"""
+_ORDER = "ORDER BY dataset, model, mode, method, threshold, seed"
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write result rows as the design's ``results.csv`` (:data:`CSV_COLUMNS`, extra keys dropped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    tmp.replace(path)  # a reader never sees a half-written file
+    return path
+
+
+class ResultsStore:
+    """One row per finished (or failed) run, in ``results.db``.
+
+    Args:
+        path: the database file, or a folder (then ``<folder>/results.db``); created if missing.
+
+    Example:
+        >>> store = ResultsStore(out / "results.db")  # doctest: +SKIP
+        >>> todo = [s for s in plan if s.run_id not in store.finished_ids()]  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / DB_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with self._connect() as conn:
+            # WAL is a property of the database file: set once, every later connection uses it.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_SCHEMA)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+            if version not in (0, SCHEMA_VERSION):
+                raise ValueError(f"{path} has results schema version {version}; this roar reads version {SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.path)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # autocommit mode (isolation_level=None): transactions are explicit BEGIN IMMEDIATE ... COMMIT,
+        # which takes the write lock up front so concurrent writers queue on the busy timeout
+        # instead of deadlocking on a read-to-write lock upgrade.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            conn.row_factory = sqlite3.Row
+            yield conn
+        finally:
+            conn.close()
+
+    def record(
+        self,
+        spec: RunSpec,
+        *,
+        status: str,
+        test_acc: float | None = None,
+        epochs: int | None = None,
+        seconds: float | None = None,
+        checkpoint: str | Path | None = None,
+        error: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one run atomically, replacing any earlier row of the same run id.
+
+        Args:
+            spec: the run.
+            status: ``done`` or ``failed``.
+            test_acc: test accuracy in [0, 1]; required when done, must be None when failed.
+            epochs: epochs trained (0 for noretrain).
+            seconds: wall time of the run.
+            checkpoint: path of the run's final checkpoint, if kept.
+            error: the traceback of a failed run.
+            config: the run's full protocol config (granularity, score, fill, target...), stored as JSON.
+
+        Raises:
+            ValueError: an unknown status, or a test accuracy that does not fit the status.
+        """
+        if not isinstance(spec, RunSpec):
+            raise ValueError(f"spec must be a RunSpec, got {type(spec).__name__}")
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; valid statuses: {', '.join(STATUSES)}")
+        if status == "done":
+            if test_acc is None or not math.isfinite(float(test_acc)) or not 0 <= float(test_acc) <= 1:
+                raise ValueError(f"a done run needs a test accuracy in [0, 1], got {test_acc!r} for {spec.run_id}")
+            test_acc = float(test_acc)
+        elif test_acc is not None:
+            raise ValueError(f"a failed run has no test accuracy, got {test_acc!r} for {spec.run_id}")
+        # Serialise before the transaction: a config that cannot be stored fails without touching the db.
+        config_json = None if config is None else json.dumps(config, sort_keys=True, default=str)
+        values = (
+            spec.run_id, spec.dataset, spec.model, spec.method, spec.mode, spec.threshold, spec.seed, status,
+            test_acc, None if epochs is None else int(epochs), None if seconds is None else float(seconds),
+            None if checkpoint is None else str(checkpoint), error, config_json,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )  # fmt: skip
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # OR REPLACE: a rerun (--force, or a retried failure) overwrites, never duplicates.
+                conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def finished_ids(self, include_failed: bool = False) -> set[str]:
+        """Run ids a resumed benchmark skips: done runs (failed ones are retried unless ``include_failed``)."""
+        statuses = STATUSES if include_failed else ("done",)
+        with self._connect() as conn:
+            cursor = conn.execute(f"SELECT run_id FROM runs WHERE status IN ({', '.join('?' * len(statuses))})", statuses)
+            return {row[0] for row in cursor}
+
+    def rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded run as a dict (``config`` decoded), optionally only ``done`` or ``failed`` ones."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; valid statuses: {', '.join(STATUSES)} (or None for all)")
+        query, params = f"SELECT {', '.join(COLUMNS)} FROM runs", ()
+        if status is not None:
+            query, params = query + " WHERE status = ?", (status,)
+        with self._connect() as conn:
+            rows = [dict(row) for row in conn.execute(f"{query} {_ORDER}", params)]
+        for row in rows:
+            row["config"] = None if row["config"] is None else json.loads(row["config"])
+        return rows
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The failed runs, with their errors."""
+        return self.rows(status="failed")
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs per status, e.g. ``{"done": 12, "failed": 1}``."""
+        with self._connect() as conn:
+            found = dict(conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        return {status: int(found.get(status, 0)) for status in STATUSES}
+
+    def __len__(self) -> int:
+        return sum(self.counts().values())
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Write ``results.csv``: the design's columns first, then ``status`` and ``error``."""
+        return write_csv(self.rows(), path)
+
+    def clear(self) -> None:
+        """Forget every recorded run (``--force``)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM runs")
+            conn.execute("COMMIT")
