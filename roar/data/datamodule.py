@@ -148,7 +148,9 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        self.save_hyperparameters()
+        # image_size is left to the model's hyperparameters, which hold the resolved size (a
+        # requested None would clash with it when loggers merge data and model hyperparameters).
+        self.save_hyperparameters(ignore=["image_size"])
         self.source_name = source
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -46,6 +46,7 @@ class RoarDataModule(ImageDataModule):
         attribution_device: ``auto``, ``cpu`` or ``cuda``.
         max_device_ranks_bytes: rank tables up to this size are held on the device (one index
             per batch); larger ones (ImageNet) stay memory-mapped and each batch reads its rows.
+        attribution_progress: progress bars and reuse messages while ranks are computed or found.
         **base: every :class:`ImageDataModule` argument.
     """
 
@@ -80,6 +81,7 @@ class RoarDataModule(ImageDataModule):
         attribution_batch_size: int = 256,
         attribution_device: str = "auto",
         max_device_ranks_bytes: int = 2 << 30,
+        attribution_progress: bool = True,
     ) -> None:
         from roar.attribution.compute import check_method_name
 
@@ -113,6 +115,7 @@ class RoarDataModule(ImageDataModule):
         self.attribution_batch_size = attribution_batch_size
         self.attribution_device = attribution_device
         self.max_device_ranks_bytes = max_device_ranks_bytes
+        self.attribution_progress = attribution_progress
         self.ranks: torch.Tensor | None = None
         self._memmaps: tuple[np.ndarray, np.ndarray] | None = None
         self._device_ranks: dict[torch.device, torch.Tensor] = {}
@@ -140,7 +143,7 @@ class RoarDataModule(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.ranks is not None or self._memmaps is not None or self.threshold == 0 or self.masks_fresh:
             return
-        train, test = self.load_ranks()
+        train, test = self.load_ranks(announce=False)
         if train.nbytes + test.nbytes <= self.max_device_ranks_bytes:
             self.ranks = self._as_table(np.concatenate([np.asarray(train), np.asarray(test)]))
         else:
@@ -161,7 +164,7 @@ class RoarDataModule(ImageDataModule):
         rows[~in_train] = test[idx[~in_train] - len(train)]
         return self._as_table(rows)
 
-    def load_ranks(self) -> tuple[np.ndarray, np.ndarray]:
+    def load_ranks(self, announce: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of every train-pool and test image (memory-mapped), computing missing ones."""
         from roar.attribution.compute import compute_ranks
 
@@ -170,7 +173,8 @@ class RoarDataModule(ImageDataModule):
             self, self.method, self.store,
             checkpoint=self.base_checkpoint, method_params=self.method_params, granularity=self.granularity,
             score=self.score, target=self.target, tie_seed=self.tie_seed, batch_size=self.attribution_batch_size,
-            device=self.attribution_device, progress=trainer is None or trainer.is_global_zero,
+            device=self.attribution_device,
+            progress=announce and self.attribution_progress and (trainer is None or trainer.is_global_zero),
         )  # fmt: skip
         return ranks["train"], ranks["test"]
 

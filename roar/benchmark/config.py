@@ -1,0 +1,142 @@
+"""The benchmark's configuration: what a ``configs/benchmark/*.yaml`` file may say.
+
+Every protocol choice the published ROAR implementations disagree on is a setting here, with
+the paper's choice as default, and is recorded in every result row (DESIGN.md, "Protocol choices").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass
+class Protocol:
+    """How attributions become masks.
+
+    Attributes:
+        granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
+        score: the ranked quantity: ``abs`` of the attribution (default), ``square`` or ``raw``.
+        fill: ``channel_mean`` of the training set (the paper) or each ``image_mean``.
+        random_mask: ``fixed`` seeded mask per image (default) or ``fresh`` at every read (ROAR code).
+        target: the class explained: ``predicted`` by the base model (ROAR code) or the true ``label`` (ROAD code).
+        tie_seed: seed of the rank tie-breaking.
+    """
+
+    granularity: Literal["element", "pixel"] = "element"
+    score: Literal["abs", "square", "raw"] = "abs"
+    fill: Literal["channel_mean", "image_mean"] = "channel_mean"
+    random_mask: Literal["fixed", "fresh"] = "fixed"
+    target: Literal["predicted", "label"] = "predicted"
+    tie_seed: int = 0
+
+
+@dataclass
+class BaseModel:
+    """The base model whose attributions rank the features.
+
+    Attributes:
+        checkpoint: reuse this checkpoint instead of training one (``<out>/base.ckpt`` otherwise).
+        max_epochs: epochs of the base training (``None``: the retrains' ``trainer.max_epochs``).
+        seed: seed of the base training.
+    """
+
+    checkpoint: str | None = None
+    max_epochs: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class BenchmarkConfig:
+    """A ROAR/KAR benchmark: base model, every method's ranks, and the retraining grid.
+
+    Attributes:
+        name: the benchmark's name: the W&B group and the report's title.
+        data: :class:`~roar.data.datamodule.ImageDataModule` arguments.
+        model: :class:`~roar.models.classifier.ImageClassifier` arguments (``arch``, ``lr``...).
+        trainer: ``lightning.Trainer`` arguments of every training (``max_epochs``, ``accelerator``...).
+        base: the base model.
+        methods: attribution methods (registry keys) to benchmark; ``random`` is the baseline.
+        method_params: per-method parameters, e.g. ``{integrated_gradients: {n_steps: 32}}``.
+        thresholds: fractions of features removed (ROAR) or kept (KAR), in (0, 1); the unmasked
+            reference (0 removed / everything kept) is always run.
+        seeds: number of retraining seeds (0..n-1), or the list of seeds.
+        modes: ``roar`` and/or ``kar``.
+        noretrain: also evaluate the base model on masked test data without retraining
+            (confounded by distribution shift; reported for comparison).
+        protocol: the protocol choices, see :class:`Protocol`.
+        attribution_batch_size: images per attribution call.
+        attribution_device: ``auto``, ``cpu`` or ``cuda``.
+        logger: ``wandb`` (offline by default, one run per retrain), ``csv`` or ``none``.
+        wandb_project: W&B project.
+        wandb_offline: log offline under the output folder; ``wandb sync`` uploads later.
+        save_checkpoints: keep each retrain's final checkpoint.
+        retries: how many times a crashed run is retried before it is recorded as failed.
+    """
+
+    name: str = "benchmark"
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    base: BaseModel = field(default_factory=BaseModel)
+    methods: list[str] = field(default_factory=lambda: ["random"])
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    seeds: int | list[int] = 5
+    modes: list[Literal["roar", "kar"]] = field(default_factory=lambda: ["roar"])
+    noretrain: bool = True
+    protocol: Protocol = field(default_factory=Protocol)
+    attribution_batch_size: int = 256
+    attribution_device: str = "auto"
+    logger: Literal["wandb", "csv", "none"] = "wandb"
+    wandb_project: str = "roar"
+    wandb_offline: bool = True
+    save_checkpoints: bool = True
+    retries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def validate(self) -> BenchmarkConfig:
+        """Fail before any training on settings that cannot run, naming the value and the choices."""
+        from roar.attribution.compute import check_method_name
+        from roar.data.sources import list_sources
+        from roar.models.factory import list_models
+
+        if not self.methods:
+            raise ValueError("methods is empty; name at least one attribution method (e.g. [random, gradient])")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods has duplicates: {self.methods}")
+        for method in self.methods:
+            if method == "unmasked":
+                raise ValueError("'unmasked' is the reserved name of the reference run (always run); remove it from methods")
+            check_method_name(method)
+        for method in self.method_params:  # params of a method left out (e.g. --methods on the command line) are unused, not wrong
+            check_method_name(method)
+        for t in self.thresholds:
+            if not isinstance(t, (int, float)) or not 0 < t < 1:
+                raise ValueError(f"threshold {t!r} is outside (0, 1); 0 is the unmasked reference, always run")
+        if len(set(self.thresholds)) != len(self.thresholds):
+            raise ValueError(f"thresholds has duplicates: {self.thresholds}")
+        if not self.modes:
+            raise ValueError("modes is empty; valid modes: roar, kar")
+        for mode in self.modes:
+            if mode not in ("roar", "kar"):
+                raise ValueError(f"unknown mode {mode!r}; valid modes: roar, kar")
+        if isinstance(self.seeds, int) and self.seeds < 1 or isinstance(self.seeds, list) and not self.seeds:
+            raise ValueError(f"seeds must be a positive count or a non-empty list, got {self.seeds!r}")
+        source = self.data.get("source", "digits")
+        if source not in list_sources():
+            raise ValueError(f"unknown dataset source {source!r}; valid sources: {', '.join(list_sources())}")
+        arch = self.model.get("arch", "small_cnn")
+        if arch not in list_models():
+            raise ValueError(f"unknown model {arch!r}; valid models: {', '.join(list_models())}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        return self
