@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) train.py fit --config configs/digits.yaml
+	$(PY) -m roar benchmark --config configs/benchmark/digits_demo.yaml --out runs/digits_demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -54,7 +54,8 @@ def load_classifier(checkpoint: str | Path, *, num_classes: int | None = None, i
     mismatches = [f"{k}={hparams.get(k)!r} (expected {v!r})" for k, v in expected.items() if v is not None and hparams.get(k) != v]
     if mismatches:
         raise ValueError(f"checkpoint {path} does not fit this data/model: {', '.join(mismatches)}")
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
+    # our own checkpoint (hyperparameters included), so the full unpickler is expected here
+    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     return model.eval()
 
 
