@@ -1,0 +1,553 @@
+"""Explain one fixed batch with several methods and compare the maps: the core of the sanity checks.
+
+Adebayo et al., "Sanity Checks for Saliency Maps" (NeurIPS 2018) ask whether a saliency map
+depends on what a model learned:
+
+- *model randomisation* (section 4): re-initialise the trained network layer by layer and
+  compare each map with the trained network's map (:func:`model_randomization`);
+- *data randomisation* (section 5): compare the maps of a network trained on the true labels
+  with those of the same architecture trained on randomly permuted labels
+  (:func:`data_randomization`).
+
+A method whose maps stay similar fails the check. A low similarity, however, is necessary but
+not sufficient: Binder et al., "Shortcomings of Top-Down Randomization-Based Sanity Checks for
+Evaluations of Deep Neural Network Explanations" (arXiv 2211.12486, 2022) point out that a map
+of pure noise, which ignores the model entirely, "passes" too. That is why the ``noise`` control
+is computed beside the real methods.
+
+Choices made here (and documented in the report):
+
+- The target class is fixed before any randomisation: by default the *original* (trained)
+  model's predicted class, so every step explains the same logit and only the weights change.
+  ``target="label"`` explains the true label instead.
+- Every map is computed on a deep copy of the network (see :mod:`roar.sanity.randomization`),
+  never on the model being trained, and all images are explained at once per step.
+- Step 0 recomputes the trained copy's maps and compares them with the reference maps: 1 for a
+  deterministic method, about 0 for the ``noise`` control, whose two draws share nothing.
+- Maps are compared as the paper does by :mod:`roar.sanity.similarity` (signed or absolute
+  channel sums, min-max normalisation for SSIM and HOG). A constant map scores 0, even against
+  itself: Guided Grad-CAM, whose Grad-CAM factor can be zero for a whole image, can therefore
+  score below 1 at step 0. Two independent noise maps score about 0 on the rank correlations
+  and SSIM but about 0.15 on HOG: read every metric against the control.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from roar.attribution import METHODS, TARGETS, AttributionMethod, get_method, list_methods, resolve_target
+from roar.sanity.randomization import ORDERS, randomization_steps
+from roar.sanity.similarity import aggregate_channels, compare_maps, list_metrics, normalize_maps
+
+DATA_CHECK = "data"
+CHECKS = (*ORDERS, DATA_CHECK)
+"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, then ``data``."""
+
+DATA_LAYER = "permuted_labels"
+"""The ``layer`` of the data-randomisation row: the whole model, trained on permuted labels."""
+
+CONTROL = "noise"
+"""The control of Binder et al. (2022): i.i.d. Gaussian maps that never read the model."""
+
+DEFAULT_METHODS = ("gradient", "guided_backprop", CONTROL)
+DEFAULT_METRICS = ("spearman", "spearman_abs", "ssim", "hog")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks: run before anything is computed
+# --------------------------------------------------------------------------------------------
+
+
+def _names(kind: str, values: Iterable[str] | str, choices: Sequence[str]) -> list[str]:
+    values = [values] if isinstance(values, str) else list(values)
+    if not values:
+        raise ValueError(f"{kind} is empty; valid {kind}: {', '.join(choices)}")
+    for value in values:
+        if value not in choices:
+            raise ValueError(f"unknown {kind[:-1]} {value!r}; valid {kind}: {', '.join(choices)}")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{kind} lists {', '.join(map(repr, duplicates))} more than once")
+    return values
+
+
+def check_metrics(metrics: Iterable[str] | str) -> list[str]:
+    """The metric names, checked against :func:`roar.sanity.similarity.list_metrics`."""
+    return _names("metrics", metrics, list_metrics())
+
+
+def check_orders(orders: Iterable[str] | str) -> list[str]:
+    """The randomisation orders, checked against :data:`roar.sanity.randomization.ORDERS`."""
+    return _names("orders", orders, ORDERS)
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return target
+
+
+_MODEL_SPECIFIC_PARAMS = frozenset({"layer"})
+
+
+class _Probe(nn.Module):
+    """A tiny conv net to build methods on while checking their parameters (nothing is run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv(x)).flatten(1)
+
+
+def check_methods(
+    methods: Iterable[str] | str, method_params: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[str]:
+    """The method names and their parameters, checked by building each method once.
+
+    Args:
+        methods: registry keys (see :func:`roar.attribution.list_methods`).
+        method_params: optional ``{method: {param: value}}``; entries for methods not in
+            ``methods`` are checked and ignored.
+
+    Returns:
+        The method names as a list.
+
+    Raises:
+        ValueError: for an unknown method (the message lists the valid ones), or an unknown or
+            invalid parameter.
+    """
+    methods = _names("methods", methods, list_methods())
+    params = dict(method_params or {})
+    unknown = sorted(set(params) - set(list_methods()))
+    if unknown:
+        raise ValueError(
+            f"method_params has entries for unknown methods {', '.join(map(repr, unknown))}; "
+            f"valid methods: {', '.join(list_methods())}"
+        )
+    with torch.random.fork_rng(devices=[]):  # initialising the probe must not move the caller's random stream
+        probe = _Probe()
+    # Entries for methods not requested are checked too (a config may set parameters for
+    # methods a command line then leaves out), and otherwise ignored.
+    for name in dict.fromkeys([*methods, *params]):
+        given = params.get(name) or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"method_params[{name!r}] must be a mapping of parameter names to values, got {given!r}")
+        accepted = METHODS[name].accepted_params()
+        unknown = sorted(set(given) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
+                f"accepted: {', '.join(accepted) if accepted else 'none'}"
+            )
+        # A layer name refers to the real model, not the probe: it is checked when the method
+        # is first built on the model. Every other value is checked now.
+        get_method(name, probe, **{k: v for k, v in given.items() if k not in _MODEL_SPECIFIC_PARAMS})
+    return methods
+
+
+# --------------------------------------------------------------------------------------------
+# Models, batches and maps
+# --------------------------------------------------------------------------------------------
+
+
+class NormalizedNetwork(nn.Module):
+    """``net(normalize(x))``: a classifier's network without the LightningModule around it.
+
+    Module names match :class:`roar.models.classifier.ImageClassifier` (``normalize``, ``net``),
+    so a layer name such as ``net.conv3`` means the same in both.
+    """
+
+    def __init__(self, normalize: nn.Module, net: nn.Module) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalize(x))
+
+
+def explained_network(module: nn.Module) -> nn.Module:
+    """What the sanity checks explain and randomise: ``net(normalize(x))`` where the module has
+    both (the project's classifier), else the module itself.
+
+    Leaving the LightningModule out keeps its trainer, metrics and compiled wrapper out of every
+    copy the checks make. The returned wrapper shares the module's submodules: copy it before
+    changing anything.
+    """
+    net, normalize = getattr(module, "net", None), getattr(module, "normalize", None)
+    if isinstance(net, nn.Module) and isinstance(normalize, nn.Module):
+        return NormalizedNetwork(normalize, net)
+    return module
+
+
+def select_batch(
+    dataset: Dataset, num_images: int, seed: int = 0, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A fixed, seeded choice of images from a dataset, as one batch.
+
+    Args:
+        dataset: yields ``(image, label)`` or ``(image, label, index)`` (the project's datamodule
+            yields the global sample index; without one, the position in ``dataset`` is used).
+        num_images: how many images (all of them when the dataset is smaller).
+        seed: seeds the choice; the chosen positions are sorted, so the batch is the same
+            whatever the order of the draw.
+        device: where to put the batch.
+
+    Returns:
+        ``(images (B, C, H, W) float, labels (B,) long, indices (B,) long)``.
+    """
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+    size = len(dataset)
+    if size == 0:
+        raise ValueError("cannot pick sanity-check images from an empty dataset")
+    generator = torch.Generator().manual_seed(int(seed))
+    positions = torch.randperm(size, generator=generator)[: min(num_images, size)].sort().values.tolist()
+    items = [dataset[p] for p in positions]
+    images = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+    indices = torch.as_tensor([int(item[2]) if len(item) > 2 else p for item, p in zip(items, positions)], dtype=torch.long)
+    return images.to(device), labels.to(device), indices.to(device)
+
+
+def build_methods(
+    model: nn.Module | None,
+    methods: Sequence[str],
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+) -> dict[str, AttributionMethod]:
+    """Build each method on ``model``; ``seed`` goes to every method that takes one and has none given."""
+    built = {}
+    for name in methods:
+        params = dict((method_params or {}).get(name) or {})
+        factory = METHODS[name]
+        if "seed" in factory.accepted_params():
+            params.setdefault("seed", seed)
+        built[name] = get_method(name, model if factory.needs_model else None, **params)
+    return built
+
+
+def explain(
+    methods: Mapping[str, AttributionMethod], images: Tensor, target: Tensor, indices: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Every method's maps of the whole batch, one call each (no loop over images)."""
+    return {name: method(images, target, indices) for name, method in methods.items()}
+
+
+def compare(
+    reference: Mapping[str, Tensor], maps: Mapping[str, Tensor], metrics: Sequence[str]
+) -> dict[str, dict[str, Tensor]]:
+    """``{method: {metric: (B,) similarity}}`` between reference maps and other maps, per method."""
+    return {name: compare_maps(reference[name], maps[name], metrics) for name in reference}
+
+
+def fixed_target(model: nn.Module, images: Tensor, labels: Tensor | None = None, target: str = "predicted") -> Tensor:
+    """The class every step explains: ``model``'s predicted class (default) or the true label.
+
+    The prediction is made on a copy, so the model being trained is not even run.
+    """
+    check_target(target)
+    if target == "label":
+        return resolve_target(None, images, labels, "label")
+    network = copy.deepcopy(explained_network(model))
+    return resolve_target(network, images, None, "predicted")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimilarityRecord:
+    """The per-image similarities of one (method, check, step, metric).
+
+    Attributes:
+        method: attribution method name.
+        check: a randomisation order or ``data`` (see :data:`CHECKS`).
+        step: 0 for the unrandomised copy, then 1, 2, ... (1 for the data check).
+        layer: the layer randomised at this step, ``original`` at step 0, ``permuted_labels``
+            for the data check.
+        metric: similarity metric name.
+        values: ``(B,)`` similarities, one per image, on the CPU.
+    """
+
+    method: str
+    check: str
+    step: int
+    layer: str
+    metric: str
+    values: Tensor = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.values.numel())
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.double().mean())
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over images (0 for a single image)."""
+        return float(self.values.double().std()) if self.n > 1 else 0.0
+
+    def row(self) -> dict[str, Any]:
+        """One ``sanity.csv`` row: method, check, step, layer, metric, mean, std, n."""
+        return {
+            "method": self.method,
+            "check": self.check,
+            "step": self.step,
+            "layer": self.layer,
+            "metric": self.metric,
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+        }
+
+
+@dataclass
+class CheckResult:
+    """What one check produced.
+
+    Attributes:
+        check: a randomisation order or ``data``.
+        layers: the ``layer`` of each step, in step order (``original`` first for the orders).
+        records: one :class:`SimilarityRecord` per (step, method, metric).
+        target: the classes explained, ``(B,)``.
+        maps: with ``keep_maps``, ``{method: [maps of each step on the CPU]}``; step 0 of a
+            randomisation order is the trained model's reference map, for the data check the
+            trained model's then the permuted-label model's maps.
+    """
+
+    check: str
+    layers: list[str]
+    records: list[SimilarityRecord]
+    target: Tensor
+    maps: dict[str, list[Tensor]] | None = None
+
+    def final(self) -> dict[tuple[str, str], float]:
+        """``{(method, metric): mean}`` at the last step (after full randomisation, for cascading)."""
+        last = max(r.step for r in self.records)
+        return {(r.method, r.metric): r.mean for r in self.records if r.step == last}
+
+
+def _records(check: str, step: int, layer: str, sims: Mapping[str, Mapping[str, Tensor]]) -> list[SimilarityRecord]:
+    return [
+        SimilarityRecord(method, check, step, layer, metric, values.detach().float().cpu())
+        for method, by_metric in sims.items()
+        for metric, values in by_metric.items()
+    ]
+
+
+def model_randomization(
+    model: nn.Module,
+    images: Tensor,
+    order: str,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    target: Tensor | None = None,
+    indices: Tensor | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    keep_maps: bool = False,
+) -> CheckResult:
+    """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
+
+    The network (see :func:`explained_network`) is copied once; step 0 explains the copy to get
+    the reference maps, then every step of ``order`` (see
+    :func:`roar.sanity.randomization.randomization_steps`) re-initialises layers of the copy,
+    explains the whole batch again with every method and compares each map with its reference.
+
+    Args:
+        model: the trained classifier; it is never modified, run, or given gradients.
+        images: ``(B, C, H, W)`` images in ``[0, 1]`` on the model's device.
+        order: ``cascading``, ``independent`` or ``bottom_up``.
+        methods: attribution method names (``noise`` is the control).
+        metrics: similarity metric names.
+        target: the classes to explain, ``(B,)``; default: the trained model's predictions,
+            kept fixed across steps.
+        indices: per-sample ids used to seed per-sample draws (the datamodule's global index).
+        method_params: ``{method: {param: value}}``.
+        seed: seeds the re-initialisation and the random methods.
+        keep_maps: keep every step's maps (on the CPU) for figures.
+
+    Returns:
+        A :class:`CheckResult` with steps ``0 .. number of layer groups``.
+    """
+    methods = check_methods(methods, method_params)
+    metrics = check_metrics(metrics)
+    check_orders(order)
+    # Lightning runs validation hooks in inference mode; maps need autograd, and every copy
+    # made here must hold ordinary tensors.
+    with torch.inference_mode(False), torch.enable_grad():
+        images = images.clone() if images.is_inference() else images
+        built: dict[str, AttributionMethod] = {}
+        bound_to: nn.Module | None = None
+        reference: dict[str, Tensor] = {}
+        layers: list[str] = []
+        records: list[SimilarityRecord] = []
+        kept: dict[str, list[Tensor]] | None = {m: [] for m in methods} if keep_maps else None
+        for step in randomization_steps(explained_network(model), order, seed, include_original=True):
+            if step.model is not bound_to:
+                # The steps mutate one copy; build the methods once on it, so the noise control
+                # keeps drawing from one stream instead of repeating its first draw.
+                built, bound_to = build_methods(step.model, methods, method_params, seed), step.model
+            if step.step == 0:
+                if target is None:
+                    target = resolve_target(step.model, images)
+                reference = explain(built, images, target, indices)
+            maps = explain(built, images, target, indices)
+            layers.append(step.layer)
+            records += _records(order, step.step, step.layer, compare(reference, maps, metrics))
+            if kept is not None:
+                for name in methods:
+                    kept[name].append((reference if step.step == 0 else maps)[name].cpu())
+    return CheckResult(order, layers, records, target.detach().cpu(), kept)
+
+
+def data_randomization(
+    model: nn.Module,
+    permuted_model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    *,
+    target: Tensor | None = None,
+    indices: Tensor | None = None,
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    keep_maps: bool = False,
+) -> CheckResult:
+    """The data randomisation test of Adebayo et al. (2018): true-label vs permuted-label model.
+
+    Both networks are copied, explained on the same batch for the same target classes, and
+    compared map by map.
+
+    Args:
+        model: the classifier trained on the true labels (never modified).
+        permuted_model: the same architecture trained on permuted labels (never modified).
+        images: ``(B, C, H, W)`` images on the models' device.
+        methods, metrics, indices, method_params, seed, keep_maps: as in :func:`model_randomization`.
+        target: the classes to explain; default: ``model``'s predictions, for both models.
+
+    Returns:
+        A :class:`CheckResult` with one step, ``1``, layer ``permuted_labels``.
+
+    Raises:
+        ValueError: if the two models do not produce logits of the same shape on ``images``.
+    """
+    methods = check_methods(methods, method_params)
+    metrics = check_metrics(metrics)
+    with torch.inference_mode(False), torch.enable_grad():
+        images = images.clone() if images.is_inference() else images
+        trained = copy.deepcopy(explained_network(model)).eval()
+        permuted = copy.deepcopy(explained_network(permuted_model)).eval()
+        with torch.no_grad():
+            shapes = tuple(trained(images).shape), tuple(permuted(images).shape)
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"the permuted-label model gives logits of shape {shapes[1]} but the trained model {shapes[0]}: "
+                "the reference checkpoint must have the same architecture, classes and input size"
+            )
+        if target is None:
+            target = resolve_target(trained, images)
+        trained_methods = build_methods(trained, methods, method_params, seed)
+        # The same seed for both models (SmoothGrad's noise is the same for both, so only the
+        # model differs), and the same instance of every model-free method, so the noise control
+        # draws a fresh map for the second model instead of repeating the first.
+        permuted_methods = build_methods(permuted, methods, method_params, seed)
+        permuted_methods.update({n: m for n, m in trained_methods.items() if not METHODS[n].needs_model})
+        reference = explain(trained_methods, images, target, indices)
+        maps = explain(permuted_methods, images, target, indices)
+    records = _records(DATA_CHECK, 1, DATA_LAYER, compare(reference, maps, metrics))
+    kept = {m: [reference[m].cpu(), maps[m].cpu()] for m in methods} if keep_maps else None
+    return CheckResult(DATA_CHECK, [DATA_LAYER], records, target.detach().cpu(), kept)
+
+
+def summary_rows(records: Iterable[SimilarityRecord]) -> list[dict[str, Any]]:
+    """``sanity.csv`` rows (method, check, step, layer, metric, mean, std, n) of the records."""
+    return [r.row() for r in records]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def display_maps(maps: Tensor) -> np.ndarray:
+    """Channel-summed absolute maps, min-max normalised per image: ``(B, H, W)`` in ``[0, 1]``.
+
+    Adebayo et al. (2018) show absolute-value maps this way in their figures.
+    """
+    return normalize_maps(aggregate_channels(maps.detach().cpu(), absolute=True)).numpy()
+
+
+def _display_images(images: Tensor) -> np.ndarray:
+    images = images.detach().cpu().float().clamp(0, 1)
+    if images.shape[1] == 1:
+        return images[:, 0].numpy()
+    return images[:, :3].permute(0, 2, 3, 1).numpy()
+
+
+def map_grid_figure(
+    images: Tensor,
+    maps: Sequence[Tensor],
+    column_titles: Sequence[str],
+    title: str | None = None,
+    cell_inches: float = 1.1,
+) -> Figure:
+    """Rows: images; columns: the input, then one map per entry of ``maps`` (Adebayo et al. 2018, fig. 2).
+
+    Args:
+        images: ``(B, C, H, W)`` inputs in ``[0, 1]``.
+        maps: one ``(B, C, H, W)`` batch of maps per column.
+        column_titles: a title per map column (the input column is titled "input").
+        title: the figure title.
+        cell_inches: size of one cell.
+
+    Returns:
+        A matplotlib :class:`~matplotlib.figure.Figure` (not registered with pyplot).
+    """
+    if len(maps) != len(column_titles):
+        raise ValueError(f"{len(maps)} map columns but {len(column_titles)} column titles")
+    shown_images = _display_images(images)
+    shown_maps = [display_maps(m) for m in maps]
+    rows, cols = shown_images.shape[0], 1 + len(shown_maps)
+    fig = Figure(figsize=(cell_inches * cols, cell_inches * rows + (0.5 if title else 0.2)), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
+    for r in range(rows):
+        axes[r, 0].imshow(shown_images[r], cmap="gray" if shown_images.ndim == 3 else None, vmin=0, vmax=1, interpolation="nearest")
+        for c, shown in enumerate(shown_maps, start=1):
+            axes[r, c].imshow(shown[r], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for c, name in enumerate(["input", *column_titles]):
+        axes[0, c].set_title(name, fontsize=7, rotation=30 if len(name) > 8 else 0)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def figure_array(fig: Figure) -> np.ndarray:
+    """The figure rendered to an ``(H, W, 3)`` uint8 RGB array (for a logger's image API)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+

@@ -1,0 +1,160 @@
+"""``python -m roar sanity`` end to end on tiny settings, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+from roar.__main__ import main as roar_main
+from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, read_csv, run_report
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "sanity" / "digits.yaml")
+METHODS = ["gradient", "guided_backprop"]
+METRICS = ["spearman_abs", "ssim"]
+LAYERS = ["original", "fc2", "fc1", "conv3", "conv2", "conv1"]
+
+
+def _tiny(out: Path, *extra: str) -> list[str]:
+    return [
+        "sanity", "--config", CONFIG, "--out", str(out), "--data.image_size", "8", "--epochs", "2",
+        "--permuted_epochs", "2", "--num_images", "4", "--methods", f"[{', '.join(METHODS)}]",
+        "--metrics", f"[{', '.join(METRICS)}]", "--progress", "false", *extra,
+    ]  # fmt: skip
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = roar_main(argv)
+    return status, printed.getvalue()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; more threads only contend for the shared cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny report: 8 px digits, 2 epochs per model, 4 images, 2 methods + the noise control."""
+    out = tmp_path_factory.mktemp("sanity")
+    status, printed = _run(_tiny(out))
+    assert status == 0
+    return out, printed
+
+
+def test_sanity_csv_has_every_check_step_and_metric(report):
+    out, _ = report
+    with (out / "sanity.csv").open() as handle:
+        assert tuple(next(csv.reader(handle))) == CSV_COLUMNS
+    rows = read_csv(out / "sanity.csv")
+    methods = [*METHODS, "noise"]  # the control is added
+    assert {r["method"] for r in rows} == set(methods)
+    assert {r["metric"] for r in rows} == set(METRICS)
+    assert {r["check"] for r in rows} == {"cascading", "independent", "bottom_up", "data"}
+    assert len(rows) == len(methods) * len(METRICS) * (3 * len(LAYERS) + 1)
+    for order, layers in [("cascading", LAYERS), ("independent", LAYERS), ("bottom_up", ["original", *reversed(LAYERS[1:])])]:
+        steps = sorted({(r["step"], r["layer"]) for r in rows if r["check"] == order})
+        assert steps == list(enumerate(layers))
+    assert {(r["step"], r["layer"]) for r in rows if r["check"] == "data"} == {(1, "permuted_labels")}
+    assert all(r["n"] == 4 and -1.0 <= r["mean"] <= 1.0 and r["std"] >= 0 for r in rows)
+    # Step 0 explains the unrandomised copy again: a deterministic method reproduces its maps.
+    step0 = [r for r in rows if r["step"] == 0 and r["method"] in METHODS]
+    assert all(r["mean"] == pytest.approx(1.0) and r["std"] == pytest.approx(0.0, abs=1e-6) for r in step0)
+    # Cascading and bottom-up end in the same fully random network (the same seeds per layer).
+    last = {(r["check"], r["method"], r["metric"]): r["mean"] for r in rows if r["step"] == 5}
+    for method in METHODS:
+        for metric in METRICS:
+            assert last["cascading", method, metric] == pytest.approx(last["bottom_up", method, metric])
+
+
+def test_curves_and_cascading_grids_are_written(report):
+    out, _ = report
+    for check in ["cascading", "independent", "bottom_up", "data"]:
+        for metric in METRICS:
+            image = matplotlib.image.imread(out / f"curve_{check}_{metric}.png")
+            assert image.ndim == 3 and image.shape[0] > 100
+    for method in [*METHODS, "noise"]:
+        grid = matplotlib.image.imread(out / f"grid_cascading_{method}.png")
+        # 4 image rows, 7 columns (input, original, 5 randomised layers): wider than high.
+        assert grid.shape[1] > grid.shape[0] * 1.3
+    assert (out / "model.ckpt").is_file() and (out / "permuted.ckpt").is_file()
+    assert (out / "logs" / "true_labels").is_dir() and (out / "logs" / "permuted_labels").is_dir()
+
+
+def test_printed_tables_put_the_noise_control_beside_each_method(report):
+    flat = " ".join(report[1].split())  # rich wraps long lines at the console width
+    for method in METHODS:
+        assert f"{method}: similarity to the original map after the last step" in flat
+    assert flat.count("noise (control)") == len(METHODS)
+    assert "necessary but not sufficient" in flat
+    assert "Binder et al. 2022" in flat
+
+
+def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(report[0], out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ["model.ckpt", "permuted.ckpt"]}
+    status, printed = _run(_tiny(out, "--orders", "[cascading]", "--data_check", "false", "--control", "false"))
+    assert status == 0
+    assert "reusing the true-label model" in " ".join(printed.split())
+    assert (out / "model.ckpt").stat().st_mtime_ns == stamps["model.ckpt"]
+    rows = read_csv(out / "sanity.csv")
+    assert {r["check"] for r in rows} == {"cascading"}
+    assert {r["method"] for r in rows} == set(METHODS)
+
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--methods", "[gradient, saliency_map]"], ["'saliency_map'", "guided_backprop", "integrated_gradients"]),
+        (["--metrics", "[spearman, pearson]"], ["'pearson'", "spearman_abs", "ssim", "hog"]),
+        (["--orders", "[cascading, top_down]"], ["'top_down'", "independent", "bottom_up"]),
+        (["--checkpoint", "missing/model.ckpt"], ["missing/model.ckpt"]),
+        (["--method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
+        (["--methods", "[guided_gradcam]", "--method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
+    ],
+)
+def test_bad_inputs_fail_before_any_computation(tmp_path, capsys, extra, words):
+    out = tmp_path / "never"
+    assert roar_main(_tiny(out, *extra)) == 2
+    message = capsys.readouterr().err
+    for word in words:
+        assert word in message
+    assert not out.exists(), "nothing may be trained or written for bad input"
+
+
+def test_a_bad_choice_at_parse_time_lists_the_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        roar_main(_tiny(tmp_path / "never", "--device", "tpu"))
+    err = capsys.readouterr().err
+    assert "tpu" in err and "cuda" in err
+
+
+def test_the_python_api_raises_for_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="'sideways'.*cascading"):
+        run_report(SanityReportConfig(orders=["sideways"]), tmp_path / "never")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        run_report(SanityReportConfig(permuted_checkpoint=str(tmp_path / "nope.ckpt")), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_checkpoint_for_other_data_is_refused(report, tmp_path):
+    cfg = SanityReportConfig(
+        data={"source": "digits", "image_size": 12}, checkpoint=str(report[0] / "model.ckpt"), data_check=False, progress=False
+    )
+    with pytest.raises(ValueError, match="image_size=8, but the data has image_size=12"):
+        run_report(cfg, tmp_path / "other")
+    assert not (tmp_path / "other" / "sanity.csv").exists()
