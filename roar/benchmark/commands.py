@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -31,6 +32,35 @@ def _config(parser: ArgumentParser, argv: list[str]) -> tuple[BenchmarkConfig, P
     return cfg, out, args
 
 
+def _add_launch_arguments(parser: ArgumentParser) -> None:
+    """Where the runs go: this process, ``--workers N`` local processes, or a Ray cluster (docs/scale.md)."""
+    from roar.benchmark.launchers import LaunchOptions
+
+    default = LaunchOptions()
+    group = parser.add_argument_group("scale", "run the grid in parallel (docs/scale.md)")
+    group.add_argument("--launcher", type=Literal["local", "ray"], default=default.launcher,
+                       help="local: this machine (--workers processes); ray: one Ray task per run on a Ray cluster")  # fmt: skip
+    group.add_argument("--workers", type=int, default=default.workers,
+                       help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process")  # fmt: skip
+    group.add_argument("--worker_retries", "--worker-retries", type=int, default=default.worker_retries,
+                       help="reruns of a run whose worker process died (OOM kill, preemption) before it is recorded as failed")  # fmt: skip
+    group.add_argument("--ray_address", "--ray-address", type=Optional[str], default=default.ray_address,
+                       help="Ray cluster: auto (started by `ray start` here), ray://host:10001, local (new instance); default: RAY_ADDRESS or a running local cluster")  # fmt: skip
+    group.add_argument("--ray_cpus_per_task", "--ray-cpus-per-task", type=float, default=default.ray_cpus_per_task,
+                       help="CPUs (and torch threads) reserved by each run's Ray task")  # fmt: skip
+    group.add_argument("--ray_gpus_per_task", "--ray-gpus-per-task", type=Optional[float], default=default.ray_gpus_per_task,
+                       help="GPUs reserved by each run's Ray task (default: 1 when trainer.accelerator is gpu/cuda, or auto on a GPU cluster)")  # fmt: skip
+
+
+def _launch_options(args: object):
+    from roar.benchmark.launchers import LaunchOptions
+
+    return LaunchOptions(
+        launcher=args.launcher, workers=args.workers, worker_retries=args.worker_retries, ray_address=args.ray_address,
+        ray_cpus_per_task=args.ray_cpus_per_task, ray_gpus_per_task=args.ray_gpus_per_task,
+    )  # fmt: skip
+
+
 def benchmark_main(argv: list[str]) -> int:
     from roar.benchmark.runner import run_benchmark
 
@@ -38,11 +68,16 @@ def benchmark_main(argv: list[str]) -> int:
                      "Running it again resumes: finished runs are skipped.")  # fmt: skip
     parser.add_argument("--force", type=bool, default=False, help="rerun every cell even if results.db has it")
     parser.add_argument("--progress", type=bool, default=True, help="progress bars")
+    _add_launch_arguments(parser)
     cfg, out, args = _config(parser, argv)
+    try:
+        launch = _launch_options(args).validate()
+    except (ValueError, ImportError) as err:  # e.g. --launcher ray without Ray: say how to install it
+        parser.error(str(err))
     out.mkdir(parents=True, exist_ok=True)
     parser.save(args, out / "benchmark.yaml", overwrite=True, skip_check=True)
     try:
-        run_benchmark(cfg, out, force=args.force, progress=args.progress)
+        run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130

@@ -2,7 +2,8 @@
 
 Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks" (NeurIPS 2019).
 Every run of the grid is a pure function of the benchmark config, the run spec and the paths
-on disk (:func:`execute_run`), so it can run here, in a worker process, or as a Ray task.
+on disk (:func:`execute_run`), so it can run here, in a worker process, or as a Ray task
+(:mod:`roar.benchmark.launchers`: ``--workers N`` on one machine, ``--launcher ray`` on a cluster).
 Results go to SQLite one transaction per finished run: an interrupted benchmark resumes by
 running the same command again.
 """
@@ -21,7 +22,8 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from roar.attribution.compute import compute_ranks, load_classifier
-from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.config import BaseModel, BenchmarkConfig, Protocol
+from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.plan import RunSpec, build_plan, format_threshold
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 BASE_CHECKPOINT = "base.ckpt"
 STORE_DIR = "attributions"
 RUNS_DIR = "runs"
+
+
+def config_from_dict(data: dict[str, Any]) -> BenchmarkConfig:
+    """Rebuild a :class:`BenchmarkConfig` from ``to_dict()``: how workers and Ray tasks receive it."""
+    data = dict(data)
+    data["base"] = BaseModel(**data.get("base", {}))
+    data["protocol"] = Protocol(**data.get("protocol", {}))
+    return BenchmarkConfig(**data)
 
 
 def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
@@ -205,8 +215,14 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     return {"test_acc": float(metrics["test/acc"]), "epochs": epochs, "seconds": time.perf_counter() - start, "checkpoint": checkpoint}
 
 
-def execute_and_record(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, results: ResultsStore, progress: bool = True) -> bool:
-    """Run one spec with retries and record it as done or failed; True when done."""
+def attempt_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, progress: bool = True) -> dict[str, Any]:
+    """Run one spec with ``cfg.retries`` retries of a crashing run; record nothing.
+
+    Returns:
+        The outcome: ``status`` (``done`` or ``failed``), then :func:`execute_run`'s fields when
+        done or ``error`` (the last traceback) when failed. Plain data, so a worker process or a
+        Ray task can return it to the driver.
+    """
     error = None
     for attempt in range(cfg.retries + 1):
         try:
@@ -215,10 +231,21 @@ def execute_and_record(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt
             error = traceback.format_exc(limit=20)
             log.warning("run %s failed (attempt %d/%d):\n%s", spec.run_id, attempt + 1, cfg.retries + 1, error)
             continue
-        results.record(spec, status="done", config=run_config(cfg, spec), **outcome)
-        return True
-    results.record(spec, status="failed", error=error, config=run_config(cfg, spec))
-    return False
+        return {"status": "done", **outcome}
+    return {"status": "failed", "error": error}
+
+
+def record_outcome(results: ResultsStore, spec: RunSpec, cfg: BenchmarkConfig, outcome: dict[str, Any]) -> None:
+    """Record an :func:`attempt_run` outcome as one row (one transaction)."""
+    fields = {k: v for k, v in outcome.items() if k != "status"}
+    results.record(spec, status=outcome["status"], config=run_config(cfg, spec), **fields)
+
+
+def execute_and_record(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, results: ResultsStore, progress: bool = True) -> bool:
+    """Run one spec with retries and record it as done or failed; True when done."""
+    outcome = attempt_run(spec, cfg, out, base_ckpt, progress=progress)
+    record_outcome(results, spec, cfg, outcome)
+    return outcome["status"] == "done"
 
 
 def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -238,7 +265,15 @@ def _overall_bar(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="ROAR grid", unit="run", position=0, leave=True, dynamic_ncols=True)
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, force: bool = False, progress: bool = True, report: bool = True) -> ResultsStore:
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    launch: LaunchOptions | None = None,
+) -> ResultsStore:
     """The whole benchmark, resumable: see the module docstring.
 
     Args:
@@ -248,8 +283,12 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, force: bool = False,
             kept: they are verified by checkpoint hash and fingerprint, never silently stale).
         progress: progress bars.
         report: write the report at the end.
+        launch: where the runs go (:class:`~roar.benchmark.launchers.LaunchOptions`): this
+            process (the default), ``workers`` local processes, or a Ray cluster. The base model
+            and the ranks are always prepared here first, so workers only read them.
     """
     cfg.validate()
+    launch = (launch or LaunchOptions()).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = ResultsStore(out / "results.db")
@@ -262,12 +301,24 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, *, force: bool = False,
     if len(todo) < len(plan):
         print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'}")
     with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
-        for spec in todo:
-            if bar is not None:
-                bar.set_postfix_str(spec.name + f" [{spec.mode}]")
-            execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress)
-            if bar is not None:
-                bar.update(1)
+        if not launch.parallel:
+            for spec in todo:
+                if bar is not None:
+                    bar.set_postfix_str(spec.name + f" [{spec.mode}]")
+                execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress)
+                if bar is not None:
+                    bar.update(1)
+        elif todo:  # a finished grid starts no workers and joins no cluster
+
+            def on_finished(spec: RunSpec, done: bool) -> None:
+                if bar is not None:
+                    bar.set_postfix_str(f"{'done' if done else 'FAILED'}: {spec.name} [{spec.mode}]")
+                    bar.update(1)
+
+            if launch.launcher == "ray":
+                run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=on_finished)
+            else:
+                run_local_pool(todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries, on_finished=on_finished)
     if report:
         write_benchmark_report(cfg, out, results)
     return results

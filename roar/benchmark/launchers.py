@@ -1,0 +1,395 @@
+"""Run the benchmark grid in parallel: worker processes on one machine, or Ray tasks on a cluster.
+
+Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks" (NeurIPS 2019)
+retrain a ResNet-50 hundreds of times (method x threshold x seed x mode): one machine, one run at a
+time, is too slow. Every run is a pure function of the benchmark config, its :class:`RunSpec` and
+paths on disk (:func:`roar.benchmark.runner.execute_run`), so the grid parallelises without
+shipping models or tensors: a worker gets the config as a dict, the spec as a dict and the paths,
+rebuilds the data module from the config, reads the ranks from the attribution store and trains.
+The driver (``run_benchmark``) trains the base model and computes every method's ranks *before*
+any worker starts, so workers only ever read the store.
+
+Two launchers:
+
+* ``local`` with ``workers=N``: N worker processes on this machine (``spawn``, never ``fork``
+  after torch has started threads), each pinned to one CUDA device through
+  ``CUDA_VISIBLE_DEVICES`` (or, on CPU, given ``cores // N`` torch threads). Each worker records
+  its own rows in ``results.db``; SQLite's WAL and one transaction per run make the concurrent
+  writes safe (:mod:`roar.benchmark.results`).
+* ``ray``: one Ray task per run (``num_gpus=1`` on GPUs, ``num_cpus`` otherwise). A task returns
+  its outcome and the driver records it, so only the driver writes ``results.db``; the output
+  folder must be on storage every node sees (it holds the base checkpoint and the ranks).
+
+A worker process that dies mid-run (out-of-memory kill, segfault, a preempted node) loses only
+that run: finished runs are already in ``results.db``. The run is retried up to
+``worker_retries`` times in a fresh process (Ray's own ``max_retries`` does this for Ray), then
+recorded as failed; running the same command again retries failed runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.plan import RunSpec
+from roar.benchmark.results import ResultsStore
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("local", "ray")
+RAY_INSTALL = "pip install 'roar[ray]'"
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+TEST_KILL_ENV = "ROAR_TEST_KILL_RUN"
+"""Test-only hook: a worker about to record the run with this id exits abruptly (``os._exit``),
+once per output folder (a marker file remembers it), as a worker killed mid-run would. Read only by
+the parallel launchers' worker functions; unset, it costs one environment lookup per run."""
+
+OnFinished = Callable[[RunSpec, bool], None]
+
+
+@dataclass
+class LaunchOptions:
+    """How the grid's runs are spread over processes, devices and machines.
+
+    Attributes:
+        launcher: ``local`` (this machine) or ``ray`` (a Ray cluster).
+        workers: local worker processes, one device each; 1 runs the grid in this process.
+        worker_retries: how many times a run whose worker *process died* is rerun in a fresh one
+            before it is recorded as failed (a Python exception in a run is ``retries`` of the
+            benchmark config instead).
+        ray_address: the Ray cluster: ``auto`` (the one started by ``ray start`` on this node),
+            ``ray://host:10001``, ``local`` (a new single-machine instance), or None (Ray's default:
+            ``RAY_ADDRESS``, else a running local cluster, else a new local instance).
+        ray_cpus_per_task: CPUs a Ray task reserves (and torch threads it uses).
+        ray_gpus_per_task: GPUs a Ray task reserves; None: 1 when ``trainer.accelerator`` is
+            ``gpu``/``cuda`` (or ``auto`` and the cluster has GPUs), else 0.
+    """
+
+    launcher: Literal["local", "ray"] = "local"
+    workers: int = 1
+    worker_retries: int = 1
+    ray_address: str | None = None
+    ray_cpus_per_task: float = 1.0
+    ray_gpus_per_task: float | None = None
+
+    def validate(self) -> LaunchOptions:
+        """Fail before any training on options that cannot work, naming the value and the choices."""
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"unknown launcher {self.launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.launcher == "ray" and self.workers != 1:
+            raise ValueError(f"workers={self.workers} is for the local launcher; with Ray every run is a task placed by its resources (see ray_cpus_per_task)")
+        if isinstance(self.worker_retries, bool) or not isinstance(self.worker_retries, int) or self.worker_retries < 0:
+            raise ValueError(f"worker_retries must be an integer >= 0, got {self.worker_retries!r}")
+        if not self.ray_cpus_per_task > 0:
+            raise ValueError(f"ray_cpus_per_task must be positive, got {self.ray_cpus_per_task!r}")
+        if self.ray_gpus_per_task is not None and self.ray_gpus_per_task < 0:
+            raise ValueError(f"ray_gpus_per_task must be >= 0, got {self.ray_gpus_per_task!r}")
+        if self.launcher == "ray":
+            require_ray()
+        return self
+
+    @property
+    def parallel(self) -> bool:
+        return self.launcher == "ray" or self.workers > 1
+
+
+def require_ray():
+    """Import Ray, or fail with the command that installs it (Ray is an optional extra)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(f"the ray launcher needs Ray, which is not installed; install it with `{RAY_INSTALL}` (or `pip install '.[ray]'` in a checkout)") from None
+    return ray
+
+
+# --------------------------------------------------------------------------- shared worker code
+def _die_if_asked(spec: RunSpec, out: Path) -> None:
+    """The :data:`TEST_KILL_ENV` hook: exit abruptly the first time the named run is about to be recorded."""
+    if os.environ.get(TEST_KILL_ENV) != spec.run_id:
+        return
+    marker = out / f".{TEST_KILL_ENV.lower()}-{spec.run_id.replace('/', '_')}"
+    if marker.exists():
+        return
+    marker.touch()
+    os._exit(137)  # like SIGKILL: no cleanup, no exception, no result
+
+
+def _quiet_worker(threads: int) -> None:
+    """Torch threads and log levels of a worker process (the driver's bar is the only progress)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _worker_config(cfg_dict: dict[str, Any]) -> BenchmarkConfig:
+    """The config a worker runs with: one device per run (the one the worker is pinned to)."""
+    from roar.benchmark.runner import config_from_dict
+
+    cfg = config_from_dict(cfg_dict)
+    cfg.trainer = {**cfg.trainer, "devices": 1}
+    return cfg
+
+
+def wants_gpu(cfg: BenchmarkConfig, gpus_available: bool) -> bool:
+    """Whether the runs train on GPUs: ``gpu``/``cuda``, or ``auto`` (the default) where there are GPUs."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto")).lower()
+    return accelerator in GPU_ACCELERATORS or (accelerator == "auto" and gpus_available)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- local worker pool
+def worker_devices(cfg: BenchmarkConfig, workers: int) -> list[int | None]:
+    """The CUDA device of each worker (round robin), or None for each on CPU."""
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not wants_gpu(cfg, n_gpus > 0):
+        return [None] * workers
+    if n_gpus == 0:
+        raise ValueError(f"trainer.accelerator is {cfg.trainer.get('accelerator')!r} but no CUDA device is visible; use accelerator: cpu")
+    if workers > n_gpus:
+        log.warning("%d workers share %d CUDA devices: %d runs per device at a time", workers, n_gpus, -(-workers // n_gpus))
+    return [i % n_gpus for i in range(workers)]
+
+
+def _init_pool_worker(device: int | None, threads: int) -> None:
+    # Runs in the fresh (spawned) process before torch touches CUDA, so the pin holds for every run.
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
+    _quiet_worker(threads)
+
+
+def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str) -> bool:
+    """One run in a worker process; it records its own row. True when done."""
+    from roar.benchmark.runner import attempt_run, record_outcome
+
+    spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
+    outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
+    _die_if_asked(spec, out_path)
+    record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome)
+    return outcome["status"] == "done"
+
+
+class _Slot:
+    """One worker process pinned to one device: a single-process pool, restarted if it breaks.
+
+    One pool per slot (rather than one pool of N) because a dying process breaks its whole pool:
+    with one process per pool, only the run that was in it is affected, and the blame is exact.
+    """
+
+    def __init__(self, device: int | None, threads: int) -> None:
+        self.device, self.threads = device, threads
+        self._pool: ProcessPoolExecutor | None = None
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_pool_worker, initargs=(self.device, self.threads),
+            )  # fmt: skip
+        return self._pool
+
+    def restart(self) -> None:
+        self.shutdown(wait=False)
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+def _death_message(spec: RunSpec, deaths: int) -> str:
+    return (
+        f"the worker process running {spec.run_id} died {deaths} time(s) without recording a result "
+        "(killed: out of memory? a segfault? a preempted machine?); run the benchmark again to retry it"
+    )
+
+
+def run_local_pool(
+    todo: Sequence[RunSpec],
+    cfg: BenchmarkConfig,
+    out: Path,
+    base_ckpt: Path,
+    results: ResultsStore,
+    *,
+    workers: int,
+    worker_retries: int = 1,
+    on_finished: OnFinished | None = None,
+) -> None:
+    """Run ``todo`` on ``workers`` worker processes of this machine, one run per process at a time.
+
+    Args:
+        todo: the runs still to do.
+        cfg: the benchmark config.
+        out: the output folder (holds the base checkpoint, the ranks and ``results.db``).
+        base_ckpt: the base checkpoint (already trained, ranks already computed).
+        results: the driver's results store; workers write rows into the same file.
+        workers: worker processes.
+        worker_retries: reruns of a run whose worker died, before it is recorded as failed.
+        on_finished: called in the driver with ``(spec, done)`` as each run ends.
+    """
+    from roar.benchmark.runner import run_config
+
+    threads = max(1, available_cores() // workers)
+    slots = [_Slot(device, threads) for device in worker_devices(cfg, workers)]
+    queue, deaths = deque(todo), Counter()
+    running: dict[Future, tuple[_Slot, RunSpec]] = {}
+    cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(out), str(base_ckpt)
+    finished = on_finished or (lambda spec, ok: None)
+    clean = False
+    try:
+        while queue or running:
+            busy = {id(slot) for slot, _ in running.values()}
+            for slot in slots:
+                if queue and id(slot) not in busy:
+                    spec = queue.popleft()
+                    running[slot.pool().submit(_pool_task, spec.to_dict(), cfg_dict, out_s, ckpt_s)] = (slot, spec)
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                slot, spec = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    finished(spec, bool(future.result()))
+                elif isinstance(error, BrokenProcessPool):
+                    slot.restart()
+                    if spec.run_id in results.finished_ids():  # it died after recording: nothing lost
+                        finished(spec, True)
+                        continue
+                    deaths[spec.run_id] += 1
+                    message = _death_message(spec, deaths[spec.run_id])
+                    if deaths[spec.run_id] <= worker_retries:
+                        log.warning("%s; retrying it in a fresh worker (%d of %d)", message, deaths[spec.run_id], worker_retries)
+                        queue.appendleft(spec)
+                    else:
+                        log.warning(message)
+                        results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
+                        finished(spec, False)
+                else:  # the worker survived but could not run or record the spec (e.g. the db was unwritable)
+                    text = "".join(traceback.format_exception(error))
+                    log.warning("run %s could not be run by its worker:\n%s", spec.run_id, text)
+                    results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
+                    finished(spec, False)
+        clean = True
+    finally:
+        # On Ctrl-C the workers got the same SIGINT (same process group); do not wait for them.
+        for slot in slots:
+            slot.shutdown(wait=clean)
+
+
+# --------------------------------------------------------------------------- Ray
+def _ray_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, threads: int) -> dict[str, Any]:
+    """One run as a Ray task: rebuilt from the config and paths on shared storage; returns the outcome."""
+    from roar.benchmark.runner import attempt_run
+
+    _quiet_worker(threads)
+    if not Path(base_ckpt).is_file():
+        import socket
+
+        raise FileNotFoundError(
+            f"{base_ckpt} is not visible on Ray node {socket.gethostname()}: the output folder must be on storage "
+            "every node mounts at the same path (NFS, a cluster file system)"
+        )
+    spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
+    outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
+    _die_if_asked(spec, out_path)
+    return outcome
+
+
+def _connect_ray(ray: Any, address: str | None) -> bool:
+    """Connect to (or start) Ray; True when this call started it, so the driver shuts it down after."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"address": address}
+    if address == "local":
+        kwargs["include_dashboard"] = False  # a throwaway single-machine instance
+    ray.init(**kwargs)
+    return True
+
+
+def ray_resources(cfg: BenchmarkConfig, options: LaunchOptions, cluster: dict[str, float]) -> dict[str, float]:
+    """``num_cpus``/``num_gpus`` of one run's task, checked against the cluster's totals."""
+    gpus = options.ray_gpus_per_task
+    if gpus is None:
+        gpus = 1.0 if wants_gpu(cfg, cluster.get("GPU", 0) > 0) else 0.0
+    if gpus > cluster.get("GPU", 0):
+        raise ValueError(
+            f"each run asks for {gpus:g} GPU(s) but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; "
+            "add GPU nodes, or set trainer.accelerator: cpu (or --ray_gpus_per_task 0)"
+        )
+    if options.ray_cpus_per_task > cluster.get("CPU", 0):
+        raise ValueError(f"ray_cpus_per_task={options.ray_cpus_per_task:g} but the Ray cluster has {cluster.get('CPU', 0):g} CPUs")
+    return {"num_cpus": float(options.ray_cpus_per_task), "num_gpus": float(gpus)}
+
+
+def run_ray(
+    todo: Sequence[RunSpec],
+    cfg: BenchmarkConfig,
+    out: Path,
+    base_ckpt: Path,
+    results: ResultsStore,
+    *,
+    options: LaunchOptions,
+    on_finished: OnFinished | None = None,
+) -> None:
+    """Run ``todo`` as Ray tasks, one per run, and record each outcome in the driver's ``results.db``.
+
+    Tasks get the config and the spec as dicts and absolute paths: ``out`` must be on storage
+    every Ray node mounts at the same path. Ray reruns a task whose worker or node died up to
+    ``options.worker_retries`` times (``max_retries``); exceptions inside a run are retried by the
+    task itself (``cfg.retries``) and come back as a failed outcome.
+    """
+    from roar.benchmark.runner import record_outcome, run_config
+
+    ray = require_ray()
+    started = _connect_ray(ray, options.ray_address)
+    try:
+        resources = ray_resources(cfg, options, ray.cluster_resources())
+        task = ray.remote(_ray_task).options(**resources, max_retries=options.worker_retries, retry_exceptions=False)
+        threads = max(1, int(resources["num_cpus"]))
+        cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(Path(out).resolve()), str(Path(base_ckpt).resolve())
+        pending = {task.remote(spec.to_dict(), cfg_dict, out_s, ckpt_s, threads): spec for spec in todo}
+        log.info("submitted %d runs to Ray (%s per task)", len(pending), resources)
+        finished = on_finished or (lambda spec, ok: None)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    spec = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as err:  # the task's worker died more often than max_retries allows
+                        text = f"the Ray task of {spec.run_id} failed: {err}"
+                        log.warning(text)
+                        results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
+                        finished(spec, False)
+                        continue
+                    record_outcome(results, spec, cfg, outcome)
+                    finished(spec, outcome["status"] == "done")
+        except BaseException:
+            for ref in pending:  # Ctrl-C: do not leave the cluster busy with runs nobody records
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()

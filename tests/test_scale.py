@@ -1,0 +1,297 @@
+"""Running at scale, on CPU: a 2-process DDP retrain (gloo), the grid on worker processes, on Ray.
+
+See docs/scale.md. Everything here is CPU-only and tiny (8 px digits, one epoch, a few batches).
+"""
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from roar.__main__ import main as roar_main
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.launchers import TEST_KILL_ENV, LaunchOptions, ray_resources
+from roar.benchmark.results import ResultsStore
+from roar.benchmark.runner import config_from_dict, pending_runs, run_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
+
+# 3 runs: the unmasked reference, random ROAR and random KAR at 0.5
+TINY_GRID = [
+    "--config", DEMO, "--data.image_size", "8", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
+    "--base.max_epochs", "1", "--methods", "[random]", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar, kar]",
+    "--noretrain", "false", "--logger", "none", "--progress", "false",
+]  # fmt: skip
+KILLED = "roar/random/t0.500/s0/digits/small_cnn"
+
+
+def tiny_config(**overrides) -> BenchmarkConfig:
+    kwargs = dict(
+        name="tiny", data={"source": "digits", "image_size": 8, "batch_size": 64}, model={"arch": "small_cnn"},
+        trainer={"max_epochs": 1, "limit_train_batches": 4, "accelerator": "cpu"}, methods=["random"], thresholds=[0.5],
+        seeds=1, modes=["roar", "kar"], noretrain=False, logger="none",
+    )  # fmt: skip
+    kwargs.update(overrides)
+    cfg = BenchmarkConfig(**kwargs)
+    cfg.base.max_epochs = 1
+    return cfg
+
+
+def check_db(db: Path) -> list[dict]:
+    """The database is intact and holds each run id at most once."""
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        ids = [row[0] for row in conn.execute("SELECT run_id FROM runs")]
+    assert len(ids) == len(set(ids))
+    return ResultsStore(db).rows()
+
+
+# --------------------------------------------------------------------------- options
+def test_config_round_trips_through_a_dict():
+    cfg = tiny_config(method_params={"random": {}}, seeds=[3, 4])
+    cfg.protocol.granularity = "pixel"
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (LaunchOptions(workers=0), "workers must be a positive integer"),
+        (LaunchOptions(launcher="slurm"), "valid launchers: local, ray"),
+        (LaunchOptions(launcher="ray", workers=2), "for the local launcher"),
+        (LaunchOptions(worker_retries=-1), "worker_retries"),
+        (LaunchOptions(ray_cpus_per_task=0), "ray_cpus_per_task"),
+    ],
+)
+def test_bad_launch_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        options.validate()
+
+
+def test_ray_tasks_ask_for_one_gpu_on_gpus_and_refuse_a_cluster_without_them():
+    cpu_cluster, gpu_cluster = {"CPU": 8.0}, {"CPU": 32.0, "GPU": 4.0}
+    options = LaunchOptions(launcher="ray", ray_cpus_per_task=2)
+    assert ray_resources(tiny_config(), options, cpu_cluster) == {"num_cpus": 2.0, "num_gpus": 0.0}
+    gpu = tiny_config(trainer={"accelerator": "gpu"})
+    assert ray_resources(gpu, options, gpu_cluster) == {"num_cpus": 2.0, "num_gpus": 1.0}
+    assert ray_resources(tiny_config(trainer={}), options, gpu_cluster)["num_gpus"] == 1.0  # accelerator auto
+    with pytest.raises(ValueError, match="has 0 GPU"):
+        ray_resources(gpu, options, cpu_cluster)
+    with pytest.raises(ValueError, match="has 8 CPUs"):
+        ray_resources(tiny_config(), LaunchOptions(launcher="ray", ray_cpus_per_task=16), cpu_cluster)
+
+
+def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as where it is not installed
+    with pytest.raises(SystemExit):
+        roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "pip install 'roar[ray]'" in err
+    assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
+
+
+# --------------------------------------------------------------------------- worker processes
+def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    # The worker running KILLED dies (os._exit) just before recording it; no retries for worker deaths.
+    monkeypatch.setenv(TEST_KILL_ENV, KILLED)
+    assert roar_main(["benchmark", *TINY_GRID, "--workers", "2", "--worker_retries", "0", "--out", str(out)]) == 0
+    assert list(out.glob(".roar_test_kill_run-*")), "the hook killed a worker"
+    rows = check_db(out / "results.db")
+    assert len(rows) == 3
+    status = {r["run_id"]: r["status"] for r in rows}
+    assert status.pop(KILLED) == "failed" and set(status.values()) == {"done"}
+    (failed,) = ResultsStore(out / "results.db").failures()
+    assert "worker process" in failed["error"] and "died" in failed["error"]
+    # every finished run is complete (its config recorded), whichever worker wrote it
+    assert all(r["config"]["benchmark"]["name"] == "digits_demo" and 0 <= r["test_acc"] <= 1 for r in rows if r["status"] == "done")
+    before = {r["run_id"]: r["seconds"] for r in rows if r["status"] == "done"}
+
+    # Resume (in this process): only the failed run is redone, the others are untouched.
+    monkeypatch.delenv(TEST_KILL_ENV)
+    assert roar_main(["benchmark", *TINY_GRID, "--out", str(out)]) == 0
+    rows = check_db(out / "results.db")
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert {k: v for k, v in ((r["run_id"], r["seconds"]) for r in rows) if k in before} == before
+    assert (out / "results.csv").is_file() and (out / "summary.csv").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(TEST_KILL_ENV, KILLED)
+    cfg = tiny_config(seeds=2)
+    results = run_benchmark(cfg, tmp_path, progress=False, report=False, launch=LaunchOptions(workers=2))
+    assert list(tmp_path.glob(".roar_test_kill_run-*")), "the hook killed a worker"
+    rows = check_db(results.path)
+    plan, todo = pending_runs(cfg, results)
+    assert not todo and len(rows) == len(plan) == 6
+    assert all(r["status"] == "done" for r in rows)
+
+
+# --------------------------------------------------------------------------- Ray
+@pytest.mark.slow
+def test_ray_runs_the_grid_end_to_end_and_retries_a_dead_task(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    monkeypatch.setenv(TEST_KILL_ENV, KILLED)  # Ray's max_retries reruns the task whose worker died
+    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "local", "--out", str(out)]) == 0
+    assert list(out.glob(".roar_test_kill_run-*")), "the hook killed a Ray worker"
+    rows = check_db(out / "results.db")
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    assert (out / "roar.png").is_file() and (out / "kar.png").is_file()
+    # resume: every run id is done, nothing is submitted again
+    before = {r["run_id"]: r["seconds"] for r in rows}
+    monkeypatch.delenv(TEST_KILL_ENV)
+    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "local", "--out", str(out)]) == 0
+    assert {r["run_id"]: r["seconds"] for r in check_db(out / "results.db")} == before
+
+
+# --------------------------------------------------------------------------- DDP
+class MaskProbe(Callback):
+    """Test-only callback: what one DDP rank masked, trained on and found in the store, saved per rank.
+
+    Built by the LightningCLI in every rank's process (``class_path: test_scale.MaskProbe``). It also
+    captures this process's attribution-store log, which says when ranks were computed.
+    """
+
+    FIXED = 16  # fixed train-pool indices 0..15 and the first 8 test samples
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        store_log = logging.getLogger("roar.attribution.store")
+        store_log.setLevel(logging.INFO)
+        store_log.addHandler(logging.FileHandler(self.out / f"store-{os.getpid()}.log"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images, _, indices = batch  # masked (and, with augment none, nothing else)
+        self.batches.append((indices.cpu().clone(), images.cpu().clone()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        images = torch.cat([dm.source.train.images[: self.FIXED], dm.source.test.images[:8]])
+        indices = torch.cat([torch.arange(self.FIXED), dm.num_train_pool + torch.arange(8)])
+        store = {
+            str(meta.parent.relative_to(dm.store)): (json.loads(meta.read_text())["created"], (meta.parent / "ranks.npy").stat().st_ino)
+            for meta in Path(dm.store).glob("*/*/meta.json")
+        }  # fmt: skip
+        torch.save(
+            {
+                "rank": trainer.global_rank, "world_size": trainer.world_size, "pid": os.getpid(), "indices": indices,
+                "masked": dm.mask(images.to(pl_module.device), indices.to(pl_module.device)).cpu(), "batches": self.batches,
+                "store": store,
+            },
+            self.out / f"rank{trainer.global_rank}.pt",
+        )  # fmt: skip
+
+
+def make_base_checkpoint(path: Path) -> None:
+    from lightning.pytorch import Trainer
+
+    from roar.data.datamodule import ImageDataModule
+    from roar.models.classifier import ImageClassifier
+
+    torch.manual_seed(0)
+    dm = ImageDataModule(source="digits", image_size=8, batch_size=64)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, channel_mean=dm.channel_mean, channel_std=dm.channel_std)
+    trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+
+
+def run_with_timeout(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout kill the whole group (DDP ranks included) and fail."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (a DDP hang?):\n{output[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+
+
+def test_two_process_ddp_retrain_masks_alike_and_writes_one_set_of_outputs(tmp_path):
+    from roar.data.roar import RoarDataModule
+
+    base, store, logs, probe = tmp_path / "base.ckpt", tmp_path / "attributions", tmp_path / "logs", tmp_path / "probe"
+    make_base_checkpoint(base)
+    data = {"image_size": 8, "batch_size": 32, "augment": "none", "store": str(store), "base_checkpoint": str(base), "method": "gradient", "threshold": 0.5, "mode": "roar"}
+    config = {
+        "data": {"init_args": data},
+        "trainer": {
+            "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1, "limit_train_batches": 3,
+            "limit_val_batches": 2, "limit_test_batches": 2, "log_every_n_steps": 1, "enable_progress_bar": False,
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(logs), "name": "roar"}},
+                {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": str(logs), "project": "roar", "offline": True}},
+            ],
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+                {"class_path": "test_scale.MaskProbe", "init_args": {"out": str(probe)}},
+            ],
+        },
+    }  # fmt: skip
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable, "train.py", "fit", "--config", "configs/digits.yaml", "--config", "configs/roar/digits.yaml",
+        "--config", str(tmp_path / "ddp.yaml"),
+    ]  # fmt: skip
+    # one torch thread per rank: two ranks share two cores; tests/ on the path for the probe callback
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true"}
+    proc = run_with_timeout(cmd, timeout=420, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+    ranks = [torch.load(probe / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+
+    # the same masks on both ranks for the same global indices, and the ones this process computes
+    reference = RoarDataModule(**{k: v for k, v in data.items() if k != "augment"})
+    reference.setup()
+    pool, test = reference.source.train.images, reference.source.test.images
+    expected = reference.mask(torch.cat([pool[:16], test[:8]]), ranks[0]["indices"])
+    torch.testing.assert_close(ranks[0]["masked"], ranks[1]["masked"], rtol=0, atol=0)
+    torch.testing.assert_close(ranks[0]["masked"], expected, rtol=0, atol=0)
+    assert (expected != torch.cat([pool[:16], test[:8]])).any(), "threshold 0.5 changes pixels"
+
+    # the sampler split the data: disjoint indices, and every batch a rank trained on is the masked image of its index
+    seen = []
+    for rank in ranks:
+        assert len(rank["batches"]) == 3
+        indices = torch.cat([i for i, _ in rank["batches"]])
+        for idx, images in rank["batches"]:
+            torch.testing.assert_close(images, reference.mask(pool[idx], idx), rtol=0, atol=0)
+        seen.append(set(indices.tolist()))
+    assert len(seen[0]) == len(seen[1]) == 96 and not seen[0] & seen[1]
+
+    # ranks were computed once, in rank 0's prepare_data; rank 1 read the same finished entries
+    logged = {r["rank"]: (probe / f"store-{r['pid']}.log").read_text().splitlines() for r in ranks}
+    computed = {rank: sum(line.startswith("cached attribution ranks at") for line in lines) for rank, lines in logged.items()}
+    assert computed == {0: 2, 1: 0}
+    assert sum(line.startswith("reusing cached attribution ranks") for line in logged[1]) == 2  # rank 1's setup read them
+    assert ranks[0]["store"] == ranks[1]["store"] and len(ranks[0]["store"]) == 2  # train and test, same files
+    assert not list(store.glob("*/.*")), "no partial entries left"
+
+    # one set of outputs: one version folder, one config, one metrics file, one checkpoint folder, one W&B run
+    assert [p.name for p in (logs / "roar").iterdir()] == ["version_0"]
+    assert len(list(logs.rglob("config.yaml"))) == 1 and len(list(logs.rglob("metrics.csv"))) == 1
+    (ckpt_dir,) = [p for p in logs.rglob("checkpoints") if p.is_dir()]
+    checkpoints = sorted(ckpt_dir.iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in [p.name for p in checkpoints]  # the epoch's and last, once each
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert len(list((logs / "wandb").glob("offline-run-*"))) == 1
+    metrics = (logs / "roar" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    assert sum(1 for line in metrics[1:] if line.split(",")[header.index("test/acc")]) == 1, "test metrics logged once, synced"
