@@ -198,6 +198,7 @@ def test_synthetic_benchmark_reproduces_the_papers_finding(tmp_path):
     assert "ground_truth" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # ResNet50 on a CPU: about a minute on a quiet machine, many under load
 def test_cifar10_resnet50_config_runs_one_retrain_step_on_cifar_files(tmp_path):
     from formats import write_cifar10
 
