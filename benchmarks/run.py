@@ -1,0 +1,245 @@
+"""``python -m benchmarks.run``: measure the figures of issue 7 and write ``benchmarks/results.json``.
+
+Examples::
+
+    python -m benchmarks.run                       # every figure, default sizes (~5-8 min on 2 CPU cores)
+    python -m benchmarks.run --quick               # tiny sizes (< 1 min)
+    python -m benchmarks.run --figures 1,4         # attribution cost and store only
+    python -m benchmarks.run --grid                # also time the ~10 min digits demo grid
+    python -m benchmarks.run --set store.n=20000 --set attribution.n_steps=16
+    python -m benchmarks.run --device cuda --threads 8 --clock wall
+
+Figures: 1 ``attribution`` (method cost against its floor), 2 ``masked`` (ROAR training
+against unmasked), 3 ``overhead`` (Lightning against a plain loop), 4 ``store`` (rank store
+throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch), 6 ``grid``
+(digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import CLOCKS, Settings, describe_device, markdown_table, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results.json"
+
+FIGURES: dict[str, tuple[int, str]] = {
+    "attribution": (1, "benchmarks.attribution_cost"),
+    "masked": (2, "benchmarks.masked_training"),
+    "overhead": (3, "benchmarks.framework_overhead"),
+    "store": (4, "benchmarks.store_memory"),
+    "sanity": (5, "benchmarks.sanity_cost"),
+    "grid": (6, "benchmarks.grid"),
+}
+PRESETS = ("smoke", "quick", "full")
+DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
+
+
+def parse_figures(text: str) -> list[str]:
+    """``1,4`` or ``attribution,store`` (or ``all``) -> figure names in figure order."""
+    if text.strip() == "all":
+        return list(FIGURES)
+    by_number = {str(number): name for name, (number, _) in FIGURES.items()}
+    names = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name = by_number.get(part, part)
+        if name not in FIGURES:
+            choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
+            raise ValueError(f"unknown figure {part!r}; valid figures: all, {choices}")
+        names.append(name)
+    return sorted(set(names), key=lambda n: FIGURES[n][0])
+
+
+def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
+    if field.name == "models":  # attribution models: arch:image_size:batch_size,...
+        from benchmarks.attribution_cost import ModelCase
+
+        cases = []
+        for item in value.split(","):
+            parts = item.split(":")
+            if len(parts) != 3:
+                raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...], got {item!r}")
+            cases.append(ModelCase(parts[0], int(parts[1]), int(parts[2])))
+        return tuple(cases)
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{field.name} takes true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, tuple) and all(isinstance(v, str) for v in current):
+        return tuple(filter(None, value.split(",")))
+    if isinstance(current, str):
+        return value
+    raise ValueError(f"{field.name} cannot be set from the command line")
+
+
+def figure_config(name: str, preset: str, overrides: list[str]) -> Any:
+    """The figure's preset config with ``--set name.field=value`` overrides applied."""
+    module = importlib.import_module(FIGURES[name][1])
+    cfg = module.PRESETS[preset]
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        figure, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set takes figure.field=value, got {item!r}")
+        if figure not in FIGURES:
+            raise ValueError(f"--set {item!r}: unknown figure {figure!r}; valid figures: {', '.join(FIGURES)}")
+        if figure != name:
+            continue
+        if field not in fields:
+            raise ValueError(f"--set {item!r}: {name} has no setting {field!r}; valid settings: {', '.join(fields)}")
+        changes[field] = _convert(fields[field], getattr(cfg, field), value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--figures", default="all", help="comma-separated figure numbers or names (default: all)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes, under a minute")
+    size.add_argument("--smoke", action="store_true", help="the tiniest sizes, for the test suite: checks it runs; numbers meaningless")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where models and batches live (default: auto)")
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="torch.set_num_threads for every measurement (default: 1 on CPU, where threads of a shared machine "
+        "waiting on each other make timings erratic; torch's default on CUDA)",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement; the median is reported (default: 3, quick 2, smoke 1)")
+    p.add_argument("--clock", choices=CLOCKS, default=None, help="clock the ratios are judged on (default: cpu on CPU, wall on CUDA); both are recorded")
+    p.add_argument("--grid", action="store_true", help="figure 6 also runs the digits demo grid (about 10 minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIGURE.FIELD=VALUE", help="override a size, e.g. store.n=20000")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results JSON (default: {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
+    p.add_argument("--workdir", default=None, help="folder for temporary files (default: a fresh temporary folder, removed after)")
+    return p
+
+
+def _meta(settings: Settings, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    import captum
+    import lightning
+
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": str(settings.device),
+        "device_name": describe_device(settings.device),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "captum": captum.__version__,
+        "threads": settings.threads,
+        "repeats": settings.repeats,
+        "clock": settings.clock,
+        "preset": settings.preset,
+        "grid": args.grid,
+        "overrides": args.overrides,
+        "argv": argv,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    """All figures as markdown: a heading, the target and verdict, the table."""
+    meta = results["meta"]
+    lines = [
+        f"Measured {meta['date']} on {meta['device_name']} (device {meta['device']}), torch {meta['torch']}, "
+        f"lightning {meta['lightning']}, captum {meta['captum']}; {meta['threads']} thread(s), median of {meta['repeats']} "
+        f"interleaved repeats, ratios on the {meta['clock']} clock; preset {meta['preset']}; load average at start "
+        f"{', '.join(f'{x:.1f}' for x in meta.get('load_average_at_start') or [])}.",
+        "",
+    ]
+    for name, fig in results["figures"].items():
+        number = FIGURES[name][0]
+        verdict = {True: "met", False: "NOT met", None: "-"}[fig.get("meets_target")]
+        lines += [f"### Figure {number}: {fig['title']}", ""]
+        if fig.get("status"):
+            lines += [f"Status: {fig['status']}", ""]
+        lines += [f"Target: {fig.get('target', '-')}. Verdict: **{verdict}**.", ""]
+        if fig.get("rows"):
+            lines += [markdown_table(fig["rows"], fig["columns"]), ""]
+        if fig.get("config"):
+            lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in fig["config"].items() if k != "models"), ""]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    try:
+        figures = parse_figures(args.figures)
+        preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+        configs = {name: figure_config(name, preset, args.overrides) for name in figures}
+        device = resolve_device(args.device)
+    except ValueError as err:
+        parser().error(str(err))
+    threads = args.threads or (1 if device.type == "cpu" else torch.get_num_threads())
+    if threads < 1:
+        parser().error(f"--threads must be positive, got {threads}")
+    torch.set_num_threads(threads)
+    repeats = args.repeats or DEFAULT_REPEATS[preset]
+    clock = args.clock or ("cpu" if device.type == "cpu" else "wall")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="roar-bench-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        settings = Settings(device=device, threads=threads, repeats=repeats, preset=preset, workdir=workdir, clock=clock)
+        results: dict[str, Any] = {"meta": _meta(settings, args, argv), "figures": {}}
+        for name in figures:
+            number, module_name = FIGURES[name]
+            print(f"figure {number} ({name})...", file=sys.stderr, flush=True)
+            module = importlib.import_module(module_name)
+            fig_start = time.perf_counter()
+            kwargs = {"grid": args.grid} if name == "grid" else {}
+            figure = module.run(settings, configs[name], **kwargs)
+            figure["seconds"] = time.perf_counter() - fig_start
+            results["figures"][name] = figure
+            print(render({"meta": results["meta"], "figures": {name: figure}}).split("\n", 2)[2], flush=True)
+            results["meta"]["total_seconds"] = time.perf_counter() - started
+            out.write_text(json.dumps(_jsonable(results), indent=1))  # after every figure: a crash keeps the rest
+    results["meta"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    out.write_text(json.dumps(_jsonable(results), indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(render(results) + "\n")
+    print(f"wrote {out} ({results['meta']['total_seconds']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
