@@ -129,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIGURE.FIELD=VALUE", help="override a size, e.g. store.n=20000")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results JSON (default: {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--markdown", default=None, help="also write the tables as markdown to this file")
+    p.add_argument("--merge", action="store_true", help="keep the other figures already in --out (each figure records its own date)")
     p.add_argument("--workdir", default=None, help="folder for temporary files (default: a fresh temporary folder, removed after)")
     return p
 
@@ -174,6 +175,9 @@ def render(results: dict[str, Any]) -> str:
         if fig.get("status"):
             lines += [f"Status: {fig['status']}", ""]
         lines += [f"Target: {fig.get('target', '-')}. Verdict: **{verdict}**.", ""]
+        measured = fig.get("measured")
+        if measured and measured.get("date") != meta["date"]:
+            lines += [f"(Measured {measured['date']}, preset {measured['preset']}, {measured['threads']} thread(s).)", ""]
         if fig.get("rows"):
             lines += [markdown_table(fig["rows"], fig["columns"]), ""]
         if fig.get("config"):
@@ -221,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         settings = Settings(device=device, threads=threads, repeats=repeats, preset=preset, workdir=workdir, clock=clock)
         results: dict[str, Any] = {"meta": _meta(settings, args, argv), "figures": {}}
+        if args.merge and out.is_file():
+            previous = json.loads(out.read_text()).get("figures", {})
+            results["figures"] = {name: previous[name] for name in FIGURES if name in previous and name not in figures}
         for name in figures:
             number, module_name = FIGURES[name]
             print(f"figure {number} ({name})...", file=sys.stderr, flush=True)
@@ -229,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {"grid": args.grid} if name == "grid" else {}
             figure = module.run(settings, configs[name], **kwargs)
             figure["seconds"] = time.perf_counter() - fig_start
+            figure["measured"] = {key: results["meta"][key] for key in ("date", "device", "threads", "repeats", "clock", "preset", "load_average_at_start")}
             results["figures"][name] = figure
+            results["figures"] = {n: results["figures"][n] for n in FIGURES if n in results["figures"]}
             print(render({"meta": results["meta"], "figures": {name: figure}}).split("\n", 2)[2], flush=True)
             results["meta"]["total_seconds"] = time.perf_counter() - started
             out.write_text(json.dumps(_jsonable(results), indent=1))  # after every figure: a crash keeps the rest
