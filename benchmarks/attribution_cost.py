@@ -76,7 +76,7 @@ class Config:
 
 PRESETS = {
     "smoke": Config(models=(ModelCase("small_cnn", 8, 2),), n_steps=2, nt_samples=2, n_samples=2, min_seconds=0.0),
-    "quick": Config(models=(ModelCase("small_cnn", 32, 8), ModelCase("resnet50", 8, 1)), n_steps=4, nt_samples=2, n_samples=2, min_seconds=0.1),
+    "quick": Config(models=(ModelCase("small_cnn", 32, 8), ModelCase("resnet50", 8, 1)), n_steps=4, nt_samples=2, n_samples=2, min_seconds=0.3),
     "full": Config(models=(ModelCase("small_cnn", 32, 8), ModelCase("resnet50", 32, 1)), n_steps=8, nt_samples=4, n_samples=4),
 }
 

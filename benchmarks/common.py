@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: devices, timers, memory probes, fake data, tables.
+"""Shared pieces of the benchmarks: settings, devices, clocks, memory probes, fake data, tables.
 
 Why the care with timing: the machines these run on are often shared (two CPU cores and other
 jobs here), so one number on its own means little. Every figure is a ratio of two measurements

@@ -52,7 +52,7 @@ def digits_demo(settings: Settings) -> dict[str, Any]:
     """Run the digits demo grid in a subprocess; its wall time."""
     out = settings.workdir / "digits_demo"
     command = [sys.executable, "-m", "roar", "benchmark", "--config", str(ROOT / "configs/benchmark/digits_demo.yaml"), "--out", str(out)]
-    print("  [grid] python -m roar benchmark --config configs/benchmark/digits_demo.yaml (about 10 minutes)", file=sys.stderr, flush=True)
+    print("  [grid] python -m roar benchmark --config configs/benchmark/digits_demo.yaml (minutes)", file=sys.stderr, flush=True)
     # The child gets the run's thread count too: torch reads OMP_NUM_THREADS at start-up.
     env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads)}
     start = now()

@@ -49,7 +49,7 @@ class Config:
     """Measure in a fresh process (clean memory counters); ``False`` (smoke) measures in this one."""
 
 
-PRESETS = {"smoke": Config(n=512, batch_size=128, chunk_size=256, fresh_process=False), "quick": Config(n=5000), "full": Config(n=50_000)}
+PRESETS = {"smoke": Config(n=512, batch_size=128, chunk_size=256, fresh_process=False), "quick": Config(n=2000), "full": Config(n=50_000)}
 
 
 class PooledImages(Dataset):

@@ -64,11 +64,6 @@ class EpochTimer(Callback):
             "images": self._images, "batches": self._batches,
         })  # fmt: skip
 
-    def times(self, clock: str, skip: int = 1) -> list[float]:
-        """Seconds of the epochs after the first ``skip`` (which pay for warm-up), on ``clock``."""
-        epochs = self.epochs[skip:] if len(self.epochs) > skip else self.epochs[-1:]
-        return [e[clock] for e in epochs]
-
 
 class BatchTimer(Callback):
     """Wall and CPU time of each training batch, from the end of the previous one to its own end.
