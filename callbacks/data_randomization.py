@@ -31,7 +31,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from callbacks.model_randomization import SanityCheckCallback, Target
-from roar.models.classifier import ImageClassifier
+from roar.models.checkpoint import load_classifier
 from roar.sanity.maps import DATA_CHECK, DEFAULT_METHODS, DEFAULT_METRICS, CheckResult, data_randomization
 
 
@@ -88,10 +88,8 @@ class DataRandomizationCheck(SanityCheckCallback):
     def reference(self, device) -> nn.Module:
         """The permuted-label model, loaded once, in eval mode, on ``device``."""
         if self._reference is None:
-            # A Lightning checkpoint stores its hyperparameters as Python objects: trusted files only.
-            self._reference = ImageClassifier.load_from_checkpoint(
-                self.reference_checkpoint, map_location="cpu", weights_only=False
-            ).eval()
+            # The restricted unpickler: a checkpoint from elsewhere cannot run code (roar.models.checkpoint).
+            self._reference = load_classifier(self.reference_checkpoint)
             # Nothing ever trains it; no parameter needs a gradient buffer.
             self._reference.requires_grad_(False)
         return self._reference.to(device)

@@ -6,6 +6,7 @@ statistics of its data, and ``link_arguments`` hands them to the model when both
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -41,6 +42,83 @@ class RoarCLI(LightningCLI):
             default=True,
             help="After `fit`, test the final weights on the test split (scored at the last epoch, never the best one).",
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_path(self) -> str | None:
+        sub = self.config.get("subcommand")
+        return self.config[sub].get("ckpt_path") if sub else None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning takes the model's hyperparameters from ``--ckpt_path``; refuse a checkpoint of another model.
+
+        Without this, ``train.py test --config <small_cnn config> --ckpt_path <mlp.ckpt>`` would
+        silently test the MLP under the small CNN's name.
+        """
+        from roar.models.checkpoint import CheckpointError, load_checkpoint
+
+        path = self._ckpt_path()
+        if not path or not Path(path).is_file():
+            return super()._parse_ckpt_path()
+        try:
+            hparams = dict(load_checkpoint(path).get("hyper_parameters") or {})  # the restricted unpickler, with our message
+        except CheckpointError as err:
+            self.parser.error(str(err))
+        sub = self.config.subcommand
+        wanted = self.config[sub].model.get("arch")
+        if "arch" in hparams and wanted is not None and hparams["arch"] != wanted:
+            self.parser.error(
+                f"--ckpt_path {path} holds a {hparams['arch']!r} model but the config's model.arch is {wanted!r}; "
+                f"pass --model.arch {hparams['arch']} (or the config of that model) to use this checkpoint"
+            )
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_fits_data(self) -> None:
+        from roar.models.checkpoint import CheckpointError, load_checkpoint
+
+        path = self._ckpt_path()
+        if not path or not Path(path).is_file():
+            return
+        hparams = dict(load_checkpoint(path).get("hyper_parameters") or {})
+        mismatches = [
+            f"{name}={hparams[name]!r} (the data has {getattr(self.datamodule, name)!r})"
+            for name in ("num_classes", "in_chans", "image_size")
+            if name in hparams and hasattr(self.datamodule, name) and hparams[name] != getattr(self.datamodule, name)
+        ]
+        if mismatches:
+            raise CheckpointError(f"--ckpt_path {path} does not fit this data: {', '.join(mismatches)}")
+
+    def before_fit(self) -> None:
+        self._check_ckpt_fits_data()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_fits_data()
+
+    def before_test(self) -> None:
+        self._check_ckpt_fits_data()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_fits_data()
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.default_root_dir D`` holds everything of the run: loggers, hence checkpoints, go under D.
+
+        The logger configs name a relative ``save_dir`` (``runs``) for the default case; Lightning
+        users expect ``default_root_dir`` to move all of a run, so a relative ``save_dir`` is
+        replaced by it (an absolute one was chosen on purpose and is kept).
+        """
+        sub = self.config.get("subcommand")
+        config = self.config[sub] if sub else self.config
+        root = config.trainer.get("default_root_dir")
+        if not root:
+            return
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is None:
+                continue
+            save_dir = init_args.get("save_dir")
+            if save_dir is None or not Path(str(save_dir)).is_absolute():
+                init_args.save_dir = str(root)
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted and not self.trainer.fast_dev_run:

@@ -133,8 +133,13 @@ def test_a_store_of_another_dataset_is_refused_before_training(tmp_path):
         methods=["random"], thresholds=[0.5], seeds=1, logger="none", trainer={"max_epochs": 1},
     )  # fmt: skip
     run_benchmark(cfg, out, progress=False, report=False)
-    (out / "base.ckpt").unlink()
     digits = BenchmarkConfig(data={"source": "digits", "image_size": 8}, methods=["random"], thresholds=[0.5], seeds=1, logger="none")
+    # the results of the other dataset are refused first, naming what changed ...
+    with pytest.raises(ValueError, match=r"data\.source: \"synthetic_linear\" -> \"digits\""):
+        run_benchmark(digits, out, progress=False)
+    # ... and without them, its ranks in the store still are
+    (out / "base.ckpt").unlink()
+    (out / "results.db").unlink()
     with pytest.raises(ValueError, match="holds ranks of dataset 'synthetic_linear'"):
         run_benchmark(digits, out, progress=False)
     assert not (out / "base.ckpt").exists()

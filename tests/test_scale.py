@@ -19,7 +19,7 @@ from lightning.pytorch import Callback
 
 from roar.__main__ import main as roar_main
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import TEST_KILL_ENV, LaunchOptions, ray_resources
+from roar.benchmark.launchers import LaunchOptions, ray_resources
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.runner import config_from_dict, pending_runs, run_benchmark
 
@@ -30,9 +30,15 @@ DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
 TINY_GRID = [
     "--config", DEMO, "--data.image_size", "8", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
     "--base.max_epochs", "1", "--methods", "[random]", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar, kar]",
-    "--noretrain", "false", "--logger", "none", "--progress", "false",
+    "--noretrain", "false", "--logger", "none", "--progress", "false", "--base.min_accuracy", "0",
 ]  # fmt: skip
 KILLED = "roar/random/t0.500/s0/digits/small_cnn"
+KILLED_FOLDER = "runs/roar/random/t0.500-s0"
+
+
+def killing(tmp_path) -> dict:
+    """A trainer callback (tests/plugins.py) that kills the process running KILLED, once."""
+    return {"class_path": "plugins.KillOnce", "init_args": {"run": KILLED_FOLDER, "marker_dir": str(tmp_path)}}
 
 
 def tiny_config(**overrides) -> BenchmarkConfig:
@@ -44,6 +50,7 @@ def tiny_config(**overrides) -> BenchmarkConfig:
     kwargs.update(overrides)
     cfg = BenchmarkConfig(**kwargs)
     cfg.base.max_epochs = 1
+    cfg.base.min_accuracy = 0.0  # 4 batches leave the base model near chance; these tests are about scale
     return cfg
 
 
@@ -101,12 +108,14 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
 
 
 # --------------------------------------------------------------------------- worker processes
-def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path, monkeypatch):
+def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path):
     out = tmp_path / "grid"
-    # The worker running KILLED dies (os._exit) just before recording it; no retries for worker deaths.
-    monkeypatch.setenv(TEST_KILL_ENV, KILLED)
-    assert roar_main(["benchmark", *TINY_GRID, "--workers", "2", "--worker_retries", "0", "--out", str(out)]) == 0
-    assert list(out.glob(".roar_test_kill_run-*")), "the hook killed a worker"
+    # The worker running KILLED dies (os._exit) at the end of its training, before recording it;
+    # no retries for worker deaths, so the grid exits 1 naming the failed run.
+    cfg = tiny_config()
+    cfg.trainer["callbacks"] = [killing(tmp_path)]
+    run_benchmark(cfg, out, progress=False, launch=LaunchOptions(workers=2, worker_retries=0))
+    assert list(tmp_path.glob("killed-*")), "the callback killed a worker"
     rows = check_db(out / "results.db")
     assert len(rows) == 3
     status = {r["run_id"]: r["status"] for r in rows}
@@ -114,12 +123,11 @@ def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(t
     (failed,) = ResultsStore(out / "results.db").failures()
     assert "worker process" in failed["error"] and "died" in failed["error"]
     # every finished run is complete (its config recorded), whichever worker wrote it
-    assert all(r["config"]["benchmark"]["name"] == "digits_demo" and 0 <= r["test_acc"] <= 1 for r in rows if r["status"] == "done")
+    assert all(r["config"]["benchmark"]["name"] == "tiny" and 0 <= r["test_acc"] <= 1 and r["fingerprint"] for r in rows if r["status"] == "done")
     before = {r["run_id"]: r["seconds"] for r in rows if r["status"] == "done"}
 
     # Resume (in this process): only the failed run is redone, the others are untouched.
-    monkeypatch.delenv(TEST_KILL_ENV)
-    assert roar_main(["benchmark", *TINY_GRID, "--out", str(out)]) == 0
+    run_benchmark(cfg, out, progress=False)
     rows = check_db(out / "results.db")
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert {k: v for k, v in ((r["run_id"], r["seconds"]) for r in rows) if k in before} == before
@@ -127,11 +135,11 @@ def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(t
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path, monkeypatch):
-    monkeypatch.setenv(TEST_KILL_ENV, KILLED)
+def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path):
     cfg = tiny_config(seeds=2)
-    results = run_benchmark(cfg, tmp_path, progress=False, report=False, launch=LaunchOptions(workers=2))
-    assert list(tmp_path.glob(".roar_test_kill_run-*")), "the hook killed a worker"
+    cfg.trainer["callbacks"] = [killing(tmp_path)]
+    results = run_benchmark(cfg, tmp_path / "out", progress=False, report=False, launch=LaunchOptions(workers=2))
+    assert list(tmp_path.glob("killed-*")), "the callback killed a worker"
     rows = check_db(results.path)
     plan, todo = pending_runs(cfg, results)
     assert not todo and len(rows) == len(plan) == 6
@@ -140,19 +148,19 @@ def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- Ray
 @pytest.mark.slow
-def test_ray_runs_the_grid_end_to_end_and_retries_a_dead_task(tmp_path, monkeypatch):
+def test_ray_runs_the_grid_end_to_end_and_retries_a_dead_task(tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "ray"
-    monkeypatch.setenv(TEST_KILL_ENV, KILLED)  # Ray's max_retries reruns the task whose worker died
-    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "local", "--out", str(out)]) == 0
-    assert list(out.glob(".roar_test_kill_run-*")), "the hook killed a Ray worker"
+    cfg = tiny_config()
+    cfg.trainer["callbacks"] = [killing(tmp_path)]  # Ray's max_retries reruns the task whose worker died
+    run_benchmark(cfg, out, progress=False, launch=LaunchOptions(launcher="ray", ray_address="local"))
+    assert list(tmp_path.glob("killed-*")), "the callback killed a Ray worker"
     rows = check_db(out / "results.db")
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert (out / "roar.png").is_file() and (out / "kar.png").is_file()
     # resume: every run id is done, nothing is submitted again
     before = {r["run_id"]: r["seconds"] for r in rows}
-    monkeypatch.delenv(TEST_KILL_ENV)
-    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "local", "--out", str(out)]) == 0
+    run_benchmark(cfg, out, progress=False, launch=LaunchOptions(launcher="ray", ray_address="local"))
     assert {r["run_id"]: r["seconds"] for r in check_db(out / "results.db")} == before
 
 

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from roar.attribution.methods import TARGETS, resolve_target
-from roar.attribution.registry import METHODS, get_method, list_methods
-from roar.attribution.store import AttributionStore, checkpoint_sha256
+from roar.attribution.registry import METHODS, get_method, list_methods, resolved_params
+from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
 from roar.data.masking import check_granularity, check_score
+from roar.fingerprint import fingerprint_key, jsonable, roar_version
+from roar.models.checkpoint import load_classifier
 
 ORACLES = ("ground_truth", "inverted")
 """Rankings that need the synthetic benchmark's informative weights."""
@@ -36,49 +38,42 @@ def check_method_name(name: str) -> str:
     return name
 
 
-def load_classifier(checkpoint: str | Path, *, num_classes: int | None = None, in_chans: int | None = None, image_size: int | None = None, arch: str | None = None) -> nn.Module:
-    """Load an :class:`ImageClassifier` checkpoint and check it fits the data before any computation.
+BATCH_DEPENDENT = ("gradient_shap",)
+"""Methods whose default references are the other images of the batch: their maps depend on the
+attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it)."""
 
-    Raises:
-        FileNotFoundError: the checkpoint does not exist.
-        ValueError: the checkpoint's architecture, classes, channels or image size differ from
-            what was expected (the message names the path and the mismatch).
+
+def method_fingerprint(
+    method: str,
+    params: dict[str, Any],
+    *,
+    checkpoint_sha: str | None,
+    dataset_id: dict[str, Any],
+    split: str,
+    target: str,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """What identifies a cached ranking (DESIGN.md, "Fingerprints").
+
+    The method's *resolved* parameters (defaults filled in, memory-only ones left out), the base
+    checkpoint's sha256 and the target (model-based methods only), the dataset, the split and
+    roar's major.minor version; the batch size only where it changes the maps.
     """
-    from roar.models.classifier import ImageClassifier
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    expected = {"num_classes": num_classes, "in_chans": in_chans, "image_size": image_size, "arch": arch}
-    mismatches = [f"{k}={hparams.get(k)!r} (expected {v!r})" for k, v in expected.items() if v is not None and hparams.get(k) != v]
-    if mismatches:
-        raise ValueError(f"checkpoint {path} does not fit this data/model: {', '.join(mismatches)}")
-    # our own checkpoint (hyperparameters included), so the full unpickler is expected here
-    model = ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    return model.eval()
-
-
-def method_fingerprint(method: str, params: dict[str, Any], *, checkpoint_sha: str | None, dataset_id: dict[str, Any], split: str, target: str) -> dict[str, Any]:
-    """What identifies a cached ranking (DESIGN.md, "Fingerprints"). Model-free methods omit the checkpoint."""
     needs_model = METHODS[method].needs_model
-    return {
+    resolved = resolved_params(method, params)
+    batch_dependent = method.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
+    fingerprint = {
         "method": method,
-        "params": params,
+        "params": jsonable(resolved),
         "checkpoint_sha256": checkpoint_sha if needs_model else None,
         "target": target if needs_model else None,
         "dataset": dataset_id,
         "split": split,
+        "roar": roar_version(),
     }
-
-
-def _json_params(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, torch.Tensor):
-            value = value.tolist()
-        out[key] = value
-    return out
+    if batch_dependent:
+        fingerprint["batch_size"] = batch_size
+    return fingerprint
 
 
 def compute_ranks(
@@ -126,12 +121,7 @@ def compute_ranks(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     store = store if isinstance(store, AttributionStore) else AttributionStore(store)
-    params = dict(method_params or {})
-    if method in ORACLES and "weights" not in params:
-        weights = datamodule.source.extras.get("informative_weights")
-        if weights is None:
-            raise ValueError(f"method {method!r} needs the source's informative weights; only synthetic_linear has them (source is {datamodule.source_name!r})")
-        params["weights"] = weights
+    params = _with_oracle_weights(datamodule, method, method_params)
     needs_model = METHODS[method].needs_model
     sha = None
     if needs_model:
@@ -151,9 +141,8 @@ def compute_ranks(
 
     out = {}
     for split in splits:
-        fingerprint = method_fingerprint(method, _json_params(params), checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target)
         out[split] = store.get_or_compute(
-            fingerprint,
+            method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size),
             datamodule.source_split(split),
             attribute,
             granularity=granularity,
@@ -163,5 +152,49 @@ def compute_ranks(
             chunk_size=chunk_size,
             device=dev,
             progress=progress,
+            # one global index per sample (the datamodule's): test image j is not train image j
+            index_offset=_index_offset(datamodule, split),
         )
     return out
+
+
+def _index_offset(datamodule: Any, split: str) -> int:
+    return 0 if split == "train" else datamodule.num_train_pool
+
+
+def _with_oracle_weights(datamodule: Any, method: str, method_params: dict[str, Any] | None) -> dict[str, Any]:
+    params = dict(method_params or {})
+    if method in ORACLES and "weights" not in params:
+        weights = datamodule.source.extras.get("informative_weights")
+        if weights is None:
+            raise ValueError(f"method {method!r} needs the source's informative weights; only synthetic_linear has them (source is {datamodule.source_name!r})")
+        params["weights"] = weights
+    return params
+
+
+def rank_entry_keys(
+    datamodule: Any,
+    method: str,
+    *,
+    checkpoint_sha: str | None,
+    method_params: dict[str, Any] | None = None,
+    granularity: str = "element",
+    score: str = "abs",
+    target: str = "predicted",
+    tie_seed: int = 0,
+    batch_size: int = 256,
+    splits: Sequence[str] = ("train", "test"),
+) -> dict[str, str]:
+    """The store keys of the entries :func:`compute_ranks` reads or writes with these arguments.
+
+    A retrain's fingerprint includes them, so a run is tied to the exact ranks that masked it.
+    """
+    params = _with_oracle_weights(datamodule, method, method_params)
+    sha = checkpoint_sha if METHODS[method].needs_model else None
+    keys = {}
+    for split in splits:
+        fingerprint = method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size)
+        offset = _index_offset(datamodule, split)
+        full = complete_fingerprint(fingerprint, granularity=granularity, score=score, tie_seed=tie_seed, index_offset=offset or None)
+        keys[split] = fingerprint_key(full)
+    return keys

@@ -111,6 +111,46 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+MEMORY_ONLY_PARAMS = frozenset({"max_batch_size"})
+"""Parameters that change memory use or speed but not the maps: left out of fingerprints."""
+
+
+def _checked_factory(name: str, params: dict[str, Any]) -> MethodFactory:
+    if name not in METHODS:
+        close = difflib.get_close_matches(str(name), list(METHODS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown attribution method {name!r}{hint}; valid methods: {', '.join(list_methods())}")
+    factory = METHODS[name]
+    accepted = factory.accepted_params()
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
+            f"accepted: {', '.join(accepted) if accepted else 'none'}"
+        )
+    return factory
+
+
+def resolved_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A method's parameters as it will run: every default filled in, memory-only ones dropped.
+
+    This is what a fingerprint records, so that changing a default (``nt_samples``, ``n_steps``)
+    in a later release invalidates cached ranks, while ``max_batch_size`` (memory only) does not.
+
+    Raises:
+        ValueError: an unknown method or parameter (the message lists the valid ones).
+    """
+    params = dict(params or {})
+    factory = _checked_factory(name, params)
+    defaults: dict[str, Any] = {}
+    for cls in (factory.cls, Ensemble) if factory.ensemble else (factory.cls,):
+        for pname, p in inspect.signature(cls.__init__).parameters.items():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty:
+                defaults.setdefault(pname, p.default)
+    merged = {**defaults, **params}
+    return {k: merged[k] for k in sorted(merged) if k not in MEMORY_ONLY_PARAMS}
+
+
 def get_method(name: str, model: nn.Module | None = None, **params: Any) -> AttributionMethod:
     """Build an attribution method by name.
 
@@ -130,18 +170,7 @@ def get_method(name: str, model: nn.Module | None = None, **params: Any) -> Attr
         ValueError: for an unknown name (the message lists the valid ones), an unknown or
             invalid parameter, or a missing model.
     """
-    if name not in METHODS:
-        close = difflib.get_close_matches(str(name), list(METHODS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown attribution method {name!r}{hint}; valid methods: {', '.join(list_methods())}")
-    factory = METHODS[name]
-    accepted = factory.accepted_params()
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
-            f"accepted: {', '.join(accepted) if accepted else 'none'}"
-        )
+    factory = _checked_factory(name, params)
     if factory.needs_model:
         _check_model(model, name)
     method = factory(model, **params)

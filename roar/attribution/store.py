@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from roar.data.masking import attribution_scores, check_granularity, check_score, num_features, ranks_from_scores
+from roar.fingerprint import canonical_json, fingerprint_key
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +45,13 @@ AttributeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 RANKS_FILE = "ranks.npy"
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
+PERMUTATION_CHECK_MAX_ELEMENTS = 1 << 24  # below this, every row is checked to be a permutation on first read
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> sha256 already verified in this process
 UINT16_MAX_FEATURES = 1 << 16  # ranks 0..F-1 fit in uint16 up to F = 65536
 
 
 class StoreError(ValueError):
     """A cached entry is missing, incomplete, corrupted, or does not match its fingerprint."""
-
-
-def canonical_json(fingerprint: Mapping[str, Any]) -> str:
-    """The fingerprint as canonical JSON (sorted keys, no whitespace); ValueError if not JSON-able."""
-    if not isinstance(fingerprint, Mapping):
-        raise ValueError(f"a fingerprint must be a dict, got {type(fingerprint).__name__}")
-    try:
-        return json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"fingerprint is not JSON-serialisable ({err}): {fingerprint!r}") from None
-
-
-def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
-    """sha256 (hex) of the fingerprint's canonical JSON."""
-    return hashlib.sha256(canonical_json(fingerprint).encode()).hexdigest()
 
 
 def checkpoint_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -73,6 +61,15 @@ def checkpoint_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> st
         raise FileNotFoundError(f"checkpoint not found: {path}")
     digest = hashlib.sha256()
     with path.open("rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """sha256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
         while block := fh.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
@@ -105,14 +102,17 @@ def complete_fingerprint(
     granularity: str | None = None,
     score: str | None = None,
     tie_seed: int | None = None,
+    index_offset: int | None = None,
 ) -> dict[str, Any]:
     """Add the rank-defining settings to a fingerprint, refusing ones that contradict it.
 
-    Ranks depend on the granularity, the score and the tie seed as much as on the attributions,
-    so they are always part of the key. A fingerprint that already states them must agree.
+    Ranks depend on the granularity, the score, the tie seed and the samples' global indices as
+    much as on the attributions, so they are always part of the key. A fingerprint that already
+    states them must agree.
     """
     full = dict(fingerprint)
-    for name, value in (("granularity", granularity), ("score", score), ("tie_seed", tie_seed)):
+    settings = (("granularity", granularity), ("score", score), ("tie_seed", tie_seed), ("index_offset", index_offset))
+    for name, value in settings:
         if value is None:
             continue
         if name in full and full[name] != value:
@@ -228,9 +228,40 @@ class AttributionStore:
             stored = meta["fingerprint"]
             differ = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k, "<absent>") != fingerprint.get(k, "<absent>"))
             raise StoreError(f"entry {entry} was made from another fingerprint (differs in: {', '.join(differ)}); refusing to reuse it")
+        if meta.get("key") != fingerprint_key(meta["fingerprint"]):
+            raise StoreError(f"{meta_path} was edited: its key does not match its fingerprint; delete {entry} to recompute it")
         shape, dtype = tuple(int(s) for s in meta["shape"]), np.dtype(meta["dtype"])
         self._verify_ranks_file(ranks_path, shape, dtype, entry)
+        self._verify_content(ranks_path, meta, entry)
         return np.lib.format.open_memmap(ranks_path, mode="r")
+
+    @staticmethod
+    def _verify_content(ranks_path: Path, meta: Mapping[str, Any], entry: Path) -> None:
+        """The file's sha256 equals the one recorded when it was written; rows are permutations.
+
+        Flipped bytes leave the size and header intact, so only the content tells. A file verified
+        once in this process is not hashed again unless it changed on disk (mtime or size).
+        """
+        expected = meta.get("ranks_sha256")
+        if not isinstance(expected, str):
+            raise StoreError(f"{entry} has no content checksum (written by an older roar); delete {entry} to recompute it")
+        stat = ranks_path.stat()
+        stamp = (str(ranks_path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if _VERIFIED.get(stamp) == expected:
+            return
+        actual = file_sha256(ranks_path)
+        if actual != expected:
+            raise StoreError(
+                f"{ranks_path} is corrupted: its sha256 is {actual[:16]}... but {META_FILE} records {expected[:16]}...; "
+                f"delete {entry} to recompute it"
+            )
+        ranks = np.lib.format.open_memmap(ranks_path, mode="r")
+        n, f = ranks.shape
+        if ranks.size and int(ranks.max()) >= f:
+            raise StoreError(f"{ranks_path} holds ranks >= {f} (not permutations of 0..{f - 1}); delete {entry} to recompute it")
+        if 0 < ranks.size <= PERMUTATION_CHECK_MAX_ELEMENTS and not np.array_equal(np.sort(ranks, axis=1), np.broadcast_to(np.arange(f, dtype=ranks.dtype), (n, f))):
+            raise StoreError(f"{ranks_path} has rows that are not permutations of 0..{f - 1}; delete {entry} to recompute it")
+        _VERIFIED[stamp] = expected
 
     @staticmethod
     def _verify_ranks_file(ranks_path: Path, shape: tuple[int, ...], dtype: np.dtype, entry: Path) -> None:
@@ -268,6 +299,7 @@ class AttributionStore:
         chunk_size: int = 4096,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        index_offset: int = 0,
     ) -> np.memmap:
         """Return the ranks for ``fingerprint``, computing and caching them if needed.
 
@@ -289,6 +321,10 @@ class AttributionStore:
             chunk_size: samples per resumable unit of work; memory holds one batch at a time.
             device: where batches go before ``attribute_fn``.
             progress: show a progress bar over samples.
+            index_offset: the global sample index of ``dataset[0]``: ``attribute_fn`` and the
+                tie-breaking see ``index_offset + i`` for row ``i``, so that seeded draws of a test
+                image differ from those of the train image at the same position (the datamodule's
+                global index, :mod:`roar.data.datamodule`). Part of the fingerprint.
 
         Returns:
             ``(N, F)`` read-only memmap of ranks.
@@ -304,7 +340,11 @@ class AttributionStore:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(tie_seed, bool) or not isinstance(tie_seed, int):
             raise ValueError(f"tie_seed must be an integer, got {tie_seed!r}")
+        if isinstance(index_offset, bool) or not isinstance(index_offset, int) or index_offset < 0:
+            raise ValueError(f"index_offset must be a non-negative integer, got {index_offset!r}")
         full = complete_fingerprint(fingerprint, granularity=granularity, score=score, tie_seed=tie_seed)
+        if index_offset:  # 0 is left out, so fingerprints made without an offset keep their key
+            full = complete_fingerprint(full, index_offset=index_offset)
         entry = self.entry_path(full)
 
         if (entry / META_FILE).is_file():
@@ -328,8 +368,9 @@ class AttributionStore:
         first = dataset[0][0]
         shape = (n, num_features(tuple(first.shape), granularity))
         self._compute(
-            full, entry, dataset, attribute_fn, shape, granularity, score, tie_seed, batch_size, chunk_size, torch.device(device), progress
-        )
+            full, entry, dataset, attribute_fn, shape, granularity, score, tie_seed, batch_size, chunk_size, torch.device(device), progress,
+            index_offset,
+        )  # fmt: skip
         return self.load(full)
 
     def _compute(
@@ -346,6 +387,7 @@ class AttributionStore:
         chunk_size: int,
         device: torch.device,
         progress: bool,
+        index_offset: int = 0,
     ) -> None:
         key = fingerprint_key(fingerprint)
         dtype = ranks_dtype(shape[1])
@@ -376,7 +418,7 @@ class AttributionStore:
                 offset = start
                 for batch in loader:
                     images, labels = batch[0].to(device), torch.as_tensor(batch[1]).to(device)
-                    indices = torch.arange(offset, offset + len(images), device=device)
+                    indices = torch.arange(index_offset + offset, index_offset + offset + len(images), device=device)
                     batch_ranks = self._batch_ranks(attribute_fn, images, labels, indices, granularity, score, tie_seed, entry, method)
                     ranks[offset : offset + len(images)] = batch_ranks.cpu().numpy().astype(dtype, copy=False)
                     offset += len(images)
@@ -398,6 +440,7 @@ class AttributionStore:
             "chunk_size": chunk_size,
             "batch_size": batch_size,
         }
+        meta["ranks_sha256"] = file_sha256(ranks_path)
         progress_path.unlink()
         _write_json_atomic(partial / META_FILE, meta)
         # The rename is the commit point: the entry appears complete or not at all.

@@ -61,58 +61,107 @@ def _launch_options(args: object):
     )  # fmt: skip
 
 
+def _fail(message: object) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one message, not a traceback."""
+    from roar.attribution.store import StoreError
+    from roar.benchmark.lock import FolderBusyError
+    from roar.benchmark.provenance import ConfigChangedError
+    from roar.benchmark.runner import BaseModelError
+    from roar.models.checkpoint import CheckpointError
+
+    # ValueError covers the checks that need the data (e.g. two thresholds masking the same features)
+    return ConfigChangedError, CheckpointError, FolderBusyError, BaseModelError, StoreError, FileNotFoundError, ValueError
+
+
+def _list_arguments(argv: list[str], name: str) -> list[str]:
+    """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
+    argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
+    for i, arg in enumerate(argv[:-1]):
+        if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
+            argv[i + 1] = "[" + argv[i + 1] + "]"
+    return argv
+
+
 def benchmark_main(argv: list[str]) -> int:
-    from roar.benchmark.runner import run_benchmark
+    from roar.benchmark.runner import failed_runs, run_benchmark
 
     parser = _parser("benchmark", "Run the ROAR/KAR benchmark (Hooker et al., NeurIPS 2019): base model, ranks, retrains, report. "
-                     "Running it again resumes: finished runs are skipped.")  # fmt: skip
-    parser.add_argument("--force", type=bool, default=False, help="rerun every cell even if results.db has it")
+                     "Running it again resumes: finished runs with the same fingerprint are skipped; a changed config is refused.")  # fmt: skip
+    parser.add_argument("--force", type=bool, default=False,
+                        help="discard the results (and a base model) of other settings in --out and run the grid afresh")  # fmt: skip
+    parser.add_argument("--allow_failures", "--allow-failures", type=bool, default=False,
+                        help="exit 0 even when runs failed (they are listed and recorded either way)")  # fmt: skip
     parser.add_argument("--progress", type=bool, default=True, help="progress bars")
     _add_launch_arguments(parser)
-    cfg, out, args = _config(parser, argv)
+    cfg, out, args = _config(parser, _list_arguments(argv, "methods"))
     try:
         launch = _launch_options(args).validate()
     except (ValueError, ImportError) as err:  # e.g. --launcher ray without Ray: say how to install it
         parser.error(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    parser.save(args, out / "benchmark.yaml", overwrite=True, skip_check=True)
+    config_yaml = parser.dump(args, skip_check=True)
     try:
-        run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch)
+        results = run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch, config_yaml=config_yaml)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130
+    except _expected_errors() as err:
+        return _fail(err)
+    failed = failed_runs(cfg, results)
+    if failed:
+        print(f"{len(failed)} run(s) failed (errors in {out / 'results.csv'} and report.md):", file=sys.stderr)
+        for row in failed:
+            last = (row.get("error") or "").strip().splitlines()
+            print(f"  {row['run_id']}: {last[-1] if last else 'no error recorded'}", file=sys.stderr)
+        if not args.allow_failures:
+            print("rerun the same command to retry them; --allow_failures true exits 0 regardless", file=sys.stderr)
+            return 1
     return 0
 
 
 def attribute_main(argv: list[str]) -> int:
+    from roar.benchmark.lock import FolderLock
     from roar.benchmark.runner import BASE_CHECKPOINT, prepare_ranks
 
     parser = _parser("attribute", "Rank every feature of every train/test image with each method, into the attribution store. "
-                     "Entries with the same checkpoint, method, parameters and data are reused.")  # fmt: skip
+                     "Entries with the same checkpoint, method, resolved parameters and data are reused.")  # fmt: skip
     parser.add_argument("--ckpt", type=str, default=None, help=f"the base checkpoint (default: <out>/{BASE_CHECKPOINT})")
     parser.add_argument("--progress", type=bool, default=True)
-    # `--methods a,b,c` as well as the list syntax
-    argv = [a for arg in argv for a in ([arg] if not arg.startswith("--methods=") else ["--methods", arg.split("=", 1)[1]])]
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--methods" and "," in argv[i + 1] and not argv[i + 1].startswith("["):
-            argv[i + 1] = "[" + argv[i + 1] + "]"
-    cfg, out, args = _config(parser, argv)
+    cfg, out, args = _config(parser, _list_arguments(argv, "methods"))
     ckpt = Path(args.ckpt) if args.ckpt else out / BASE_CHECKPOINT
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")
-    prepare_ranks(cfg, out, ckpt, progress=args.progress)
+    try:
+        with FolderLock(out, "attribute"):
+            prepare_ranks(cfg, out, ckpt, progress=args.progress)
+    except _expected_errors() as err:
+        return _fail(err)
     print(f"ranks of {', '.join(cfg.methods)} are in {out / 'attributions'}")
     return 0
 
 
 def report_main(argv: list[str]) -> int:
+    import os
+
     from roar.benchmark.results import ResultsStore
     from roar.benchmark.runner import write_benchmark_report
 
     parser = _parser("report", "Rewrite results.csv, summary.csv, the curves and report.md from <out>/results.db.")
-    cfg, out, _ = _config(parser, argv)
+    parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
+                        help="where the report files go (default: --out); results.db is only read, so an archived, read-only --out works")  # fmt: skip
+    cfg, out, args = _config(parser, argv)
     db = out / "results.db"
     if not db.is_file():
         parser.error(f"no results database at {db}; run `python -m roar benchmark` first")
-    write_benchmark_report(cfg, out, ResultsStore(db))
+    report_dir = Path(args.report_dir) if args.report_dir else out
+    if report_dir.exists() and not os.access(report_dir, os.W_OK):
+        parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
+    try:
+        write_benchmark_report(cfg, report_dir, ResultsStore(db, read_only=True))
+    except ValueError as err:  # e.g. results of two configurations
+        return _fail(err)
     return 0

@@ -41,11 +41,14 @@ class BaseModel:
         checkpoint: reuse this checkpoint instead of training one (``<out>/base.ckpt`` otherwise).
         max_epochs: epochs of the base training (``None``: the retrains' ``trainer.max_epochs``).
         seed: seed of the base training.
+        min_accuracy: a base model whose test accuracy is not above this is refused (never kept
+            as ``base.ckpt``): its attributions would rank noise. ``None``: chance + 0.05.
     """
 
     checkpoint: str | None = None
     max_epochs: int | None = None
     seed: int = 0
+    min_accuracy: float | None = None
 
 
 @dataclass
@@ -99,6 +102,18 @@ class BenchmarkConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _check_trainer_entries(self) -> None:
+        """The trainer's own callbacks and loggers (``class_path`` entries) must import, before any training."""
+        from roar.benchmark.runner import import_class
+
+        for key in ("callbacks", "logger"):
+            entries = self.trainer.get(key)
+            for entry in entries if isinstance(entries, (list, tuple)) else [entries]:
+                if isinstance(entry, dict):
+                    if "class_path" not in entry:
+                        raise ValueError(f"trainer.{key} entries need a class_path (and optional init_args), got {entry!r}")
+                    import_class(entry["class_path"], f"trainer.{key}")
+
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -106,6 +121,8 @@ class BenchmarkConfig:
     def validate(self) -> BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
         from roar.attribution.compute import check_method_name
+        from roar.attribution.registry import resolved_params
+        from roar.benchmark.plan import _check_seeds, _check_thresholds
         from roar.data.sources import list_sources
         from roar.models.factory import list_models
 
@@ -119,6 +136,7 @@ class BenchmarkConfig:
             check_method_name(method)
         for method in self.method_params:  # params of a method left out (e.g. --methods on the command line) are unused, not wrong
             check_method_name(method)
+            resolved_params(method, self.method_params[method])  # an unknown parameter fails now, not after the base model
         for t in self.thresholds:
             if not isinstance(t, (int, float)) or not 0 < t < 1:
                 raise ValueError(f"threshold {t!r} is outside (0, 1); 0 is the unmasked reference, always run")
@@ -129,8 +147,11 @@ class BenchmarkConfig:
         for mode in self.modes:
             if mode not in ("roar", "kar"):
                 raise ValueError(f"unknown mode {mode!r}; valid modes: roar, kar")
-        if isinstance(self.seeds, int) and self.seeds < 1 or isinstance(self.seeds, list) and not self.seeds:
-            raise ValueError(f"seeds must be a positive count or a non-empty list, got {self.seeds!r}")
+        _check_seeds(self.seeds)  # negative or repeated seeds fail here, before the base model and ranks
+        _check_thresholds(self.thresholds)
+        if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
+            raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
+        self._check_trainer_entries()
         source = self.data.get("source", "digits")
         if source not in list_sources():
             raise ValueError(f"unknown dataset source {source!r}; valid sources: {', '.join(list_sources())}")

@@ -50,11 +50,6 @@ LAUNCHERS = ("local", "ray")
 RAY_INSTALL = "pip install 'roar[ray]'"
 GPU_ACCELERATORS = ("gpu", "cuda")
 
-TEST_KILL_ENV = "ROAR_TEST_KILL_RUN"
-"""Test-only hook: a worker about to record the run with this id exits abruptly (``os._exit``),
-once per output folder (a marker file remembers it), as a worker killed mid-run would. Read only by
-the parallel launchers' worker functions; unset, it costs one environment lookup per run."""
-
 OnFinished = Callable[[RunSpec, bool], None]
 
 
@@ -116,17 +111,6 @@ def require_ray():
 
 
 # --------------------------------------------------------------------------- shared worker code
-def _die_if_asked(spec: RunSpec, out: Path) -> None:
-    """The :data:`TEST_KILL_ENV` hook: exit abruptly the first time the named run is about to be recorded."""
-    if os.environ.get(TEST_KILL_ENV) != spec.run_id:
-        return
-    marker = out / f".{TEST_KILL_ENV.lower()}-{spec.run_id.replace('/', '_')}"
-    if marker.exists():
-        return
-    marker.touch()
-    os._exit(137)  # like SIGKILL: no cleanup, no exception, no result
-
-
 def _quiet_worker(threads: int) -> None:
     """Torch threads and log levels of a worker process (the driver's bar is the only progress)."""
     import torch
@@ -180,14 +164,13 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
     _quiet_worker(threads)
 
 
-def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str) -> bool:
-    """One run in a worker process; it records its own row. True when done."""
+def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> bool:
+    """One run in a worker process; it records its own row, with its fingerprint. True when done."""
     from roar.benchmark.runner import attempt_run, record_outcome
 
     spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
     outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
-    _die_if_asked(spec, out_path)
-    record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome)
+    record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome, provenance)
     return outcome["status"] == "done"
 
 
@@ -236,6 +219,7 @@ def run_local_pool(
     workers: int,
     worker_retries: int = 1,
     on_finished: OnFinished | None = None,
+    provenance: Any = None,
 ) -> None:
     """Run ``todo`` on ``workers`` worker processes of this machine, one run per process at a time.
 
@@ -248,6 +232,7 @@ def run_local_pool(
         workers: worker processes.
         worker_retries: reruns of a run whose worker died, before it is recorded as failed.
         on_finished: called in the driver with ``(spec, done)`` as each run ends.
+        provenance: the grid's :class:`~roar.benchmark.provenance.GridProvenance`: each row records its fingerprint.
     """
     from roar.benchmark.runner import run_config
 
@@ -264,7 +249,7 @@ def run_local_pool(
             for slot in slots:
                 if queue and id(slot) not in busy:
                     spec = queue.popleft()
-                    running[slot.pool().submit(_pool_task, spec.to_dict(), cfg_dict, out_s, ckpt_s)] = (slot, spec)
+                    running[slot.pool().submit(_pool_task, spec.to_dict(), cfg_dict, out_s, ckpt_s, provenance)] = (slot, spec)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
                 slot, spec = running.pop(future)
@@ -311,9 +296,7 @@ def _ray_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, bas
             "every node mounts at the same path (NFS, a cluster file system)"
         )
     spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
-    outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
-    _die_if_asked(spec, out_path)
-    return outcome
+    return attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
 
 
 def _connect_ray(ray: Any, address: str | None) -> bool:
@@ -351,6 +334,7 @@ def run_ray(
     *,
     options: LaunchOptions,
     on_finished: OnFinished | None = None,
+    provenance: Any = None,
 ) -> None:
     """Run ``todo`` as Ray tasks, one per run, and record each outcome in the driver's ``results.db``.
 
@@ -384,7 +368,7 @@ def run_ray(
                         results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
                         finished(spec, False)
                         continue
-                    record_outcome(results, spec, cfg, outcome)
+                    record_outcome(results, spec, cfg, outcome, provenance)
                     finished(spec, outcome["status"] == "done")
         except BaseException:
             for ref in pending:  # Ctrl-C: do not leave the cluster busy with runs nobody records

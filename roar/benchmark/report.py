@@ -65,6 +65,21 @@ def _is_done(row: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------------------- summary
 
 
+def settings_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The fingerprint of the settings and base model that the done rows share (``[]`` for rows without one).
+
+    Raises:
+        ValueError: the rows come from more than one configuration, which no table may average.
+    """
+    keys = sorted({str(row["settings_key"]) for row in rows if _is_done(row) and row.get("settings_key")})
+    if len(keys) > 1:
+        raise ValueError(
+            f"these results come from {len(keys)} different configurations (settings fingerprints {', '.join(k[:12] for k in keys)}); "
+            "refusing to average across them: report each output folder on its own"
+        )
+    return keys
+
+
 def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sample std and count of test accuracy over seeds, per (dataset, model, method, mode, threshold).
 
@@ -80,10 +95,10 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (0 when n=1).
         Sorted by dataset, model, mode, method, threshold.
     """
+    rows = [row for row in rows if _is_done(row)]
+    settings_keys(rows)  # refuses rows of different settings: a mean never spans two configurations
     groups: dict[tuple[str, str, str, str, float], list[float]] = defaultdict(list)
     for row in rows:
-        if not _is_done(row):
-            continue
         key = (str(row["dataset"]), str(row["model"]), str(row["method"]), str(row["mode"]), round(float(row["threshold"]), 9))
         groups[key].append(float(row["test_acc"]))
 
@@ -328,7 +343,7 @@ def _mode_section(summary: list[dict[str, Any]], mode: str) -> list[str]:
     lines = [f"## {MODE_TITLE[mode]}", ""]
     ranked = ranking(summary, mode)
     if not ranked:
-        return lines + [f"No {mode} runs.", "", f"![{mode} curves]({FIGURE_NAMES[mode]})", ""]
+        return lines + [f"No {mode} runs.", ""]
     better = "lower" if LOWER_IS_BETTER[mode] else "higher"
     lines += [
         f"Area under the mean test-accuracy curve over the {AXIS_LABEL[mode]} (trapezoid, reference point "
@@ -457,6 +472,13 @@ def write_report(
         "",
     ]
     lines += _counts_lines(rows)
+    keys = settings_keys(rows)
+    if keys:
+        lines += [
+            f"Fingerprint of every result here: `{keys[0][:16]}` (sha256 of the resolved data, model, trainer and protocol "
+            "settings, the base model's bytes and roar's version; each run also records its method's parameters and rank entries).",
+            "",
+        ]
     if config:
         lines += _protocol_lines(config)
     for mode in MODES:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.plan import RunSpec
+from roar.fingerprint import canonical_json, fingerprint_key
 
 DB_NAME = "results.db"
 STATUSES = ("done", "failed")
@@ -30,9 +31,9 @@ STATUSES = ("done", "failed")
 CSV_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint", "status", "error")
 COLUMNS = (
     "run_id", "dataset", "model", "method", "mode", "threshold", "seed", "status", "test_acc",
-    "epochs", "seconds", "checkpoint", "error", "config", "finished_at",
+    "epochs", "seconds", "checkpoint", "error", "config", "finished_at", "fingerprint", "settings_key", "provenance",
 )  # fmt: skip
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -51,7 +52,10 @@ CREATE TABLE IF NOT EXISTS runs (
     checkpoint  TEXT,
     error       TEXT,
     config      TEXT,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    fingerprint TEXT,
+    settings_key TEXT,
+    provenance  TEXT
 )
 """
 _ORDER = "ORDER BY dataset, model, mode, method, threshold, seed"
@@ -82,12 +86,21 @@ class ResultsStore:
         >>> todo = [s for s in plan if s.run_id not in store.finished_ids()]  # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / DB_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.read_only = read_only
+        if read_only:  # an archived (read-only) folder: open it as it is, write nothing
+            if not path.is_file():
+                raise FileNotFoundError(f"no results database at {path}")
+            with self._connect() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise ValueError(f"{path} has results schema version {version}; this roar reads version {SCHEMA_VERSION}")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             # WAL is a property of the database file: set once, every later connection uses it.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -98,7 +111,10 @@ class ResultsStore:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
             if version not in (0, SCHEMA_VERSION):
-                raise ValueError(f"{path} has results schema version {version}; this roar reads version {SCHEMA_VERSION}")
+                raise ValueError(
+                    f"{path} has results schema version {version} (an older roar, whose rows carry no fingerprint); "
+                    f"this roar reads version {SCHEMA_VERSION}: use a new --out, or delete {path} to rerun the grid here"
+                )
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.path)!r})"
@@ -108,7 +124,14 @@ class ResultsStore:
         # autocommit mode (isolation_level=None): transactions are explicit BEGIN IMMEDIATE ... COMMIT,
         # which takes the write lock up front so concurrent writers queue on the busy timeout
         # instead of deadlocking on a read-to-write lock upgrade.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        if self.read_only:
+            # immutable: no journal, no lock files, so a folder on read-only storage can be read; a
+            # leftover write-ahead log (a benchmark that was killed) must be read too, so then plain ro
+            wal = self.path.with_name(self.path.name + "-wal")
+            flags = "mode=ro" if wal.exists() and wal.stat().st_size else "mode=ro&immutable=1"
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             conn.row_factory = sqlite3.Row
@@ -127,6 +150,7 @@ class ResultsStore:
         checkpoint: str | Path | None = None,
         error: str | None = None,
         config: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         """Record one run atomically, replacing any earlier row of the same run id.
 
@@ -139,6 +163,9 @@ class ResultsStore:
             checkpoint: path of the run's final checkpoint, if kept.
             error: the traceback of a failed run.
             config: the run's full protocol config (granularity, score, fill, target...), stored as JSON.
+            provenance: the run's fingerprint (:meth:`~roar.benchmark.provenance.GridProvenance.for_run`);
+                its key is the row's ``fingerprint`` and the key of its settings and base model
+                the row's ``settings_key``.
 
         Raises:
             ValueError: an unknown status, or a test accuracy that does not fit the status.
@@ -155,11 +182,16 @@ class ResultsStore:
             raise ValueError(f"a failed run has no test accuracy, got {test_acc!r} for {spec.run_id}")
         # Serialise before the transaction: a config that cannot be stored fails without touching the db.
         config_json = None if config is None else json.dumps(config, sort_keys=True, default=str)
+        fingerprint = settings_key = provenance_json = None
+        if provenance is not None:
+            fingerprint = fingerprint_key(provenance)
+            settings_key = fingerprint_key({k: provenance.get(k) for k in ("settings", "base_checkpoint_sha256")})
+            provenance_json = canonical_json(provenance)
         values = (
             spec.run_id, spec.dataset, spec.model, spec.method, spec.mode, spec.threshold, spec.seed, status,
             test_acc, None if epochs is None else int(epochs), None if seconds is None else float(seconds),
             None if checkpoint is None else str(checkpoint), error, config_json,
-            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"), fingerprint, settings_key, provenance_json,
         )  # fmt: skip
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -188,7 +220,8 @@ class ResultsStore:
         with self._connect() as conn:
             rows = [dict(row) for row in conn.execute(f"{query} {_ORDER}", params)]
         for row in rows:
-            row["config"] = None if row["config"] is None else json.loads(row["config"])
+            for key in ("config", "provenance"):
+                row[key] = None if row[key] is None else json.loads(row[key])
         return rows
 
     def failures(self) -> list[dict[str, Any]]:

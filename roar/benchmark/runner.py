@@ -11,6 +11,8 @@ running the same command again.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import logging
 import os
 import time
@@ -18,16 +20,23 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from roar.attribution.compute import compute_ranks, load_classifier
+from roar.attribution.compute import compute_ranks, rank_entry_keys
+from roar.attribution.store import checkpoint_sha256
 from roar.benchmark.config import BaseModel, BenchmarkConfig, Protocol
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
+from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan, format_threshold
+from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
+from roar.data.masking import num_features, num_masked
 from roar.data.roar import RoarDataModule
+from roar.fingerprint import differences
+from roar.models.checkpoint import PROVENANCE_KEY, CheckpointError, load_checkpoint, load_classifier, non_finite_parameters
 from roar.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -49,19 +58,68 @@ def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
     return Path(cfg.base.checkpoint) if cfg.base.checkpoint else out / BASE_CHECKPOINT
 
 
+class BaseModelError(RuntimeError):
+    """The base model diverged or stayed at chance: nothing can be ranked with it."""
+
+
+def instantiate(value: Any, what: str) -> Any:
+    """An object from a ``{class_path, init_args}`` config entry (objects pass through)."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    cls = import_class(value["class_path"], what)
+    init_args = dict(value.get("init_args") or {})
+    try:
+        return cls(**init_args)
+    except TypeError as err:
+        raise ValueError(f"{what} {value['class_path']} does not take {sorted(init_args)}: {err}") from None
+
+
+def import_class(path: str, what: str) -> Any:
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{what} class_path {path!r} does not import ({err})") from None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value is False:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _user_loggers(cfg: BenchmarkConfig, run_dir: Path) -> list[Any]:
+    """The config's own ``trainer.logger`` entries, one fresh instance per run, under the run's folder."""
+    loggers = []
+    for entry in _as_list(cfg.trainer.get("logger")):
+        if entry is True:
+            continue  # Lightning's default logger: ours (cfg.logger) stand in for it
+        if isinstance(entry, dict) and "class_path" in entry:
+            cls = import_class(entry["class_path"], "trainer.logger")
+            init_args = dict(entry.get("init_args") or {})
+            if "save_dir" in inspect.signature(cls.__init__).parameters and "save_dir" not in init_args:
+                init_args["save_dir"] = str(run_dir)
+            entry = {"class_path": entry["class_path"], "init_args": init_args}
+        loggers.append(instantiate(entry, "trainer.logger"))
+    return loggers
+
+
 def _trainer(cfg: BenchmarkConfig, run_dir: Path, *, logger: Any, max_epochs: int | None = None, progress: bool = True) -> Trainer:
-    kwargs: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
-    kwargs.update(cfg.trainer)
+    kwargs: dict[str, Any] = dict(TRAINER_DEFAULTS)
+    kwargs.update({k: v for k, v in cfg.trainer.items() if k not in ("callbacks", "logger")})
     if max_epochs is not None:
         kwargs["max_epochs"] = max_epochs
+    # The user's callbacks are kept (fresh instances per run), the framework's progress bar added.
+    callbacks = [instantiate(c, "trainer.callbacks") for c in _as_list(cfg.trainer.get("callbacks"))]
+    if progress:  # the grid's overall bar sits at position 0; each run's bars below it
+        callbacks.append(TQDMProgressBar(process_position=1, leave=False))
     kwargs.update(
         default_root_dir=str(run_dir),
-        logger=logger,
-        enable_checkpointing=False,
+        logger=[*logger, *_user_loggers(cfg, run_dir)],
+        enable_checkpointing=any(c.__class__.__name__ == "ModelCheckpoint" for c in callbacks),
         enable_model_summary=False,
         enable_progress_bar=progress,
-        # the grid's overall bar sits at position 0; each run's bars below it
-        callbacks=[TQDMProgressBar(process_position=1, leave=False)] if progress else [],
+        callbacks=callbacks,
     )
     return Trainer(**kwargs)
 
@@ -112,16 +170,61 @@ def _classifier(cfg: BenchmarkConfig, dm: ImageDataModule) -> ImageClassifier:
     )  # fmt: skip
 
 
-def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> Path:
-    """Train the base model (or reuse its checkpoint) and return the checkpoint's path."""
+def min_base_accuracy(cfg: BenchmarkConfig, num_classes: int) -> float:
+    """The accuracy a base model must exceed: ``base.min_accuracy``, else chance + 0.05."""
+    return cfg.base.min_accuracy if cfg.base.min_accuracy is not None else 1.0 / num_classes + 0.05
+
+
+def _check_base_model(model: torch.nn.Module, accuracy: float, cfg: BenchmarkConfig, num_classes: int, where: str) -> None:
+    bad = non_finite_parameters(model.state_dict())
+    if bad or not accuracy == accuracy:  # NaN accuracy is a diverged model too
+        raise BaseModelError(
+            f"the base model {where} diverged (non-finite weights: {', '.join(bad[:3]) or 'none'}; test accuracy {accuracy}); "
+            f"it was not kept. Lower model.lr (now {cfg.model.get('lr', 'the default')}) and run again."
+        )
+    floor = min_base_accuracy(cfg, num_classes)
+    if accuracy <= floor:
+        raise BaseModelError(
+            f"the base model {where} reached test accuracy {accuracy:.3f}, not above {floor:.3f} (chance is {1 / num_classes:.3f}); "
+            "its attributions would rank noise, so it was not kept. Train longer (base.max_epochs), fix model.lr, "
+            "or lower base.min_accuracy if this is expected."
+        )
+
+
+def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False) -> Path:
+    """Train the base model, or reuse a checkpoint made by exactly these settings; return its path.
+
+    ``<out>/base.ckpt`` records the fingerprint of its training (:func:`base_training`) inside
+    itself: it is reused only when that matches, refused otherwise (``force`` retrains it). A
+    ``base.checkpoint`` of the user's is checked against the config's architecture and the data.
+    A base model that diverged or stayed near chance is never kept.
+
+    Raises:
+        ConfigChangedError: ``<out>/base.ckpt`` was trained with other settings (and not ``force``).
+        CheckpointError: a checkpoint that is unsafe, of another architecture, or does not fit the data.
+        BaseModelError: the base model diverged or did not learn.
+    """
     path = base_checkpoint_path(cfg, out)
-    if path.is_file():
-        log.info("reusing base checkpoint %s", path)
-        return path
-    if cfg.base.checkpoint:
-        raise FileNotFoundError(f"base.checkpoint {path} does not exist; remove base.checkpoint to train a base model into {out}")
-    seed_everything(cfg.base.seed, workers=True, verbose=False)
     dm = ImageDataModule(**cfg.data)
+    arch = cfg.model.get("arch", "small_cnn")
+    fits = {"arch": arch, "num_classes": dm.num_classes, "in_chans": dm.in_chans, "image_size": dm.image_size}
+    if cfg.base.checkpoint:
+        if not path.is_file():
+            raise FileNotFoundError(f"base.checkpoint {path} does not exist; remove base.checkpoint to train a base model into {out}")
+        load_classifier(path, **fits)  # refuses another architecture, data shape, or non-finite weights
+        return path
+    expected = base_training(cfg)
+    if path.is_file():
+        recorded = (load_checkpoint(path).get(PROVENANCE_KEY) or {}).get("training")
+        if recorded == expected:
+            load_classifier(path, **fits)
+            log.info("reusing base checkpoint %s (same settings)", path)
+            return path
+        if not force:
+            changes = differences(recorded, expected) if isinstance(recorded, dict) else ["the checkpoint records no fingerprint (not written by this roar)"]
+            raise refusal("the base model", str(path), changes)
+        log.info("retraining the base model: %s was trained with other settings", path)
+    seed_everything(cfg.base.seed, workers=True, verbose=False)
     model = _classifier(cfg, dm)
     run_dir = out / RUNS_DIR / "base"
     loggers = _loggers(cfg, out, run_dir, "base", "base", {**cfg.to_dict(), "run": "base"})
@@ -131,10 +234,15 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True) -> Path:
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
     finally:
         _finish_loggers(loggers)
+    accuracy = float(metrics["test/acc"])
+    _check_base_model(model, accuracy, cfg, dm.num_classes, f"trained for {path}")
     tmp = path.with_suffix(".ckpt.tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)
+    checkpoint = load_checkpoint(tmp)
+    checkpoint[PROVENANCE_KEY] = {"training": expected, "arch": arch, "dataset": dm.dataset_id, "test_acc": accuracy}
+    torch.save(checkpoint, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written base model that looks usable
-    log.info("base model: test/acc %.4f -> %s", metrics["test/acc"], path)
+    log.info("base model: test/acc %.4f -> %s", accuracy, path)
     return path
 
 
@@ -154,21 +262,35 @@ def check_store_matches(store_dir: Path, dm: ImageDataModule) -> None:
             )
 
 
-def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True) -> None:
-    """Compute (or reuse) every method's ranks of every train and test image, once."""
+def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True) -> dict[str, dict[str, str]]:
+    """Compute (or reuse) every method's ranks of every train and test image, once.
+
+    Returns:
+        ``{method: {split: store key}}`` of the entries (``{"fresh": "drawn at every read"}`` for
+        random masks drawn afresh): part of each retrain's fingerprint.
+    """
     dm = ImageDataModule(**cfg.data)
     check_store_matches(out / STORE_DIR, dm)
-    model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size)
+    arch = cfg.model.get("arch", "small_cnn")
+    model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=arch)
+    sha = checkpoint_sha256(base_ckpt)
     p = cfg.protocol
+    keys: dict[str, dict[str, str]] = {}
     for method in methods or cfg.methods:
         if method == "random" and p.random_mask == "fresh":
+            keys[method] = {"fresh": "drawn at every read"}
             continue  # drawn afresh at every read: nothing to store
+        keys[method] = rank_entry_keys(
+            dm, method, checkpoint_sha=sha, method_params=cfg.method_params.get(method, {}), granularity=p.granularity,
+            score=p.score, target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
+        )  # fmt: skip
         compute_ranks(
             dm, method, out / STORE_DIR, checkpoint=base_ckpt, model=model,
             method_params=cfg.method_params.get(method, {}), granularity=p.granularity, score=p.score,
             target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
             device=cfg.attribution_device, progress=progress,
         )  # fmt: skip
+    return keys
 
 
 def run_directory(out: Path, spec: RunSpec) -> Path:
@@ -197,7 +319,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     checkpoint = None
     try:
         if spec.mode == "noretrain":
-            model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size)
+            model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=cfg.model.get("arch", "small_cnn"))
             trainer = _trainer(cfg, run_dir, logger=loggers, progress=progress)
             epochs = 0
         else:
@@ -209,7 +331,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
         if cfg.save_checkpoints and spec.mode != "noretrain":
             checkpoint = str(run_dir / "last.ckpt")
-            trainer.save_checkpoint(checkpoint)
+            trainer.save_checkpoint(checkpoint, weights_only=False)
     finally:
         _finish_loggers(loggers)
     return {"test_acc": float(metrics["test/acc"]), "epochs": epochs, "seconds": time.perf_counter() - start, "checkpoint": checkpoint}
@@ -235,17 +357,40 @@ def attempt_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     return {"status": "failed", "error": error}
 
 
-def record_outcome(results: ResultsStore, spec: RunSpec, cfg: BenchmarkConfig, outcome: dict[str, Any]) -> None:
-    """Record an :func:`attempt_run` outcome as one row (one transaction)."""
+def record_outcome(results: ResultsStore, spec: RunSpec, cfg: BenchmarkConfig, outcome: dict[str, Any], provenance: GridProvenance | None = None) -> None:
+    """Record an :func:`attempt_run` outcome as one row (one transaction), with its fingerprint."""
     fields = {k: v for k, v in outcome.items() if k != "status"}
-    results.record(spec, status=outcome["status"], config=run_config(cfg, spec), **fields)
+    fingerprint = provenance.for_run(spec) if provenance is not None else None
+    results.record(spec, status=outcome["status"], config=run_config(cfg, spec), provenance=fingerprint, **fields)
 
 
-def execute_and_record(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, results: ResultsStore, progress: bool = True) -> bool:
+def execute_and_record(
+    spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, results: ResultsStore, progress: bool = True, provenance: GridProvenance | None = None
+) -> bool:
     """Run one spec with retries and record it as done or failed; True when done."""
     outcome = attempt_run(spec, cfg, out, base_ckpt, progress=progress)
-    record_outcome(results, spec, cfg, outcome)
+    record_outcome(results, spec, cfg, outcome, provenance)
     return outcome["status"] == "done"
+
+
+def grid_provenance(cfg: BenchmarkConfig, base_ckpt: Path, rank_keys: dict[str, dict[str, str]]) -> GridProvenance:
+    """The fingerprints of this grid's runs, once the base model and the ranks exist."""
+    sha = checkpoint_sha256(base_ckpt)
+    methods = {m: {**method_identity(cfg, m), "ranks": rank_keys[m]} for m in cfg.methods}
+    return GridProvenance(grid_settings(cfg, sha), sha, methods)
+
+
+def check_distinct_thresholds(cfg: BenchmarkConfig, dm: ImageDataModule) -> None:
+    """Two thresholds that mask the same number of features would be the same runs twice."""
+    features = num_features((dm.in_chans, dm.image_size, dm.image_size), cfg.protocol.granularity)
+    seen: dict[int, float] = {}
+    for t in sorted(cfg.thresholds):
+        k = num_masked(t, features)
+        if k == 0 or k == features:
+            raise ValueError(f"threshold {t} masks {k} of {features} features, the same as the unmasked reference or everything; choose a threshold in ({1 / features:.4g}, 1)")
+        if k in seen:
+            raise ValueError(f"thresholds {seen[k]} and {t} both mask {k} of {features} features ({cfg.protocol.granularity} granularity); keep one")
+        seen[k] = t
 
 
 def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -273,55 +418,80 @@ def run_benchmark(
     progress: bool = True,
     report: bool = True,
     launch: LaunchOptions | None = None,
+    config_yaml: str | None = None,
 ) -> ResultsStore:
-    """The whole benchmark, resumable: see the module docstring.
+    """The whole benchmark, resumable and never mixed: see the module docstring and README, "Reruns".
 
     Args:
         cfg: the benchmark config (validated here, before any training).
-        out: the output folder.
-        force: forget recorded results and rerun every cell (the base model and the ranks are
-            kept: they are verified by checkpoint hash and fingerprint, never silently stale).
+        out: the output folder; held under a lock while this runs (:mod:`roar.benchmark.lock`).
+        force: forget the recorded results and retrain a base model made with other settings
+            (ranks are keyed by fingerprint, so stale ones are simply not used).
         progress: progress bars.
         report: write the report at the end.
         launch: where the runs go (:class:`~roar.benchmark.launchers.LaunchOptions`): this
             process (the default), ``workers`` local processes, or a Ray cluster. The base model
             and the ranks are always prepared here first, so workers only read them.
+        config_yaml: the command's full config, saved as ``<out>/benchmark.yaml`` once the
+            folder is locked (so a refused second command cannot overwrite the running one's).
+
+    Raises:
+        ConfigChangedError: ``out`` holds results or a base model of other settings (and not ``force``).
+        FolderBusyError: another benchmark is running on ``out``.
     """
     cfg.validate()
     launch = (launch or LaunchOptions()).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = ResultsStore(out / "results.db")
-    if force:
-        results.clear()
-    check_store_matches(out / STORE_DIR, ImageDataModule(**cfg.data))  # before any training
-    base_ckpt = train_base(cfg, out, progress=progress)
-    prepare_ranks(cfg, out, base_ckpt, progress=progress)
-    plan, todo = pending_runs(cfg, results)
-    if len(todo) < len(plan):
-        print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'}")
-    with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
-        if not launch.parallel:
-            for spec in todo:
-                if bar is not None:
-                    bar.set_postfix_str(spec.name + f" [{spec.mode}]")
-                execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress)
-                if bar is not None:
-                    bar.update(1)
-        elif todo:  # a finished grid starts no workers and joins no cluster
+    with FolderLock(out, "benchmark"):
+        results = ResultsStore(out / "results.db")
+        if config_yaml is not None:
+            (out / "benchmark.yaml").write_text(config_yaml)
+        if force:
+            results.clear()
+        where = str(out / "results.db")
+        check_recorded_rows(results.rows(), cfg, where)  # a changed config is refused before any training
+        dm = ImageDataModule(**cfg.data)
+        check_distinct_thresholds(cfg, dm)
+        check_store_matches(out / STORE_DIR, dm)
+        base_ckpt = train_base(cfg, out, progress=progress, force=force)
+        provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress))
+        check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too
+        plan, todo = pending_runs(cfg, results)
+        if len(todo) < len(plan):
+            print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
+        with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
+            if not launch.parallel:
+                for spec in todo:
+                    if bar is not None:
+                        bar.set_postfix_str(spec.name + f" [{spec.mode}]")
+                    execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress, provenance=provenance)
+                    if bar is not None:
+                        bar.update(1)
+            elif todo:  # a finished grid starts no workers and joins no cluster
 
-            def on_finished(spec: RunSpec, done: bool) -> None:
-                if bar is not None:
-                    bar.set_postfix_str(f"{'done' if done else 'FAILED'}: {spec.name} [{spec.mode}]")
-                    bar.update(1)
+                def on_finished(spec: RunSpec, done: bool) -> None:
+                    if bar is not None:
+                        bar.set_postfix_str(f"{'done' if done else 'FAILED'}: {spec.name} [{spec.mode}]")
+                        bar.update(1)
 
-            if launch.launcher == "ray":
-                run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=on_finished)
-            else:
-                run_local_pool(todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries, on_finished=on_finished)
-    if report:
-        write_benchmark_report(cfg, out, results)
+                if launch.launcher == "ray":
+                    run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=on_finished, provenance=provenance)
+                else:
+                    run_local_pool(
+                        todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
+                        on_finished=on_finished, provenance=provenance,
+                    )  # fmt: skip
+        if report:
+            write_benchmark_report(cfg, out, results)
     return results
+
+
+def failed_runs(cfg: BenchmarkConfig, results: ResultsStore) -> list[dict[str, Any]]:
+    """The runs of this config's plan that are recorded as failed."""
+    plan, _ = pending_runs(cfg, results)
+    ids = {spec.run_id for spec in plan}
+    return [row for row in results.failures() if row["run_id"] in ids]
 
 
 def write_benchmark_report(cfg: BenchmarkConfig, out: Path, results: ResultsStore, print_table: bool = True) -> dict[str, Path]:

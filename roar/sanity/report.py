@@ -247,7 +247,7 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
 
     A given checkpoint is checked against ``datamodule`` (classes, channels, input size).
     """
-    from roar.models.classifier import ImageClassifier
+    from roar.models.checkpoint import load_classifier
 
     given = cfg.permuted_checkpoint if permuted else cfg.checkpoint
     kind = "permuted-label" if permuted else "true-label"
@@ -266,8 +266,8 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
             epochs = cfg.permuted_epochs if permuted else cfg.epochs
             say(f"training the {kind} model for {epochs} epochs ({why}) -> {path}")
             train_model(cfg, out, permuted, path)
-    # A Lightning checkpoint stores its hyperparameters as Python objects: load only checkpoints you trust.
-    model = ImageClassifier.load_from_checkpoint(path, map_location=cfg.torch_device, weights_only=False).eval()
+    # The restricted unpickler: a checkpoint from elsewhere cannot run code (roar.models.checkpoint).
+    model = load_classifier(path).to(cfg.torch_device).eval()
     if given is not None and datamodule is not None:
         check_compatible(model, datamodule, path)
     return model, path
@@ -407,8 +407,16 @@ def preflight(cfg: SanityReportConfig):
     Raises:
         ValueError, FileNotFoundError: bad settings, naming the value and the valid choices.
     """
+    from roar.models.checkpoint import load_classifier
+
     cfg.validate()
     datamodule = _datamodule(cfg, permuted=False)
+    available = len(datamodule.split_dataset(cfg.split))
+    if cfg.num_images > available:
+        raise ValueError(f"num_images={cfg.num_images} but the {cfg.split} split has {available} images; use at most {available}")
+    for given in (cfg.checkpoint, cfg.permuted_checkpoint):
+        if given is not None:  # unsafe or ill-fitting checkpoints fail now, before any training
+            load_classifier(given, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans, image_size=datamodule.image_size)
     _check_methods_fit_the_model(cfg, datamodule)
     return datamodule
 

@@ -1,0 +1,166 @@
+"""What produced each artefact of a benchmark: the fingerprints of its base model, ranks and runs.
+
+A benchmark folder is resumed, never mixed (DESIGN.md, "Fingerprints"; README, "Reruns"):
+
+* the **settings** of a grid are the resolved config sections that change a result (data, model,
+  the trainer settings that change training, the protocol, the base model's training, roar's
+  major.minor version), with speed- and output-only settings left out (``num_workers``,
+  ``accelerator``, loggers, progress bars, ``compile``...);
+* the **base checkpoint** records the fingerprint of its training inside itself, and is reused
+  only when it equals the current one;
+* a **run** records the settings, the base checkpoint's sha256, its method's resolved parameters
+  and its rank entries' keys, and its spec. A rerun of the same config finds the same
+  fingerprint and skips the run; a changed config finds a recorded run whose fingerprint differs
+  and is refused, naming the settings that changed (``--force`` starts the folder afresh).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.plan import REFERENCE_METHOD, RunSpec
+from roar.fingerprint import differences, fingerprint_key, jsonable, roar_version
+
+TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
+"""What the benchmark's trainers use where the config says nothing."""
+
+IGNORED = {
+    # Where and how fast, not what: changing them keeps every result valid.
+    "trainer": {
+        "accelerator", "logger", "callbacks", "enable_progress_bar", "enable_model_summary", "enable_checkpointing",
+        "default_root_dir", "log_every_n_steps", "profiler", "num_sanity_val_steps", "barebones", "benchmark",
+    },
+    "data": {"num_workers", "download"},
+    "model": {"compile", "channels_last"},
+}  # fmt: skip
+
+
+class ConfigChangedError(ValueError):
+    """The output folder holds artefacts of another configuration."""
+
+
+def _signature_defaults(cls: type) -> dict[str, Any]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def _section(defaults: dict[str, Any], given: dict[str, Any], ignored: set[str]) -> dict[str, Any]:
+    merged = {**defaults, **given}
+    return jsonable({k: merged[k] for k in sorted(merged) if k not in ignored})
+
+
+def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """The fingerprint of the base model's training: data, model, trainer, epochs, seed, version."""
+    from roar.data.datamodule import ImageDataModule
+    from roar.models.classifier import ImageClassifier
+
+    trainer = _section(TRAINER_DEFAULTS, cfg.trainer, IGNORED["trainer"])
+    epochs = cfg.base.max_epochs if cfg.base.max_epochs is not None else trainer["max_epochs"]
+    return {
+        "roar": roar_version(),
+        "data": _section(_signature_defaults(ImageDataModule), cfg.data, IGNORED["data"]),
+        "model": _section(_signature_defaults(ImageClassifier), cfg.model, IGNORED["model"]),
+        "trainer": trainer,
+        "base": {"max_epochs": epochs, "seed": cfg.base.seed},
+    }
+
+
+def grid_settings(cfg: BenchmarkConfig, base_checkpoint_sha256: str | None = None) -> dict[str, Any]:
+    """The settings every run of the grid shares; a given base checkpoint stands for its training."""
+    settings = base_training(cfg)
+    settings["protocol"] = jsonable(asdict(cfg.protocol))
+    if cfg.base.checkpoint:  # a user's checkpoint: its bytes (sha256), not our training, define it
+        settings["base"] = {"checkpoint_sha256": base_checkpoint_sha256}
+    return settings
+
+
+def method_identity(cfg: BenchmarkConfig, method: str) -> dict[str, Any]:
+    """A method's resolved parameters (defaults filled in): what its runs depend on besides the ranks."""
+    from roar.attribution.registry import resolved_params
+
+    return {"name": method, "params": jsonable(resolved_params(method, cfg.method_params.get(method, {})))}
+
+
+@dataclass
+class GridProvenance:
+    """Everything a run's fingerprint needs, as plain data (it travels to workers and Ray tasks).
+
+    Attributes:
+        settings: :func:`grid_settings`.
+        base_checkpoint_sha256: the base model's bytes.
+        methods: ``{method: {"name", "params", "ranks": {split: entry key}}}``.
+    """
+
+    settings: dict[str, Any]
+    base_checkpoint_sha256: str
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def settings_key(self) -> str:
+        """One key for the grid: the settings and the base model. The report states it."""
+        return fingerprint_key({"settings": self.settings, "base_checkpoint_sha256": self.base_checkpoint_sha256})
+
+    def for_run(self, spec: RunSpec) -> dict[str, Any]:
+        """The fingerprint of one run (its key is :func:`~roar.fingerprint.fingerprint_key` of it)."""
+        method = None if spec.method == REFERENCE_METHOD else self.methods.get(spec.method)
+        if spec.method != REFERENCE_METHOD and method is None:
+            raise KeyError(f"no provenance for method {spec.method!r}; known: {', '.join(sorted(self.methods))}")
+        return {
+            "settings": self.settings,
+            "base_checkpoint_sha256": self.base_checkpoint_sha256,
+            "method": method,
+            "spec": spec.to_dict(),
+        }
+
+
+def refusal(what: str, where: str, changes: list[str]) -> ConfigChangedError:
+    listed = "\n  ".join(changes) if changes else "(no single setting named; the artefact was made differently)"
+    return ConfigChangedError(
+        f"{what} in {where} was made with other settings; refusing to mix them. What changed (recorded -> now):\n  {listed}\n"
+        "Use a new --out for the new configuration, or --force true to discard the old results and start this folder afresh."
+    )
+
+
+def check_recorded_rows(rows: list[dict[str, Any]], cfg: BenchmarkConfig, where: str, provenance: GridProvenance | None = None) -> None:
+    """Refuse when a done row of ``results.db`` was made with other settings than ``cfg``'s.
+
+    Without ``provenance`` (before anything is computed) the config-derived parts are compared:
+    settings and each planned method's parameters. With it, the complete fingerprint of every run
+    that the grid would skip is compared as well (base checkpoint, rank entries).
+
+    Raises:
+        ConfigChangedError: listing what changed, and how to proceed.
+    """
+    settings = provenance.settings if provenance is not None else None
+    methods = {m: method_identity(cfg, m) for m in cfg.methods}
+    for row in rows:
+        if row.get("status") != "done":
+            continue  # a failed run is rerun anyway: fixing a typo that failed every run must just work
+        recorded = row.get("provenance")
+        if not isinstance(recorded, dict):
+            raise refusal(f"run {row['run_id']}", where, ["the run has no fingerprint (recorded by an older roar)"])
+        old_settings = dict(recorded.get("settings") or {})
+        new_settings = settings if settings is not None else _comparable_settings(cfg, old_settings)
+        if old_settings != new_settings:
+            raise refusal(f"run {row['run_id']}", where, differences(old_settings, new_settings))
+        method = row.get("method")
+        old_method = recorded.get("method") or {}
+        if method in methods and {k: old_method.get(k) for k in ("name", "params")} != methods[method]:
+            raise refusal(f"run {row['run_id']}", where, differences({"method": old_method.get("params")}, {"method": methods[method]["params"]}))
+        if provenance is not None and (method in methods or method == REFERENCE_METHOD):
+            expected = provenance.for_run(RunSpec.from_dict(row))
+            if row.get("fingerprint") != fingerprint_key(expected):
+                raise refusal(f"run {row['run_id']}", where, differences(recorded, expected))
+
+
+def _comparable_settings(cfg: BenchmarkConfig, recorded: dict[str, Any]) -> dict[str, Any]:
+    # Before the base model exists, a given checkpoint's sha256 is the recorded one if the file is
+    # the same path; it is compared for real once the base checkpoint is hashed.
+    sha = (recorded.get("base") or {}).get("checkpoint_sha256") if cfg.base.checkpoint else None
+    return grid_settings(cfg, sha)

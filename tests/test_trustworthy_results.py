@@ -1,0 +1,320 @@
+"""A rerun never mixes configurations, and nothing stale or unsafe is read from disk.
+
+Each test runs the benchmark as a user does (``python -m roar benchmark``) on 8 px digits, then
+changes one thing and checks that the folder is resumed, refused or kept apart, never mixed.
+"""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from roar.__main__ import main as roar_main
+from roar.benchmark.results import ResultsStore
+from roar.models.classifier import ImageClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
+
+# 1 reference + 2 methods x 1 threshold x 1 seed (ROAR), one epoch each; a 6-epoch base model.
+GRID = [
+    "--config", DEMO, "--trainer.max_epochs", "1", "--base.max_epochs", "6", "--methods", "[random, integrated_gradients]",
+    "--method_params", "{integrated_gradients: {n_steps: 4}}", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar]",
+    "--noretrain", "false", "--logger", "none", "--progress", "false",
+]  # fmt: skip
+
+
+def benchmark(out: Path, *extra: str) -> int:
+    return roar_main(["benchmark", *GRID, *extra, "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished grid, copied by each test that changes it."""
+    out = tmp_path_factory.mktemp("grid") / "out"
+    assert benchmark(out) == 0
+    return out
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return out
+
+
+def snapshot(out: Path) -> dict:
+    rows = ResultsStore(out / "results.db").rows()
+    return {r["run_id"]: (r["seconds"], r["fingerprint"]) for r in rows}
+
+
+# ------------------------------------------------------------------------------- reruns
+def test_an_unchanged_rerun_resumes_and_recomputes_nothing(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    before, base_bytes = snapshot(out), (out / "base.ckpt").read_bytes()
+    entries = {p: p.stat().st_mtime_ns for p in (out / "attributions").glob("*/*/ranks.npy")}
+    assert benchmark(out) == 0
+    assert "resuming: 3 of 3 runs" in capsys.readouterr().out
+    assert snapshot(out) == before, "no run was redone"
+    assert (out / "base.ckpt").read_bytes() == base_bytes, "the base model was reused"
+    assert {p: p.stat().st_mtime_ns for p in (out / "attributions").glob("*/*/ranks.npy")} == entries
+    report = (out / "report.md").read_text()
+    keys = {r["settings_key"] for r in ResultsStore(out / "results.db").rows()}
+    assert len(keys) == 1 and f"`{keys.pop()[:16]}`" in report, "the report states the one fingerprint it covers"
+
+
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (["--protocol.granularity", "pixel"], "protocol.granularity"),
+        (["--trainer.max_epochs", "2"], "trainer.max_epochs: 1 -> 2"),
+        (["--method_params", "{integrated_gradients: {n_steps: 5}}"], "method.n_steps: 4 -> 5"),
+        (["--model.arch", "mlp"], 'model.arch: "small_cnn" -> "mlp"'),
+        (["--base.max_epochs", "7"], "base.max_epochs: 6 -> 7"),
+        (["--data.val_fraction", "0.2"], "data.val_fraction: 0.1 -> 0.2"),
+        (["--data.image_size", "16"], "data.image_size: 8 -> 16"),
+    ],
+)
+def test_a_changed_config_is_refused_before_training_naming_the_change(finished, tmp_path, capsys, change, named):
+    out = copy_of(finished, tmp_path)
+    before, base = snapshot(out), (out / "base.ckpt").stat().st_mtime_ns
+    assert benchmark(out, *change) == 2
+    err = capsys.readouterr().err
+    assert named in err and "--force" in err and "new --out" in err
+    assert snapshot(out) == before and (out / "base.ckpt").stat().st_mtime_ns == base, "nothing was trained or recorded"
+
+
+def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    old = snapshot(out)
+    assert benchmark(out, "--base.max_epochs", "7", "--force", "true") == 0
+    rows = ResultsStore(out / "results.db").rows()
+    assert len(rows) == 3 and len({r["settings_key"] for r in rows}) == 1
+    assert all(r["fingerprint"] != old[r["run_id"]][1] for r in rows), "every run is of the new configuration"
+    provenance = torch.load(out / "base.ckpt", weights_only=True)["roar_provenance"]
+    assert provenance["training"]["base"]["max_epochs"] == 7
+
+
+def test_a_method_default_is_part_of_the_fingerprint():
+    from roar.attribution.registry import resolved_params
+
+    # an omitted default is recorded, so changing it in a later release invalidates cached ranks ...
+    assert resolved_params("integrated_gradients_sg_sq", {})["nt_samples"] == 25
+    assert resolved_params("integrated_gradients_sg_sq", {}) == resolved_params("integrated_gradients_sg_sq", {"nt_samples": 25})
+    # ... while a memory-only setting is not
+    assert "max_batch_size" not in resolved_params("gradient_sg", {"max_batch_size": 8})
+
+
+def test_other_base_weights_under_the_same_settings_are_refused(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    # base.ckpt replaced by other weights of the same training settings (retrained elsewhere, say):
+    # the settings match, but the recorded runs were masked by another model's ranks
+    checkpoint = torch.load(out / "base.ckpt", weights_only=True)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name] = checkpoint["state_dict"][name] + 0.01
+    torch.save(checkpoint, out / "base.ckpt")
+    before = snapshot(out)
+    assert benchmark(out) == 2
+    err = capsys.readouterr().err
+    assert "base_checkpoint_sha256" in err and "--force" in err
+    assert snapshot(out) == before
+
+
+def test_rows_of_two_configurations_are_never_averaged(finished):
+    from roar.benchmark.report import summarize
+
+    rows = ResultsStore(finished / "results.db").rows()
+    other = [dict(rows[0], settings_key="0" * 64, run_id="x")]
+    with pytest.raises(ValueError, match="2 different configurations"):
+        summarize(rows + other)
+
+
+# ------------------------------------------------------------------------------- base checkpoints
+def save_classifier(path: Path, **hparams) -> Path:
+    model = ImageClassifier(**{"num_classes": 10, "in_chans": 1, "image_size": 8, **hparams})
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "hparams,message",
+    [
+        ({"arch": "mlp"}, "arch='mlp' (expected 'small_cnn')"),
+        ({"arch": "small_cnn", "num_classes": 3}, "num_classes=3 (expected 10)"),
+        ({"arch": "small_cnn", "image_size": 16}, "image_size=16 (expected 8)"),
+    ],
+)
+def test_a_base_checkpoint_that_does_not_fit_is_refused_before_ranking(tmp_path, capsys, hparams, message):
+    ckpt = save_classifier(tmp_path / "other.ckpt", **hparams)
+    assert benchmark(tmp_path / "out", "--base.checkpoint", str(ckpt)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "attributions").exists(), "nothing was ranked"
+
+
+def test_a_diverged_base_model_is_not_kept(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert benchmark(out, "--model.lr", "1e12") == 2
+    err = capsys.readouterr().err
+    assert "base model" in err and ("diverged" in err or "not above" in err)
+    assert not (out / "base.ckpt").exists()
+
+
+def test_a_grid_with_failed_runs_exits_non_zero_listing_them(tmp_path, capsys):
+    failing = "{class_path: plugins.FailWhen, init_args: {part: runs/roar/random}}"
+    args = ["--trainer.callbacks", f"[{failing}]"]
+    assert benchmark(tmp_path / "out", *args) == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) failed" in err and "roar/random/t0.500/s0" in err and "planted failure" in err
+    assert benchmark(tmp_path / "out", *args, "--allow_failures", "true") == 0
+
+
+def test_the_users_trainer_callbacks_run_in_every_training(tmp_path):
+    log = tmp_path / "fits.txt"
+    assert benchmark(tmp_path / "out", "--trainer.callbacks", f"[{{class_path: plugins.CountFits, init_args: {{log: {log}}}}}]") == 0
+    fits = log.read_text().splitlines()
+    assert len(fits) == 4 and fits[0].endswith("runs/base"), "the base model and the 3 retrains"
+
+
+# ------------------------------------------------------------------------------- unsafe files
+class Payload:
+    """Unpickling this creates ``marker``: a stand-in for code a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def evil_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"state_dict": {}, "hyper_parameters": {"arch": "small_cnn", "payload": Payload(marker)}}, path)
+    return path
+
+
+def test_a_pickle_payload_in_any_checkpoint_we_accept_does_not_run(finished, tmp_path, capsys):
+    from callbacks import DataRandomizationCheck
+    from roar.sanity.report import main as sanity_main
+
+    marker = tmp_path / "pwned"
+    evil = evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    # python -m roar attribute --ckpt
+    assert roar_main(["attribute", *GRID, "--ckpt", str(evil), "--out", str(tmp_path / "a")]) == 2
+    # base.checkpoint of a benchmark
+    assert benchmark(tmp_path / "b", "--base.checkpoint", str(evil)) == 2
+    # a planted <out>/base.ckpt
+    planted = copy_of(finished, tmp_path)
+    shutil.copy(evil, planted / "base.ckpt")
+    assert benchmark(planted) == 2
+    err = capsys.readouterr().err
+    assert err.count("could run code") == 3 and "ROAR_TRUSTED_GLOBALS" in err
+    # roar sanity --checkpoint
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--checkpoint", str(evil), "--out", str(tmp_path / "s")]) == 2
+    assert "could run code" in capsys.readouterr().err
+    # the sanity callback's reference model
+    with pytest.raises(ValueError, match="could run code"):
+        DataRandomizationCheck(reference_checkpoint=str(evil)).reference("cpu")
+    assert not marker.exists(), "the payload never ran"
+
+
+def test_no_checkpoint_load_warns_about_weights_only(finished, tmp_path, capfd, caplog):
+    out = copy_of(finished, tmp_path)
+    with sqlite3.connect(out / "results.db") as conn:
+        conn.execute("DELETE FROM runs WHERE method = 'integrated_gradients'")
+    caplog.set_level("INFO")
+    assert benchmark(out) == 0
+    captured = capfd.readouterr()
+    assert "weights_only" not in captured.out + captured.err + caplog.text
+
+
+# ------------------------------------------------------------------------------- the folder lock
+def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from roar.benchmark.lock import FolderLock\nwith FolderLock({str(out)!r}):\n    import time; time.sleep(60)"],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.time() + 60
+        while not (out / ".roar.lock").is_file() or not (out / ".roar.lock").read_text():
+            assert time.time() < deadline and holder.poll() is None
+            time.sleep(0.1)
+        assert benchmark(out) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "another --out" in err
+        assert not (out / "base.ckpt").exists() and not (out / "benchmark.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ------------------------------------------------------------------------------- early errors (item 13)
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--seeds", "[-1]"], "seed -1"),
+        (["--seeds", "[0, 0]"], "unique"),
+        (["--thresholds", "[0.5, 0.5000001]"], "0.5000001"),
+        (["--method_params", "{integrated_gradients: {n_step: 4}}"], "n_step"),
+    ],
+)
+def test_bad_grid_values_fail_before_the_base_model(tmp_path, capsys, override, message):
+    out = tmp_path / "out"
+    code = None
+    try:
+        code = benchmark(out, *override)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code not in (0, None)
+    assert message in capsys.readouterr().err
+    assert not (out / "base.ckpt").exists()
+
+
+def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
+    # 64 features at 8 px: 0.5 and 0.505 both mask 32
+    assert benchmark(tmp_path / "out", "--thresholds", "[0.5, 0.505]") == 2
+    err = capsys.readouterr().err
+    assert "both mask 32 of 64 features" in err
+    assert not (tmp_path / "out" / "base.ckpt").exists()
+
+
+def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--num_images", "100000", "--out", str(tmp_path / "s")]) == 2
+    assert "num_images=100000 but the test split has" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_attribute_takes_a_single_method_name(finished, tmp_path):
+    out = copy_of(finished, tmp_path)
+    assert roar_main(["attribute", *GRID, "--methods", "gradient", "--out", str(out)]) == 0
+    assert list((out / "attributions" / "gradient").glob("train-*/ranks.npy"))
+
+
+def test_a_report_only_reads_the_results_database(finished, tmp_path):
+    # An archived folder may sit on read-only storage: the report opens results.db read-only
+    # (no journal, no lock files) and writes its files where --report_dir says.
+    archived = copy_of(finished, tmp_path)
+    db = archived / "results.db"
+    before = (db.read_bytes(), sorted(p.name for p in archived.iterdir()))
+    report = tmp_path / "report"
+    assert roar_main(["report", *GRID[:-2], "--out", str(archived), "--report_dir", str(report)]) == 0
+    assert (report / "report.md").is_file() and len((report / "results.csv").read_text().splitlines()) == 4
+    assert (db.read_bytes(), sorted(p.name for p in archived.iterdir())) == before
+
+
+def test_random_ranks_of_train_and_test_images_differ(finished):
+    import numpy as np
+
+    store = finished / "attributions" / "random"
+    train = np.load(next(store.glob("train-*/ranks.npy")))
+    test = np.load(next(store.glob("test-*/ranks.npy")))
+    n = min(len(train), len(test))
+    assert (train[:n] != test[:n]).any(axis=1).mean() > 0.99, "test[j] draws its own ranks, not train[j]'s"
+    meta = json.loads(next(store.glob("test-*/meta.json")).read_text())
+    assert meta["fingerprint"]["index_offset"] == len(train)
