@@ -67,9 +67,45 @@ def test_fit_then_test_from_checkpoint_reaches_95_percent(tmp_path):
 
 
 def test_rerun_into_the_same_folder_does_not_fail_on_saved_config(tmp_path):
-    args = fit_args(tmp_path, "--trainer.fast_dev_run", "true", "--trainer.logger.init_args.version", "fixed")
+    one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
+    args = fit_args(tmp_path, *one_step, "--trainer.logger.init_args.version", "fixed")
     main(args)
-    main(args)
+    saved = tmp_path / "roar" / "fixed" / "config.yaml"
+    assert yaml.safe_load(saved.read_text())["data"]["init_args"]["batch_size"] == 64  # configs/data/digits.yaml
+    second = main([*args, "--data.init_args.batch_size", "32"])
+    assert second.trainer.global_step == 1, "the second run trained"
+    assert yaml.safe_load(saved.read_text())["data"]["init_args"]["batch_size"] == 32, "its config replaced the first"
+
+
+def test_default_root_dir_holds_every_checkpoint_of_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working directory would land here
+    root = tmp_path / "elsewhere"
+    cli = main(["fit", "--config", DIGITS, "--trainer", DEBUG, "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    checkpoints = sorted(tmp_path.rglob("*.ckpt"))
+    assert checkpoints and all(root in p.parents for p in checkpoints), checkpoints
+    assert not (tmp_path / "runs").exists()
+    assert Path(cli.trainer.log_dir).is_relative_to(root)
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_test(tmp_path, capsys):
+    from roar.models.classifier import ImageClassifier
+
+    mlp = ImageClassifier(arch="mlp", num_classes=10, in_chans=1, image_size=16)
+    torch.save({"state_dict": mlp.state_dict(), "hyper_parameters": dict(mlp.hparams)}, tmp_path / "mlp.ckpt")
+    with pytest.raises(SystemExit):
+        main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "mlp.ckpt")])
+    assert "holds a 'mlp' model but the config's model.arch is 'small_cnn'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path):
+    from roar.models.checkpoint import CheckpointError
+    from roar.models.classifier import ImageClassifier
+
+    small = ImageClassifier(arch="small_cnn", num_classes=3, in_chans=1, image_size=16)
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, tmp_path / "three.ckpt")
+    with pytest.raises(CheckpointError, match=r"num_classes=3 \(the data has 10\)"):
+        main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "three.ckpt"), "--trainer.logger", "false"])
 
 
 @pytest.mark.parametrize(

@@ -69,9 +69,16 @@ def test_crop_and_flip_keep_shape_and_content():
 
 
 def test_augmentation_only_while_training(digits):
-    batch = next(iter(digits.val_dataloader()))
-    out = digits.on_after_batch_transfer(batch, 0)  # no trainer attached: evaluation path
-    assert torch.equal(out[0], batch[0])
+    from lightning.pytorch import Trainer
+
+    digits.trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batch = next(iter(digits.train_dataloader()))
+    digits.trainer.training = True
+    trained = digits.on_after_batch_transfer(batch, 0)[0]
+    assert not torch.equal(trained, batch[0]), "random crops while training"
+    assert trained.shape == batch[0].shape
+    digits.trainer.validating = True
+    assert torch.equal(digits.on_after_batch_transfer(batch, 0)[0], batch[0]), "never while evaluating"
     assert digits.augment == "crop"  # digits are not mirror-symmetric
 
 

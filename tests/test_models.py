@@ -57,10 +57,13 @@ def test_bad_num_classes_is_rejected():
 
 
 def test_classifier_normalises_with_given_statistics():
-    model = ImageClassifier(arch="linear", num_classes=2, in_chans=3, image_size=4, channel_mean=[0.1, 0.2, 0.3], channel_std=[2.0, 2.0, 2.0])
-    x = torch.rand(5, 3, 4, 4)
-    expected = model.net((x - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / 2.0)
-    torch.testing.assert_close(model(x), expected)
+    model = ImageClassifier(arch="linear", num_classes=2, in_chans=3, image_size=4, channel_mean=[0.1, 0.2, 0.3], channel_std=[2.0, 2.0, 4.0])
+    x = torch.full((5, 3, 4, 4), 0.5)
+    # by hand: (0.5 - 0.1) / 2, (0.5 - 0.2) / 2, (0.5 - 0.3) / 4
+    by_hand = torch.tensor([0.2, 0.15, 0.05]).view(1, 3, 1, 1).expand(5, 3, 4, 4)
+    torch.testing.assert_close(model.normalize(x), by_hand)
+    torch.testing.assert_close(model(x), model.net(by_hand))
+    assert not torch.allclose(model(x), model.net(x)), "the network sees normalised inputs, not raw pixels"
     # the channel mean maps to exactly zero: masked features carry no signal into the network
     mean_image = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
     assert model.normalize(mean_image).abs().max() == 0

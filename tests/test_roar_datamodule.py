@@ -80,17 +80,31 @@ def test_threshold_zero_is_the_unmasked_data(tmp_path):
 
 
 def test_pixel_granularity_masks_whole_pixels(tmp_path):
-    dm = RoarDataModule(source="synthetic_linear", store=str(tmp_path / "s"), method="random", threshold=0.5, granularity="pixel")
+    from formats import write_cifar10
+
+    # 3-channel images: a pixel is masked in all its channels or in none
+    write_cifar10(tmp_path / "cifar", n_train_per_batch=6, n_test=8)
+    dm = RoarDataModule(
+        source="cifar10", root=str(tmp_path / "cifar"), image_size=8, batch_size=8, store=str(tmp_path / "s"),
+        method="random", threshold=0.5, granularity="pixel",
+    )  # fmt: skip
     (images, _, _), (masked, _, _) = masked_batch(dm)
-    assert ((masked != images).flatten(1).sum(1) <= 8).all()
+    fill = torch.tensor(dm.channel_mean).view(1, 3, 1, 1).expand_as(images)
+    replaced = torch.isclose(masked, fill) & ~torch.isclose(images, fill)
+    pixel_masked = (masked == fill).all(dim=1)  # (B, H, W): every channel holds the fill
+    assert (pixel_masked.flatten(1).sum(1) == num_masked(0.5, 64)).all(), "exactly round(t * H * W) pixels per image"
+    assert (replaced.any(dim=1) <= pixel_masked).all(), "no channel is replaced without the rest of its pixel"
+    assert torch.equal(masked[~pixel_masked.unsqueeze(1).expand_as(masked)], images[~pixel_masked.unsqueeze(1).expand_as(images)])
 
 
 def test_image_mean_fill(tmp_path):
     dm = roar_dm(tmp_path, method="random", fill="image_mean", threshold=0.5)
-    (images, _, _), (masked, _, _) = masked_batch(dm)
-    changed = masked != images
+    (images, _, indices), (masked, _, _) = masked_batch(dm)
+    ranks = compute_ranks(dm, "random", tmp_path / "store", progress=False)["test"]
+    top = torch.from_numpy(np.asarray(ranks)[(indices - dm.num_train_pool).numpy()].astype(np.int64) < num_masked(0.5, 64)).view(-1, 1, 8, 8)
     per_image_mean = images.mean(dim=(2, 3), keepdim=True).expand_as(images)
-    torch.testing.assert_close(masked[changed], per_image_mean[changed])
+    # exactly the top half of each image's features, by its own ranks, take its own mean; the rest are untouched
+    torch.testing.assert_close(masked, torch.where(top, per_image_mean, images))
 
 
 @pytest.mark.parametrize(

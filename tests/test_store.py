@@ -221,6 +221,64 @@ def test_meta_with_another_fingerprint_is_rejected(tmp_path, dataset, weights):
         store.load(full)
 
 
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_flipped_bytes_in_a_ranks_file_are_detected(tmp_path, dataset, weights, where):
+    store = AttributionStore(tmp_path)
+    compute(store, dataset, CountingAttribution(weights))
+    full = complete_fingerprint(fingerprint(), **SETTINGS)
+    ranks_path = store.find(full) / "ranks.npy"
+    data = bytearray(ranks_path.read_bytes())
+    # a byte of the array itself: size and header stay intact, only the content tells
+    offset = {"first": len(data) - N * C * H * W * 2, "middle": len(data) - N * C * H * W, "last": len(data) - 1}[where]
+    data[offset] ^= 0x01
+    ranks_path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="corrupted: its sha256") as err:
+        store.load(full)
+    assert str(ranks_path) in str(err.value)
+
+
+def test_rows_that_are_not_permutations_are_detected_even_with_a_matching_checksum(tmp_path, dataset, weights):
+    store = AttributionStore(tmp_path)
+    compute(store, dataset, CountingAttribution(weights))
+    full = complete_fingerprint(fingerprint(), **SETTINGS)
+    entry = store.find(full)
+    ranks = np.load(entry / "ranks.npy")
+    ranks[3, 0] = ranks[3, 1]  # a duplicate rank: row 3 is no permutation
+    np.save(entry / "ranks.npy", ranks)
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["ranks_sha256"] = hashlib.sha256((entry / "ranks.npy").read_bytes()).hexdigest()
+    (entry / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="not permutations"):
+        store.load(full)
+
+
+def test_an_edited_key_in_meta_is_detected(tmp_path, dataset, weights):
+    store = AttributionStore(tmp_path)
+    compute(store, dataset, CountingAttribution(weights))
+    full = complete_fingerprint(fingerprint(), **SETTINGS)
+    meta_path = store.find(full) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"]["params"] = {"edited": True}
+    meta["key"] = fingerprint_key(full)  # the key left as it was: the fingerprint no longer hashes to it
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="another fingerprint"):
+        store.load(full)
+    meta["fingerprint"] = full
+    meta["key"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="was edited"):
+        store.load(full)
+
+
+def test_test_split_draws_use_global_indices(tmp_path, dataset, weights):
+    store = AttributionStore(tmp_path)
+    fn = CountingAttribution(weights)
+    store.get_or_compute(fingerprint(split="test"), dataset, fn, batch_size=5, index_offset=100, **SETTINGS)
+    assert fn.seen == list(range(100, 100 + N)), "attribution sees the samples' global indices"
+    meta = json.loads(next(tmp_path.glob("*/test-*/meta.json")).read_text())
+    assert meta["fingerprint"]["index_offset"] == 100
+
+
 def test_dataset_of_another_length_is_refused(tmp_path, dataset, weights):
     store = AttributionStore(tmp_path)
     compute(store, dataset, CountingAttribution(weights))

@@ -83,10 +83,12 @@ def test_an_unchanged_rerun_resumes_and_recomputes_nothing(finished, tmp_path, c
 def test_a_changed_config_is_refused_before_training_naming_the_change(finished, tmp_path, capsys, change, named):
     out = copy_of(finished, tmp_path)
     before, base = snapshot(out), (out / "base.ckpt").stat().st_mtime_ns
+    entries = sorted(p.relative_to(out) for p in (out / "attributions").rglob("*"))
     assert benchmark(out, *change) == 2
     err = capsys.readouterr().err
     assert named in err and "--force" in err and "new --out" in err
     assert snapshot(out) == before and (out / "base.ckpt").stat().st_mtime_ns == base, "nothing was trained or recorded"
+    assert sorted(p.relative_to(out) for p in (out / "attributions").rglob("*")) == entries, "nothing was ranked"
 
 
 def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path):
