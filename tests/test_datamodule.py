@@ -80,6 +80,7 @@ def test_augmentation_only_while_training(digits):
     digits.trainer.validating = True
     assert torch.equal(digits.on_after_batch_transfer(batch, 0)[0], batch[0]), "never while evaluating"
     assert digits.augment == "crop"  # digits are not mirror-symmetric
+    digits.trainer = None  # the module-scoped datamodule goes back as it was
 
 
 def test_bad_inputs_name_the_value_and_choices():

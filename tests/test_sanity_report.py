@@ -155,6 +155,6 @@ def test_a_checkpoint_for_other_data_is_refused(report, tmp_path):
     cfg = SanityReportConfig(
         data={"source": "digits", "image_size": 12}, checkpoint=str(report[0] / "model.ckpt"), data_check=False, progress=False
     )
-    with pytest.raises(ValueError, match="image_size=8, but the data has image_size=12"):
+    with pytest.raises(ValueError, match="image_size=8 \\(expected 12\\)"):
         run_report(cfg, tmp_path / "other")
     assert not (tmp_path / "other" / "sanity.csv").exists()
