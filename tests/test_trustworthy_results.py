@@ -175,11 +175,14 @@ def test_a_grid_with_failed_runs_exits_non_zero_listing_them(tmp_path, capsys):
     assert benchmark(tmp_path / "out", *args, "--allow_failures", "true") == 0
 
 
-def test_the_users_trainer_callbacks_run_in_every_training(tmp_path):
-    log = tmp_path / "fits.txt"
-    assert benchmark(tmp_path / "out", "--trainer.callbacks", f"[{{class_path: plugins.CountFits, init_args: {{log: {log}}}}}]") == 0
+def test_the_users_trainer_callbacks_and_loggers_run_in_every_training(tmp_path):
+    log, out = tmp_path / "fits.txt", tmp_path / "out"
+    callbacks = f"[{{class_path: plugins.CountFits, init_args: {{log: {log}}}}}]"
+    loggers = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {name: mine}}]"
+    assert benchmark(out, "--trainer.callbacks", callbacks, "--trainer.logger", loggers) == 0
     fits = log.read_text().splitlines()
     assert len(fits) == 4 and fits[0].endswith("runs/base"), "the base model and the 3 retrains"
+    assert len(list((out / "runs").rglob("mine/version_0/metrics.csv"))) == 4, "the user's logger, under each run's folder"
 
 
 # ------------------------------------------------------------------------------- unsafe files

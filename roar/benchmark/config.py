@@ -12,6 +12,16 @@ from typing import Any, Literal
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
+def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict") and callable(value.as_dict):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 @dataclass
 class Protocol:
     """How attributions become masks.
@@ -98,6 +108,11 @@ class BenchmarkConfig:
     wandb_offline: bool = True
     save_checkpoints: bool = True
     retries: int = 0
+
+    def __post_init__(self) -> None:
+        # The command line parser may hand nested class_path entries over as Namespaces: keep plain data.
+        for name in ("data", "model", "trainer", "method_params"):
+            setattr(self, name, _plain(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

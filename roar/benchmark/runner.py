@@ -97,7 +97,7 @@ def _user_loggers(cfg: BenchmarkConfig, run_dir: Path) -> list[Any]:
         if isinstance(entry, dict) and "class_path" in entry:
             cls = import_class(entry["class_path"], "trainer.logger")
             init_args = dict(entry.get("init_args") or {})
-            if "save_dir" in inspect.signature(cls.__init__).parameters and "save_dir" not in init_args:
+            if "save_dir" in inspect.signature(cls.__init__).parameters and init_args.get("save_dir") is None:
                 init_args["save_dir"] = str(run_dir)
             entry = {"class_path": entry["class_path"], "init_args": init_args}
         loggers.append(instantiate(entry, "trainer.logger"))
