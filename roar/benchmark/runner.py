@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import math
 import os
 import time
 import traceback
@@ -36,7 +37,7 @@ from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
 from roar.data.roar import RoarDataModule
 from roar.fingerprint import differences
-from roar.models.checkpoint import PROVENANCE_KEY, CheckpointError, load_checkpoint, load_classifier, non_finite_parameters
+from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 from roar.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def min_base_accuracy(cfg: BenchmarkConfig, num_classes: int) -> float:
 
 def _check_base_model(model: torch.nn.Module, accuracy: float, cfg: BenchmarkConfig, num_classes: int, where: str) -> None:
     bad = non_finite_parameters(model.state_dict())
-    if bad or not accuracy == accuracy:  # NaN accuracy is a diverged model too
+    if bad or math.isnan(accuracy):  # NaN accuracy is a diverged model too
         raise BaseModelError(
             f"the base model {where} diverged (non-finite weights: {', '.join(bad[:3]) or 'none'}; test accuracy {accuracy}); "
             f"it was not kept. Lower model.lr (now {cfg.model.get('lr', 'the default')}) and run again."
@@ -215,7 +216,7 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
         return path
     expected = base_training(cfg)
     if path.is_file():
-        recorded = (load_checkpoint(path).get(PROVENANCE_KEY) or {}).get("training")
+        recorded = (provenance(path) or {}).get("training")
         if recorded == expected:
             load_classifier(path, **fits)
             log.info("reusing base checkpoint %s (same settings)", path)
