@@ -73,6 +73,35 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def source_sha256(obj: Any) -> str:
+    """sha256 of the source file that defines ``obj`` (a function, a class, a module).
+
+    Part of the fingerprint of user code (a method by import path, a registered method, a
+    datamodule): editing the file invalidates what it produced, including a helper it calls.
+    Objects without a readable source file (C extensions) fall back to their qualified name and
+    their package's version.
+    """
+    import inspect
+    import os
+    import sys
+
+    module = sys.modules.get(getattr(obj, "__module__", None) or "") if not inspect.ismodule(obj) else obj
+    try:
+        path = inspect.getsourcefile(module if module is not None else obj)
+    except TypeError:
+        path = None
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    package = (getattr(module, "__name__", "") or "").split(".")[0]
+    try:
+        version = metadata.version(package)
+    except (metadata.PackageNotFoundError, ValueError):
+        version = "unknown"
+    name = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}"
+    return hashlib.sha256(f"{name}=={version}".encode()).hexdigest()
+
+
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(value, Mapping) and value:
         for key, item in value.items():
@@ -102,4 +131,4 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 12)
     return lines
 
 
-__all__ = ["canonical_json", "differences", "fingerprint_key", "jsonable", "roar_version"]
+__all__ = ["canonical_json", "differences", "fingerprint_key", "jsonable", "roar_version", "source_sha256"]

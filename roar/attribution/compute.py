@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from roar.attribution.methods import TARGETS, resolve_target
-from roar.attribution.registry import METHODS, get_method, list_methods, resolved_params
+from roar.attribution.base import TARGETS, resolve_target
+from roar.attribution.registry import get_method, needs_model, resolved_params
 from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
 from roar.data.masking import check_granularity, check_score
 from roar.fingerprint import fingerprint_key, jsonable, roar_version
@@ -32,9 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def check_method_name(name: str) -> str:
-    if name not in METHODS:
-        raise ValueError(f"unknown attribution method {name!r}; valid methods: {', '.join(list_methods())}")
+def check_method(name: str, params: dict[str, Any] | None = None) -> str:
+    """A method name with its parameters (or definition), checked before any compute."""
+    resolved_params(name, params)
     return name
 
 
@@ -59,14 +59,15 @@ def method_fingerprint(
     checkpoint's sha256 and the target (model-based methods only), the dataset, the split and
     roar's major.minor version; the batch size only where it changes the maps.
     """
-    needs_model = METHODS[method].needs_model
+    reads_model = needs_model(method, params)
     resolved = resolved_params(method, params)
-    batch_dependent = method.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
+    key = str(resolved.get("method", method))  # a key under a new name ({name: gs, method: gradient_shap}) too
+    batch_dependent = key.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
     fingerprint = {
         "method": method,
         "params": jsonable(resolved),
-        "checkpoint_sha256": checkpoint_sha if needs_model else None,
-        "target": target if needs_model else None,
+        "checkpoint_sha256": checkpoint_sha if reads_model else None,
+        "target": target if reads_model else None,
         "dataset": dataset_id,
         "split": split,
         "roar": roar_version(),
@@ -115,16 +116,16 @@ def compute_ranks(
     Returns:
         ``{split: (N, F) memmap of ranks}``.
     """
-    check_method_name(method)
+    check_method(method, method_params)
     check_granularity(granularity)
     check_score(score)
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     store = store if isinstance(store, AttributionStore) else AttributionStore(store)
     params = _with_oracle_weights(datamodule, method, method_params)
-    needs_model = METHODS[method].needs_model
+    reads_model = needs_model(method, params)
     sha = None
-    if needs_model:
+    if reads_model:
         if checkpoint is None:
             raise ValueError(f"method {method!r} explains a model: give the base checkpoint")
         sha = checkpoint_sha256(checkpoint)
@@ -133,10 +134,10 @@ def compute_ranks(
     dev = resolve_device(device)
     if model is not None:
         model = model.to(dev).eval()
-    explain = get_method(method, model=model if needs_model else None, **params)
+    explain = get_method(method, model=model if reads_model else None, **params)
 
     def attribute(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        targets = resolve_target(model, images, labels, target) if needs_model else labels
+        targets = resolve_target(model, images, labels, target) if reads_model else labels
         return explain(images, targets, indices)
 
     out = {}
@@ -190,7 +191,7 @@ def rank_entry_keys(
     A retrain's fingerprint includes them, so a run is tied to the exact ranks that masked it.
     """
     params = _with_oracle_weights(datamodule, method, method_params)
-    sha = checkpoint_sha if METHODS[method].needs_model else None
+    sha = checkpoint_sha if needs_model(method, params) else None
     keys = {}
     for split in splits:
         fingerprint = method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size)
@@ -198,3 +199,42 @@ def rank_entry_keys(
         full = complete_fingerprint(fingerprint, granularity=granularity, score=score, tie_seed=tie_seed, index_offset=offset or None)
         keys[split] = fingerprint_key(full)
     return keys
+
+
+def probe_methods(
+    datamodule: Any,
+    methods: Sequence[str],
+    method_params: dict[str, dict[str, Any]] | None = None,
+    model: nn.Module | None = None,
+    num_images: int = 2,
+) -> None:
+    """Run every method on a few training images and refuse one that fails, before any training.
+
+    A user's method that raises, returns the wrong shape, or returns NaN/inf is named with what
+    it did, instead of failing halfway through ranking the train set. ``model`` is any model of
+    the benchmark's architecture (an untrained one is enough to catch these).
+
+    Raises:
+        ValueError: naming the method and what it returned.
+    """
+    dataset = datamodule.source_split("train")
+    items = [dataset[i] for i in range(min(num_images, len(dataset)))]
+    images = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
+    labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
+    indices = torch.arange(len(items))
+    if model is not None:
+        model = model.eval()
+    for name in methods:
+        params = _with_oracle_weights(datamodule, name, (method_params or {}).get(name))
+        reads_model = needs_model(name, params)
+        try:
+            method = get_method(name, model=model if reads_model else None, **params)
+            maps = method(images, labels if not reads_model else resolve_target(model, images), indices)
+        except Exception as err:  # anything a user's code raises: say whose it is
+            raise ValueError(f"attribution method {name!r} failed on a probe batch of {len(items)} training images "
+                             f"{tuple(images.shape)}: {type(err).__name__}: {err}") from err  # fmt: skip
+        if maps.shape != images.shape:
+            raise ValueError(f"attribution method {name!r} returned shape {tuple(maps.shape)} on a probe batch; it must return the inputs' shape {tuple(images.shape)}")
+        bad = (~torch.isfinite(maps)).sum().item()
+        if bad:
+            raise ValueError(f"attribution method {name!r} returned {bad} non-finite values (NaN or inf) of {maps.numel()} on a probe batch of {len(items)} training images")

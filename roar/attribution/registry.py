@@ -1,134 +1,229 @@
-"""Method names -> factories, the one place a method name is turned into an object.
+"""Attribution methods by name: built-ins, the user's registered ones, and definitions by import path.
 
-The keys are the names used everywhere else (configs, the attribution cache, result rows):
-the six captum gradient methods, each also with the ensemble suffixes ``_sg`` (SmoothGrad,
-Smilkov et al. 2017), ``_sg_sq`` (SmoothGrad-Squared, Hooker et al. 2019) and ``_var`` (VarGrad,
-Adebayo et al. 2018); the baselines ``random`` and ``sobel``; the sanity checks' control
-``noise`` (Binder et al. 2022); and the synthetic benchmark's oracles ``ground_truth`` and
-``inverted``. See :mod:`roar.attribution.methods` for what each computes.
+Every method a config names is one of:
+
+- a **registry key**: the built-ins (``gradient``, ``integrated_gradients_sg_sq``, ``random``...)
+  and anything registered with :func:`register_method`, in the user's code or through a
+  ``roar.methods`` entry point of an installed package;
+- a **definition** in the method's parameters: ``class_path`` (any captum ``Attribution``
+  class, or a subclass of :class:`~roar.attribution.base.AttributionMethod`), ``function``
+  (``module:name`` of ``explain(model, inputs, target, **kwargs)``), or ``method`` (another
+  key, under a new name: ``{name: ig16, method: integrated_gradients, n_steps: 16}``).
+
+Any model-based method takes ``ensemble: sg | sg_sq | var`` with ``nt_samples``, ``noise_std``...
+(:class:`~roar.attribution.ensembles.Ensemble`). :func:`resolved_params` is what fingerprints
+record: defaults filled in, and for code outside roar its import path and source hash, so
+editing a user's method invalidates its cached ranks.
 """
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from roar.attribution.methods import (
-    ENSEMBLE_REDUCTIONS,
-    AttributionMethod,
-    Ensemble,
-    Gradient,
-    GradientShap,
-    GroundTruth,
-    GuidedBackprop,
-    GuidedGradCam,
-    InputXGradient,
-    IntegratedGradients,
-    Inverted,
-    NoiseControl,
-    RandomBaseline,
-    Sobel,
-    _check_model,
-)
-
-
-def _keyword_params(cls: type) -> tuple[str, ...]:
-    """The keyword-only parameters of a class's constructor: the params a user may set."""
-    signature = inspect.signature(cls.__init__)
-    return tuple(name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-@dataclass(frozen=True)
-class MethodFactory:
-    """Builds one registry entry: a method class, optionally wrapped in an ensemble.
-
-    Attributes:
-        cls: the method class.
-        ensemble: an ensemble suffix (``sg``, ``sg_sq``, ``var``) or None.
-    """
-
-    cls: type[AttributionMethod]
-    ensemble: str | None = None
-
-    @property
-    def needs_model(self) -> bool:
-        return self.cls.needs_model
-
-    def accepted_params(self) -> tuple[str, ...]:
-        own = _keyword_params(self.cls)
-        if self.ensemble is None:
-            return own
-        return own + tuple(p for p in _keyword_params(Ensemble) if p not in own)
-
-    def __call__(self, model: nn.Module | None = None, **params: Any) -> AttributionMethod:
-        if self.ensemble is None:
-            return self.cls(model, **params) if self.needs_model else self.cls(**params)
-        # A parameter both take (``seed``) goes to both: one seed governs all of a map's draws.
-        base_names, ensemble_names = set(_keyword_params(self.cls)), set(_keyword_params(Ensemble))
-        base = self.cls(model, **{k: v for k, v in params.items() if k in base_names})
-        return Ensemble(base, self.ensemble, **{k: v for k, v in params.items() if k in ensemble_names})
-
-
-GRADIENT_METHODS: dict[str, type[AttributionMethod]] = {
-    "gradient": Gradient,
-    "input_x_gradient": InputXGradient,
-    "integrated_gradients": IntegratedGradients,
-    "guided_backprop": GuidedBackprop,
-    "guided_gradcam": GuidedGradCam,
-    "gradient_shap": GradientShap,
-}
-"""The captum-backed methods, each of which also gets the ensemble suffixes."""
+from roar.attribution.base import AttributionMethod, ModelMethod, _check_model
+from roar.attribution.captum_adapter import CaptumMethod, check_captum_args, check_captum_class
+from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
+from roar.attribution.function_method import FunctionMethod, function_params
+from roar.fingerprint import source_sha256
+from roar.registry import Registry, import_object
 
 ENSEMBLE_SUFFIXES: tuple[str, ...] = tuple(f"_{kind}" for kind in ENSEMBLE_REDUCTIONS)
-
-OTHER_METHODS: dict[str, type[AttributionMethod]] = {
-    "random": RandomBaseline,
-    "sobel": Sobel,
-    "noise": NoiseControl,
-    "ground_truth": GroundTruth,
-    "inverted": Inverted,
-}
-"""Baselines, the sanity-check control and the synthetic oracles; none of them reads a model."""
-
-METHODS: dict[str, MethodFactory] = {
-    **{name: MethodFactory(cls) for name, cls in GRADIENT_METHODS.items()},
-    **{
-        f"{name}_{kind}": MethodFactory(cls, kind)
-        for name, cls in GRADIENT_METHODS.items()
-        for kind in ENSEMBLE_REDUCTIONS
-    },
-    **{name: MethodFactory(cls) for name, cls in OTHER_METHODS.items()},
-}
-"""Every registry key -> its factory."""
-
-
-def list_methods() -> list[str]:
-    """Every name :func:`get_method` accepts, sorted."""
-    return sorted(METHODS)
-
+DEFINITION_KEYS = ("class_path", "function", "method")
+"""Parameters that define a method instead of configuring a registered one."""
 
 MEMORY_ONLY_PARAMS = frozenset({"max_batch_size"})
 """Parameters that change memory use or speed but not the maps: left out of fingerprints."""
 
 
-def _checked_factory(name: str, params: dict[str, Any]) -> MethodFactory:
-    if name not in METHODS:
-        close = difflib.get_close_matches(str(name), list(METHODS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown attribution method {name!r}{hint}; valid methods: {', '.join(list_methods())}")
-    factory = METHODS[name]
-    accepted = factory.accepted_params()
-    unknown = sorted(set(params) - set(accepted))
+def _defaults_of(function: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    params = inspect.signature(function).parameters
+    return {n: params[n].default for n in names if n in params and params[n].default is not inspect.Parameter.empty}
+
+
+def _is_roar(obj: Any) -> bool:
+    return (getattr(obj, "__module__", "") or "").split(".")[0] == "roar"
+
+
+def _code_identity(obj: Any) -> dict[str, Any]:
+    """Import path and source hash of code outside roar (roar's own is covered by its version)."""
+    if _is_roar(obj):
+        return {}
+    return {"import_path": f"{obj.__module__}:{obj.__qualname__}", "source_sha256": source_sha256(obj)}
+
+
+ENSEMBLE_PARAMS: tuple[str, ...] = tuple(
+    n for n, p in inspect.signature(Ensemble.__init__).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+@dataclass(frozen=True)
+class MethodFactory:
+    """What the registry holds: builds one kind of method and says what it accepts.
+
+    Attributes:
+        target: the class, function or captum class it builds from.
+        kind: ``class`` (an :class:`AttributionMethod` subclass), ``function`` or ``captum``.
+        ensemble: a fixed ensemble (the built-in ``_sg``, ``_sg_sq``, ``_var`` keys), else None.
+    """
+
+    target: Any
+    kind: str = "class"
+    ensemble: str | None = None
+
+    @property
+    def needs_model(self) -> bool:
+        return self.kind != "class" or bool(self.target.needs_model)
+
+    def own_params(self) -> tuple[str, ...]:
+        """The parameters of the method itself (not the ensemble's)."""
+        if self.kind == "captum":
+            return ("init_args", "attribute_args", "layer", "interpolate_mode")
+        if self.kind == "function":
+            return function_params(self.target)[0]
+        skip = 2 if self.target.needs_model else 1  # self (and the model)
+        params = list(inspect.signature(self.target.__init__).parameters.values())[skip:]
+        return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    def takes_any_params(self) -> bool:
+        return self.kind == "function" and function_params(self.target)[1]
+
+    def accepted_params(self, ensemble: str | None = None) -> tuple[str, ...]:
+        """Its own parameters, ``ensemble`` (model-based methods), and the ensemble's when there is one."""
+        own = self.own_params()
+        if not self.needs_model:
+            return own
+        extra = ("ensemble",) if not self.ensemble else ()
+        if self.ensemble or ensemble:
+            extra += ENSEMBLE_PARAMS
+        return own + tuple(p for p in extra if p not in own)
+
+    def defaults(self, ensemble: str | None) -> dict[str, Any]:
+        if self.kind == "captum":
+            own = {"init_args": {}, "attribute_args": {}, "layer": None, "interpolate_mode": "bilinear"}
+        elif self.kind == "function":
+            own = _defaults_of(self.target, self.own_params())
+        else:
+            own = _defaults_of(self.target.__init__, self.own_params())
+        if ensemble:
+            own = {**_defaults_of(Ensemble.__init__, ENSEMBLE_PARAMS), **own}
+        return own
+
+    def identity(self) -> dict[str, Any]:
+        return _code_identity(self.target)
+
+    def build(self, model: nn.Module | None, params: dict[str, Any]) -> AttributionMethod:
+        if self.kind == "captum":
+            return CaptumMethod(model, captum_class=self.target, **params)
+        if self.kind == "function":
+            return FunctionMethod(model, function=self.target, args=params)
+        return self.target(model, **params) if self.target.needs_model else self.target(**params)
+
+
+def factory_for(obj: Any, where: str = "") -> MethodFactory:
+    """The factory of a class, captum class or function (what ``register_method`` and plugins store)."""
+    from captum.attr import Attribution
+
+    if isinstance(obj, MethodFactory):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, AttributionMethod):
+        return MethodFactory(obj, "class")
+    if isinstance(obj, type) and issubclass(obj, Attribution):
+        return MethodFactory(obj, "captum")
+    if callable(obj) and not isinstance(obj, type):
+        function_params(obj)  # the signature must be (model, inputs, target, ...)
+        return MethodFactory(obj, "function")
+    raise ValueError(
+        f"{where or repr(obj)} is not an attribution method: register a subclass of roar.attribution.AttributionMethod "
+        "(or ModelMethod), a captum Attribution class, or a function explain(model, inputs, target)"
+    )
+
+
+METHODS: Registry[MethodFactory] = Registry("attribution method", entry_point_group="roar.methods", adapt=factory_for)
+"""Every registry key -> its factory; plugins of the ``roar.methods`` entry-point group are found by name."""
+
+
+def register_method(name: str | None = None, *, override: bool = False):
+    """Register a method under ``name`` (default: its ``__name__``), as the built-ins are.
+
+    Decorates a subclass of :class:`~roar.attribution.base.AttributionMethod` (a
+    :class:`~roar.attribution.base.ModelMethod` implementing ``attribute(inputs, target)`` when it
+    explains a model), a captum ``Attribution`` class, or a function
+    ``explain(model, inputs, target, **kwargs) -> attributions``. Its keyword parameters become
+    the method's config parameters. Returns the object unchanged.
+    """
+
+    def decorate(obj: Any) -> Any:
+        METHODS.add(name or obj.__name__, factory_for(obj, repr(obj)), override=override)
+        return obj
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    """Every registry key :func:`get_method` accepts, sorted (definitions by import path aside)."""
+    return METHODS.names()
+
+
+def _split(name: str, params: dict[str, Any] | None) -> tuple[MethodFactory, dict[str, Any], dict[str, Any]]:
+    """(factory, definition keys given, the other params) of a method, definition or key."""
+    params = dict(params or {})
+    given = [k for k in DEFINITION_KEYS if k in params]
+    if len(given) > 1:
+        raise ValueError(f"method {name!r} has {' and '.join(given)}; a method is defined by one of {', '.join(DEFINITION_KEYS)}")
+    definition = {k: params.pop(k) for k in given}
+    if "class_path" in definition:
+        obj = import_object(definition["class_path"], f"method {name!r}: class_path")
+        if isinstance(obj, type) and issubclass(obj, AttributionMethod):
+            return factory_for(obj), definition, params
+        check_captum_class(obj, definition["class_path"])
+        check_captum_args(obj, dict(params.get("init_args") or {}), dict(params.get("attribute_args") or {}))
+        return MethodFactory(obj, "captum"), definition, params
+    if "function" in definition:
+        obj = import_object(definition["function"], f"method {name!r}: function")
+        if isinstance(obj, type) or not callable(obj):
+            raise ValueError(f"method {name!r}: function {definition['function']!r} is {obj!r}, not a function; a class goes under class_path")
+        function_params(obj)
+        return MethodFactory(obj, "function"), definition, params
+    key = definition.get("method", name)
+    if key not in METHODS:
+        extra = "; or define it with class_path: (a captum class), function: (module:name) or method: (a key)"
+        raise ValueError(METHODS.unknown(key, extra if "method" not in definition else ""))
+    return METHODS.get(key), definition, params
+
+
+def _checked(name: str, params: dict[str, Any] | None) -> tuple[MethodFactory, dict[str, Any], dict[str, Any]]:
+    factory, definition, params = _split(name, params)
+    ensemble = factory.ensemble or params.get("ensemble")
+    if ensemble is not None and ensemble not in ENSEMBLE_REDUCTIONS:
+        raise ValueError(f"method {name!r}: unknown ensemble {ensemble!r}; valid: {', '.join(ENSEMBLE_REDUCTIONS)}")
+    if "ensemble" in params and not factory.needs_model:
+        raise ValueError(f"method {name!r} reads no model; ensembles average a model-based method over noisy inputs")
+    accepted = factory.accepted_params(ensemble)
+    unknown = sorted(set(params) - set(accepted)) if not factory.takes_any_params() else sorted(set(params) & set(DEFINITION_KEYS))
+    loose = [p for p in unknown if p in ENSEMBLE_PARAMS and factory.needs_model]
+    if loose:
+        raise ValueError(f"method {name!r}: {', '.join(map(repr, loose))} only apply to an ensemble; add ensemble: {' | '.join(ENSEMBLE_REDUCTIONS)}")
     if unknown:
         raise ValueError(
             f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
             f"accepted: {', '.join(accepted) if accepted else 'none'}"
         )
-    return factory
+    return factory, definition, params
+
+
+def accepted_params(name: str, params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The parameters a method (key or definition) takes, with these ``params``."""
+    factory, _, params = _checked(name, params)
+    return factory.accepted_params(params.get("ensemble"))
+
+
+def needs_model(name: str, params: dict[str, Any] | None = None) -> bool:
+    """Whether a method reads the model (and so its ranks depend on the base checkpoint)."""
+    return _checked(name, params)[0].needs_model
 
 
 def resolved_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -136,43 +231,68 @@ def resolved_params(name: str, params: dict[str, Any] | None = None) -> dict[str
 
     This is what a fingerprint records, so that changing a default (``nt_samples``, ``n_steps``)
     in a later release invalidates cached ranks, while ``max_batch_size`` (memory only) does not.
+    Code outside roar adds its import path and the sha256 of its source file.
 
     Raises:
-        ValueError: an unknown method or parameter (the message lists the valid ones).
+        ValueError: an unknown method or parameter, or a definition that does not import (the
+            message names it and lists the valid choices).
     """
-    params = dict(params or {})
-    factory = _checked_factory(name, params)
-    defaults: dict[str, Any] = {}
-    for cls in (factory.cls, Ensemble) if factory.ensemble else (factory.cls,):
-        for pname, p in inspect.signature(cls.__init__).parameters.items():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty:
-                defaults.setdefault(pname, p.default)
-    merged = {**defaults, **params}
+    factory, definition, params = _checked(name, params)
+    ensemble = factory.ensemble or params.get("ensemble")
+    merged = {**factory.identity(), **definition, **factory.defaults(ensemble), **params}
     return {k: merged[k] for k in sorted(merged) if k not in MEMORY_ONLY_PARAMS}
 
 
 def get_method(name: str, model: nn.Module | None = None, **params: Any) -> AttributionMethod:
-    """Build an attribution method by name.
+    """Build an attribution method by name (or by the definition in ``params``).
 
     Args:
-        name: a registry key (see :func:`list_methods`).
-        model: the classifier to explain; required by the gradient methods and their
-            ensembles, ignored by ``random``, ``sobel``, ``noise``, ``ground_truth``, ``inverted``.
+        name: a registry key (see :func:`list_methods`), or the name of a definition given in
+            ``params`` (``class_path``, ``function`` or ``method``).
+        model: the classifier to explain; required by model-based methods, ignored by
+            ``random``, ``sobel``, ``noise``, ``ground_truth``, ``inverted``.
         **params: the method's parameters, e.g. ``n_steps`` for ``integrated_gradients``,
-            ``nt_samples``/``noise_std``/``noise_mode``/``max_batch_size``/``seed`` for an
-            ensemble, ``weights`` for the oracles.
+            ``ensemble``/``nt_samples``/``noise_std``/``seed`` for an ensemble, ``weights`` for the
+            oracles, ``attribute_args`` for a captum class.
 
     Returns:
-        An object called as ``method(inputs, target, indices=None)``; it carries ``name`` and
-        ``params`` (the resolved parameters).
+        An object called as ``method(inputs, target, indices=None)``; it carries ``name``.
 
     Raises:
-        ValueError: for an unknown name (the message lists the valid ones), an unknown or
-            invalid parameter, or a missing model.
+        ValueError: for an unknown name or definition (the message lists the valid ones), an
+            unknown or invalid parameter, or a missing model.
     """
-    factory = _checked_factory(name, params)
+    factory, _, params = _checked(name, params)
+    ensemble = factory.ensemble or params.pop("ensemble", None)
     if factory.needs_model:
         _check_model(model, name)
-    method = factory(model, **params)
+    # A parameter both take (``seed``) goes to both: one seed governs all of a map's draws.
+    own = set(factory.own_params())
+    base_params = {k: v for k, v in params.items() if k in own or k not in ENSEMBLE_PARAMS}
+    method = factory.build(model, base_params)
+    if ensemble:
+        if not isinstance(method, ModelMethod):
+            raise ValueError(f"method {name!r} reads no model; ensembles average a model-based method over noisy inputs")
+        method = Ensemble(method, ensemble, **{k: v for k, v in params.items() if k in ENSEMBLE_PARAMS})
     method.name = name
     return method
+
+
+def _register_builtins() -> None:
+    from roar.attribution.baselines import GroundTruth, Inverted, NoiseControl, RandomBaseline, Sobel
+    from roar.attribution.gradients import Gradient, GradientShap, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients
+
+    gradients = {
+        "gradient": Gradient, "input_x_gradient": InputXGradient, "integrated_gradients": IntegratedGradients,
+        "guided_backprop": GuidedBackprop, "guided_gradcam": GuidedGradCam, "gradient_shap": GradientShap,
+    }  # fmt: skip
+    for key, cls in gradients.items():
+        register_method(key)(cls)
+        for kind in ENSEMBLE_REDUCTIONS:  # the ensembles of the paper as keys of their own
+            METHODS.add(f"{key}_{kind}", MethodFactory(cls, "class", ensemble=kind))
+    others = {"random": RandomBaseline, "sobel": Sobel, "noise": NoiseControl, "ground_truth": GroundTruth, "inverted": Inverted}
+    for key, cls in others.items():
+        register_method(key)(cls)
+
+
+_register_builtins()

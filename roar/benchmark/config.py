@@ -22,6 +22,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def normalize_methods(methods: Any, method_params: dict[str, Any] | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``methods`` as names, with each definition moved into ``method_params[name]``.
+
+    A method entry is a registry key or a mapping with a ``name`` and a definition::
+
+        {name: deeplift, class_path: captum.attr.DeepLift}
+        {name: occlusion, class_path: captum.attr.Occlusion, attribute_args: {sliding_window_shapes: [1, 3, 3]}}
+        {name: mine, function: mypkg.saliency:explain, ensemble: sg, nt_samples: 8}
+        {name: ig16, method: integrated_gradients, n_steps: 16}
+
+    Every other key is a parameter, as in ``method_params``. Results, plots and the report use
+    the ``name``.
+    """
+    params = {str(k): dict(v or {}) for k, v in (method_params or {}).items()}
+    names: list[str] = []
+    for entry in methods if isinstance(methods, (list, tuple)) else [methods]:
+        if isinstance(entry, str):
+            names.append(entry)
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"a method is a registry key or a mapping with a name (e.g. {{name: deeplift, class_path: captum.attr.DeepLift}}), got {entry!r}")
+        name = entry["name"]
+        definition = {k: v for k, v in entry.items() if k != "name"}
+        params[name] = {**params.get(name, {}), **definition}
+        names.append(name)
+    return names, params
+
+
 @dataclass
 class Protocol:
     """How attributions become masks.
@@ -71,7 +99,10 @@ class BenchmarkConfig:
         model: :class:`~roar.models.classifier.ImageClassifier` arguments (``arch``, ``lr``...).
         trainer: ``lightning.Trainer`` arguments of every training (``max_epochs``, ``accelerator``...).
         base: the base model.
-        methods: attribution methods (registry keys) to benchmark; ``random`` is the baseline.
+        methods: attribution methods to benchmark; ``random`` is the baseline. Each is a registry
+            key (``gradient``) or a definition with a ``name`` (see :func:`normalize_methods`):
+            ``{name: deeplift, class_path: captum.attr.DeepLift}``,
+            ``{name: mine, function: mypkg.saliency:explain, ensemble: sg}``.
         method_params: per-method parameters, e.g. ``{integrated_gradients: {n_steps: 32}}``.
         thresholds: fractions of features removed (ROAR) or kept (KAR), in (0, 1); the unmasked
             reference (0 removed / everything kept) is always run.
@@ -94,7 +125,7 @@ class BenchmarkConfig:
     model: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     base: BaseModel = field(default_factory=BaseModel)
-    methods: list[str] = field(default_factory=lambda: ["random"])
+    methods: list[str | dict[str, Any]] = field(default_factory=lambda: ["random"])
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     seeds: int | list[int] = 5
@@ -113,6 +144,7 @@ class BenchmarkConfig:
         # The command line parser may hand nested class_path entries over as Namespaces: keep plain data.
         for name in ("data", "model", "trainer", "method_params"):
             setattr(self, name, _plain(getattr(self, name)))
+        self.methods, self.method_params = normalize_methods(_plain(self.methods), self.method_params)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +167,6 @@ class BenchmarkConfig:
 
     def validate(self) -> BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
-        from roar.attribution.compute import check_method_name
         from roar.attribution.registry import resolved_params
         from roar.benchmark.plan import _check_seeds, _check_thresholds
         from roar.data.sources import list_sources
@@ -148,10 +179,9 @@ class BenchmarkConfig:
         for method in self.methods:
             if method == "unmasked":
                 raise ValueError("'unmasked' is the reserved name of the reference run (always run); remove it from methods")
-            check_method_name(method)
+            resolved_params(method, self.method_params.get(method))  # an unknown method or parameter fails now, not after the base model
         for method in self.method_params:  # params of a method left out (e.g. --methods on the command line) are unused, not wrong
-            check_method_name(method)
-            resolved_params(method, self.method_params[method])  # an unknown parameter fails now, not after the base model
+            resolved_params(method, self.method_params[method])
         for t in self.thresholds:
             if not isinstance(t, (int, float)) or not 0 < t < 1:
                 raise ValueError(f"threshold {t!r} is outside (0, 1); 0 is the unmasked reference, always run")

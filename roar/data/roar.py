@@ -83,9 +83,9 @@ class RoarDataModule(ImageDataModule):
         max_device_ranks_bytes: int = 2 << 30,
         attribution_progress: bool = True,
     ) -> None:
-        from roar.attribution.compute import check_method_name
+        from roar.attribution.compute import check_method
 
-        check_method_name(method)
+        check_method(method, method_params)
         if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
         check_mode(mode)

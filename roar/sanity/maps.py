@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from roar.attribution import METHODS, TARGETS, AttributionMethod, get_method, list_methods, resolve_target
+from roar.attribution import TARGETS, AttributionMethod, get_method, resolve_target
+from roar.attribution.registry import accepted_params, needs_model, resolved_params
 from roar.sanity.randomization import ORDERS, randomization_steps
 from roar.sanity.similarity import aggregate_channels, compare_maps, list_metrics, normalize_maps
 
@@ -128,14 +129,13 @@ def check_methods(
         ValueError: for an unknown method (the message lists the valid ones), or an unknown or
             invalid parameter.
     """
-    methods = _names("methods", methods, list_methods())
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise ValueError("methods is empty; name at least one attribution method (e.g. [gradient, noise])")
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"methods lists {', '.join(map(repr, duplicates))} more than once")
     params = dict(method_params or {})
-    unknown = sorted(set(params) - set(list_methods()))
-    if unknown:
-        raise ValueError(
-            f"method_params has entries for unknown methods {', '.join(map(repr, unknown))}; "
-            f"valid methods: {', '.join(list_methods())}"
-        )
     with torch.random.fork_rng(devices=[]):  # initialising the probe must not move the caller's random stream
         probe = _Probe()
     # Entries for methods not requested are checked too (a config may set parameters for
@@ -144,13 +144,7 @@ def check_methods(
         given = params.get(name) or {}
         if not isinstance(given, Mapping):
             raise ValueError(f"method_params[{name!r}] must be a mapping of parameter names to values, got {given!r}")
-        accepted = METHODS[name].accepted_params()
-        unknown = sorted(set(given) - set(accepted))
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
-                f"accepted: {', '.join(accepted) if accepted else 'none'}"
-            )
+        resolved_params(name, dict(given))  # an unknown method, definition or parameter fails here, naming it
         # A layer name refers to the real model, not the probe: it is checked when the method
         # is first built on the model. Every other value is checked now.
         get_method(name, probe, **{k: v for k, v in given.items() if k not in _MODEL_SPECIFIC_PARAMS})
@@ -232,10 +226,9 @@ def build_methods(
     built = {}
     for name in methods:
         params = dict((method_params or {}).get(name) or {})
-        factory = METHODS[name]
-        if "seed" in factory.accepted_params():
+        if "seed" in accepted_params(name, params):
             params.setdefault("seed", seed)
-        built[name] = get_method(name, model if factory.needs_model else None, **params)
+        built[name] = get_method(name, model if needs_model(name, params) else None, **params)
     return built
 
 
@@ -470,7 +463,7 @@ def data_randomization(
         # model differs), and the same instance of every model-free method, so the noise control
         # draws a fresh map for the second model instead of repeating the first.
         permuted_methods = build_methods(permuted, methods, method_params, seed)
-        permuted_methods.update({n: m for n, m in trained_methods.items() if not METHODS[n].needs_model})
+        permuted_methods.update({n: m for n, m in trained_methods.items() if not needs_model(n, (method_params or {}).get(n))})
         reference = explain(trained_methods, images, target, indices)
         maps = explain(permuted_methods, images, target, indices)
     records = _records(DATA_CHECK, 1, DATA_LAYER, compare(reference, maps, metrics))

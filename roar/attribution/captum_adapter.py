@@ -1,0 +1,183 @@
+"""Any captum attribution class, by import path, as a roar method.
+
+captum (Kokhlikyan et al., "Captum: A unified and generic model interpretability library for
+PyTorch", arXiv 2009.07896, 2020) has one interface: ``cls(forward_func, **init_args)`` (layer
+methods: ``cls(forward_func, layer, ...)``), then ``.attribute(inputs, target=..., **kwargs)``.
+:class:`CaptumMethod` adapts it, so a config entry such as::
+
+    {name: occlusion, class_path: captum.attr.Occlusion, attribute_args: {sliding_window_shapes: [1, 3, 3]}}
+    {name: gradcam, class_path: captum.attr.LayerGradCam, layer: net.conv3}
+
+is a method like the built-ins: rankable, wrappable in an ensemble, fingerprinted. Layer methods
+attribute to a layer's activations: their map is upsampled to the input (and summed over the
+layer's channels, then repeated over the input's), as Grad-CAM is (Selvaraju et al., ICCV 2017).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr import Attribution, LayerAttribution
+from torch import Tensor, nn
+
+from roar.attribution.base import INTERPOLATE_MODES, ModelMethod, _choice, _eval_mode
+
+
+# captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.
+_HOOK_WARNINGS = r"(Setting forward, backward hooks|Setting backward hooks on ReLU)"
+
+
+@contextmanager
+def quiet_hook_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HOOK_WARNINGS)
+        yield
+
+
+def find_last_conv_block(model: nn.Module, example: Tensor) -> str:
+    """The default Grad-CAM layer: the outermost module around the last conv that stays spatial.
+
+    Walks the ancestors of the model's last ``nn.Conv2d`` from the root down and returns the
+    first whose output is a 4-D feature map: ``layer4`` for timm ResNets, ``conv3`` for
+    ``small_cnn``, and ``net.layer4`` when the ResNet sits inside the Lightning classifier
+    (whose ``net`` returns logits). One forward pass on ``example`` records the output shapes.
+
+    Raises:
+        ValueError: if the model has no ``nn.Conv2d``.
+    """
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"a layer method needs a convolutional layer but {type(model).__name__} has none; pass layer=<dotted module name>")
+    parts = convs[-1].split(".")
+    ancestors = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    ranks: dict[str, int] = {}
+    hooks = []
+    for name in ancestors:
+        def record(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
+            ranks[name] = output.dim() if isinstance(output, Tensor) else -1
+        hooks.append(model.get_submodule(name).register_forward_hook(record))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return next((name for name in ancestors if ranks.get(name) == 4), convs[-1])
+
+
+def get_layer(model: nn.Module, layer: Any) -> nn.Module:
+    """``model.get_submodule(layer)``, with the model's top-level modules listed when it is not there."""
+    if not isinstance(layer, str):
+        raise ValueError(f"layer must be a dotted module name, got {type(layer).__name__}")
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        children = ", ".join(name for name, _ in model.named_children())
+        raise ValueError(f"model has no layer {layer!r}; its top-level modules are: {children}") from None
+
+
+def _accepted(function: Any, skip: int) -> tuple[set[str], bool]:
+    """The keyword names a callable takes after its first ``skip`` parameters, and whether it takes **kwargs."""
+    params = list(inspect.signature(function).parameters.values())[skip:]
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _tuples(value: Any) -> Any:
+    """YAML gives lists; captum wants tuples (``sliding_window_shapes``, ``strides``)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def check_captum_class(cls: Any, path: str) -> type[Attribution]:
+    if not (isinstance(cls, type) and issubclass(cls, Attribution)):
+        raise ValueError(f"class_path {path!r} is {cls!r}, not a captum Attribution class (e.g. captum.attr.DeepLift); "
+                         "a plain function goes under function: module:name")  # fmt: skip
+    return cls
+
+
+def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribute_args: dict[str, Any]) -> None:
+    """Refuse an argument the captum class does not take, naming the ones it does."""
+    is_layer = issubclass(cls, LayerAttribution)
+    for what, function, skip, args, ours in (
+        ("init_args", cls.__init__, 3 if is_layer else 2, init_args, set()),
+        ("attribute_args", cls.attribute, 2, attribute_args, {"target"}),
+    ):
+        accepted, var_keyword = _accepted(function, skip)
+        unknown = sorted(set(args) - accepted) if not var_keyword else []
+        taken = sorted(set(args) & ours)
+        if unknown or taken:
+            bad = unknown or taken
+            why = "it does not take" if unknown else "roar sets"
+            raise ValueError(f"{cls.__name__} {what}: {why} {', '.join(map(repr, bad))}; accepted: {', '.join(sorted(accepted - ours)) or 'none'}")
+
+
+class CaptumMethod(ModelMethod):
+    """A captum ``Attribution`` class as a method.
+
+    Args:
+        model: the classifier.
+        captum_class: the captum class (``captum.attr.DeepLift``, ``captum.attr.LayerGradCam``...).
+        init_args: keyword arguments of its constructor, after the model (and the layer).
+        attribute_args: keyword arguments of its ``attribute`` call, besides ``inputs`` and ``target``.
+        layer: for layer methods, the dotted module name (default: the last conv block, see
+            :func:`find_last_conv_block`).
+        interpolate_mode: how a layer map is upsampled to the input.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        captum_class: type[Attribution],
+        init_args: dict[str, Any] | None = None,
+        attribute_args: dict[str, Any] | None = None,
+        layer: str | None = None,
+        interpolate_mode: str = "bilinear",
+    ) -> None:
+        super().__init__(model)
+        self.captum_class = check_captum_class(captum_class, getattr(captum_class, "__name__", str(captum_class)))
+        self.init_args = dict(init_args or {})
+        self.attribute_args = {k: _tuples(v) for k, v in (attribute_args or {}).items()}
+        check_captum_args(self.captum_class, self.init_args, self.attribute_args)
+        self.is_layer = issubclass(self.captum_class, LayerAttribution)
+        if layer is not None and not self.is_layer:
+            raise ValueError(f"{self.captum_class.__name__} is not a layer method; remove layer={layer!r}")
+        self.layer = layer
+        self.interpolate_mode = _choice("interpolate_mode", interpolate_mode, INTERPOLATE_MODES)
+        self.params = {"init_args": self.init_args, "attribute_args": self.attribute_args, "layer": layer, "interpolate_mode": interpolate_mode}
+        self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
+
+    def _build(self) -> Attribution:
+        if self.is_layer:
+            return self.captum_class(self.model, get_layer(self.model, self.layer), **self.init_args)
+        return self.captum_class(self.model, **self.init_args)
+
+    def _attribute(self, inputs: Tensor, target: Tensor, references: Tensor) -> Tensor:
+        if self._captum is None:  # the default layer needs one forward pass to be found
+            self.layer = find_last_conv_block(self.model, inputs[:1])
+            self._captum = self._build()
+        with quiet_hook_warnings():
+            maps = self._captum.attribute(inputs, target=target, **self.attribute_args)
+        if isinstance(maps, tuple):
+            maps = maps[0]
+        return self._to_input(maps, inputs) if self.is_layer else maps
+
+    def _to_input(self, maps: Tensor, inputs: Tensor) -> Tensor:
+        """A layer map ``(B, K, h, w)`` as an input map ``(B, C, H, W)``: channel sum, upsample, repeat."""
+        if maps.dim() != 4:
+            raise ValueError(f"{self.captum_class.__name__} on layer {self.layer!r} returned shape {tuple(maps.shape)}; "
+                             "only spatial (B, K, h, w) layer maps can be upsampled to the input; pick a conv layer")  # fmt: skip
+        maps = maps.sum(dim=1, keepdim=True)
+        align = False if self.interpolate_mode in ("bilinear", "bicubic") else None
+        maps = F.interpolate(maps, size=inputs.shape[-2:], mode=self.interpolate_mode, align_corners=align)
+        return maps.expand(-1, inputs.shape[1], -1, -1)
+
+    def __repr__(self) -> str:
+        return f"CaptumMethod({self.captum_class.__module__}.{self.captum_class.__qualname__}, {self.params})"
