@@ -108,6 +108,7 @@ class RoarCLI(LightningCLI):
         """
         sub = self.config.get("subcommand")
         config = self.config[sub] if sub else self.config
+        self._check_names(config)
         root = config.trainer.get("default_root_dir")
         if not root:
             return
@@ -119,6 +120,20 @@ class RoarCLI(LightningCLI):
             save_dir = init_args.get("save_dir")
             if save_dir is None or not Path(str(save_dir)).is_absolute():
                 init_args.save_dir = str(root)
+
+    def _check_names(self, config: Any) -> None:
+        """An unknown model or dataset source is a usage error (exit 2, the choices listed), before anything is built."""
+        from roar.data.sources import SOURCES
+        from roar.models.factory import check_arch
+
+        try:
+            check_arch(config.model.get("arch", "small_cnn"))
+            data = config.get("data")
+            source = data.get("init_args", {}).get("source") if data is not None and hasattr(data, "get") else None
+            if source is not None and source not in SOURCES:
+                raise ValueError(SOURCES.unknown(source))
+        except ValueError as err:
+            self.parser.error(str(err))
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted and not self.trainer.fast_dev_run:

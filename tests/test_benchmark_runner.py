@@ -23,8 +23,8 @@ DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
 SYNTHETIC = str(ROOT / "configs/benchmark/synthetic.yaml")
 
 TINY_DIGITS = [
-    "--config", DEMO, "--data.image_size", "8", "--trainer.max_epochs", "1", "--base.max_epochs", "3",
-    "--methods", "[gradient, random, sobel]", "--thresholds", "[0.5]", "--seeds", "1", "--progress", "false",
+    "--config", DEMO, "--data.image_size", "8", "--trainer.max_epochs", "1", "--benchmark.base.max_epochs", "3",
+    "--benchmark.methods", "[gradient, random, sobel]", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--progress", "false",
 ]  # fmt: skip
 
 
@@ -42,7 +42,7 @@ def read_csv(path):
 
 def test_digits_benchmark_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "demo"
-    assert roar_main(["benchmark", *TINY_DIGITS, "--logger", "wandb", "--out", str(out)]) == 0
+    assert roar_main(["benchmark", *TINY_DIGITS, "--benchmark.logger", "wandb", "--out", str(out)]) == 0
     for name in ["results.db", "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "report.md", "base.ckpt", "benchmark.yaml"]:
         assert (out / name).is_file(), name
     rows = read_csv(out / "results.csv")
@@ -60,13 +60,13 @@ def test_digits_benchmark_writes_every_output_and_resumes(tmp_path):
     assert db_rows[0]["config"]["benchmark"]["protocol"]["granularity"] == "element"
 
     seconds_before = {r["run_id"]: r["seconds"] for r in db_rows}
-    assert roar_main(["benchmark", *TINY_DIGITS, "--logger", "none", "--out", str(out)]) == 0
+    assert roar_main(["benchmark", *TINY_DIGITS, "--benchmark.logger", "none", "--out", str(out)]) == 0
     assert {r["run_id"]: r["seconds"] for r in ResultsStore(out / "results.db").rows()} == seconds_before
 
 
 def test_killed_benchmark_resumes_without_losing_or_duplicating_runs(tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "roar", "benchmark", *TINY_DIGITS, "--logger", "none", "--modes", "[roar]", "--seeds", "2", "--out", str(out)]
+    cmd = [sys.executable, "-m", "roar", "benchmark", *TINY_DIGITS, "--benchmark.logger", "none", "--benchmark.modes", "[roar]", "--benchmark.seeds", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     db = out / "results.db"
     deadline = time.time() + 300
@@ -82,7 +82,7 @@ def test_killed_benchmark_resumes_without_losing_or_duplicating_runs(tmp_path):
         proc.wait()
     done_before = {r["run_id"]: r["seconds"] for r in ResultsStore(db).rows()}
     assert 3 <= len(done_before) < 12
-    assert roar_main(["benchmark", *TINY_DIGITS, "--logger", "none", "--modes", "[roar]", "--seeds", "2", "--out", str(out)]) == 0
+    assert roar_main(["benchmark", *TINY_DIGITS, "--benchmark.logger", "none", "--benchmark.modes", "[roar]", "--benchmark.seeds", "2", "--out", str(out)]) == 0
     rows = ResultsStore(db).rows()
     # 2 references + 4 noretrain + 3 methods x 2 seeds, each once; earlier runs untouched
     assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
@@ -109,14 +109,14 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["--thresholds", "[0.5, 1.0]"], "outside (0, 1)"),
-        (["--thresholds", "[0.0]"], "outside (0, 1)"),
-        (["--methods", "[]"], "methods is empty"),
-        (["--methods", "[gradient, lime]"], "valid methods"),
-        (["--modes", "[roar, drop]"], "drop"),
-        (["--protocol.granularity", "patch"], "patch"),
-        (["--seeds", "0"], "seeds"),
-        (["--data", "{source: imagenet}"], "valid sources"),
+        (["--benchmark.thresholds", "[0.5, 1.0]"], "outside (0, 1)"),
+        (["--benchmark.thresholds", "[0.0]"], "outside (0, 1)"),
+        (["--benchmark.methods", "[]"], "methods is empty"),
+        (["--benchmark.methods", "[gradient, lime]"], "unknown attribution method 'lime'"),
+        (["--benchmark.modes", "[roar, drop]"], "drop"),
+        (["--benchmark.protocol.granularity", "patch"], "patch"),
+        (["--benchmark.seeds", "0"], "seeds"),
+        (["--data.source", "imagenet"], "valid: cifar10, digits"),
     ],
 )
 def test_bad_benchmark_settings_fail_before_any_training(tmp_path, capsys, override, message):
@@ -179,9 +179,9 @@ def test_synthetic_benchmark_reproduces_the_papers_finding(tmp_path):
     """Hooker et al. 2019, section 4.1 and figure 3: retraining is what separates the rankings."""
     out = tmp_path / "synthetic"
     assert roar_main([
-        "benchmark", "--config", SYNTHETIC, "--seeds", "1",
-        "--data", "{source: synthetic_linear, batch_size: 256, source_options: {n_train: 4000, n_test: 2000}}",
-        "--thresholds", "[0.25, 0.75]", "--progress", "false", "--out", str(out),
+        "benchmark", "--config", SYNTHETIC, "--benchmark.seeds", "1",
+        "--data.source_options", "{n_train: 4000, n_test: 2000}",
+        "--benchmark.thresholds", "[0.25, 0.75]", "--progress", "false", "--out", str(out),
     ]) == 0  # fmt: skip
     summary = read_csv(out / "summary.csv")
     reference = accuracy(summary, "unmasked", "reference", 0.0)
@@ -213,8 +213,8 @@ def test_cifar10_resnet50_config_runs_one_retrain_step_on_cifar_files(tmp_path):
     assert roar_main([
         "benchmark", "--config", str(ROOT / "configs/benchmark/cifar10_resnet50.yaml"),
         "--data.root", str(tmp_path / "data"), "--data.batch_size", "4", "--trainer", limits,
-        "--methods", "[gradient, random]", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar]", "--noretrain", "false",
-        "--logger", "none", "--progress", "false", "--out", str(out),
+        "--benchmark.methods", "[gradient, random]", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.modes", "[roar]", "--benchmark.noretrain", "false",
+        "--benchmark.logger", "none", "--progress", "false", "--out", str(out),
     ]) == 0  # fmt: skip
     rows = read_csv(out / "results.csv")
     assert {r["model"] for r in rows} == {"resnet50"} and {r["dataset"] for r in rows} == {"cifar10"}

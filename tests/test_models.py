@@ -41,7 +41,7 @@ def test_resnet50_is_timm_bottleneck_resnet():
 
 
 def test_unknown_model_lists_choices():
-    with pytest.raises(ValueError, match="valid models: linear, mlp, resnet18, resnet50, small_cnn"):
+    with pytest.raises(ValueError, match="valid: linear, mlp, resnet18, resnet50, small_cnn"):
         build_model("vgg", 10, 3, 32)
 
 

@@ -29,8 +29,8 @@ DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
 # 3 runs: the unmasked reference, random ROAR and random KAR at 0.5
 TINY_GRID = [
     "--config", DEMO, "--data.image_size", "8", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
-    "--base.max_epochs", "1", "--methods", "[random]", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar, kar]",
-    "--noretrain", "false", "--logger", "none", "--progress", "false", "--base.min_accuracy", "0",
+    "--benchmark.base.max_epochs", "1", "--benchmark.methods", "[random]", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.modes", "[roar, kar]",
+    "--benchmark.noretrain", "false", "--benchmark.logger", "none", "--progress", "false", "--benchmark.base.min_accuracy", "0",
 ]  # fmt: skip
 KILLED = "roar/random/t0.500/s0/digits/small_cnn"
 KILLED_FOLDER = "runs/roar/random/t0.500-s0"

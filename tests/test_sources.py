@@ -28,7 +28,7 @@ def as_unit(array: np.ndarray) -> torch.Tensor:
 
 
 def test_registry_lists_every_source():
-    assert list_sources() == sorted(["digits", "synthetic_linear", "cifar10", "mnist", "fashion_mnist", "image_folder"])
+    assert list_sources() == sorted(["digits", "synthetic_linear", "cifar10", "mnist", "fashion_mnist", "image_folder", "lightning"])
     assert set(SOURCES) == set(list_sources())
 
 

@@ -24,9 +24,9 @@ DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
 
 # 1 reference + 2 methods x 1 threshold x 1 seed (ROAR), one epoch each; a 6-epoch base model.
 GRID = [
-    "--config", DEMO, "--trainer.max_epochs", "1", "--base.max_epochs", "6", "--methods", "[random, integrated_gradients]",
-    "--method_params", "{integrated_gradients: {n_steps: 4}}", "--thresholds", "[0.5]", "--seeds", "1", "--modes", "[roar]",
-    "--noretrain", "false", "--logger", "none", "--progress", "false",
+    "--config", DEMO, "--trainer.max_epochs", "1", "--benchmark.base.max_epochs", "6", "--benchmark.methods", "[random, integrated_gradients]",
+    "--benchmark.method_params", "{integrated_gradients: {n_steps: 4}}", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.modes", "[roar]",
+    "--benchmark.noretrain", "false", "--benchmark.logger", "none", "--progress", "false",
 ]  # fmt: skip
 
 
@@ -71,11 +71,11 @@ def test_an_unchanged_rerun_resumes_and_recomputes_nothing(finished, tmp_path, c
 @pytest.mark.parametrize(
     "change,named",
     [
-        (["--protocol.granularity", "pixel"], "protocol.granularity"),
+        (["--benchmark.protocol.granularity", "pixel"], "protocol.granularity"),
         (["--trainer.max_epochs", "2"], "trainer.max_epochs: 1 -> 2"),
-        (["--method_params", "{integrated_gradients: {n_steps: 5}}"], "method.n_steps: 4 -> 5"),
+        (["--benchmark.method_params", "{integrated_gradients: {n_steps: 5}}"], "method.n_steps: 4 -> 5"),
         (["--model.arch", "mlp"], 'model.arch: "small_cnn" -> "mlp"'),
-        (["--base.max_epochs", "7"], "base.max_epochs: 6 -> 7"),
+        (["--benchmark.base.max_epochs", "7"], "base.max_epochs: 6 -> 7"),
         (["--data.val_fraction", "0.2"], "data.val_fraction: 0.1 -> 0.2"),
         (["--data.image_size", "16"], "data.image_size: 8 -> 16"),
     ],
@@ -94,7 +94,7 @@ def test_a_changed_config_is_refused_before_training_naming_the_change(finished,
 def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     old = snapshot(out)
-    assert benchmark(out, "--base.max_epochs", "7", "--force", "true") == 0
+    assert benchmark(out, "--benchmark.base.max_epochs", "7", "--force", "true") == 0
     rows = ResultsStore(out / "results.db").rows()
     assert len(rows) == 3 and len({r["settings_key"] for r in rows}) == 1
     assert all(r["fingerprint"] != old[r["run_id"]][1] for r in rows), "every run is of the new configuration"
@@ -153,7 +153,7 @@ def save_classifier(path: Path, **hparams) -> Path:
 )
 def test_a_base_checkpoint_that_does_not_fit_is_refused_before_ranking(tmp_path, capsys, hparams, message):
     ckpt = save_classifier(tmp_path / "other.ckpt", **hparams)
-    assert benchmark(tmp_path / "out", "--base.checkpoint", str(ckpt)) == 2
+    assert benchmark(tmp_path / "out", "--benchmark.base.checkpoint", str(ckpt)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "attributions").exists(), "nothing was ranked"
 
@@ -178,11 +178,11 @@ def test_a_grid_with_failed_runs_exits_non_zero_listing_them(tmp_path, capsys):
 def test_the_users_trainer_callbacks_and_loggers_run_in_every_training(tmp_path):
     log, out = tmp_path / "fits.txt", tmp_path / "out"
     callbacks = f"[{{class_path: plugins.CountFits, init_args: {{log: {log}}}}}]"
-    loggers = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {name: mine}}]"
+    loggers = "[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs, name: mine}}]"
     assert benchmark(out, "--trainer.callbacks", callbacks, "--trainer.logger", loggers) == 0
     fits = log.read_text().splitlines()
     assert len(fits) == 4 and fits[0].endswith("runs/base"), "the base model and the 3 retrains"
-    assert len(list((out / "runs").rglob("mine/version_0/metrics.csv"))) == 4, "the user's logger, under each run's folder"
+    assert len(list((out / "runs").rglob("logs/mine/version_0/metrics.csv"))) == 4, "the user's logger, under each run's folder"
 
 
 # ------------------------------------------------------------------------------- unsafe files
@@ -210,7 +210,7 @@ def test_a_pickle_payload_in_any_checkpoint_we_accept_does_not_run(finished, tmp
     # python -m roar attribute --ckpt
     assert roar_main(["attribute", *GRID, "--ckpt", str(evil), "--out", str(tmp_path / "a")]) == 2
     # base.checkpoint of a benchmark
-    assert benchmark(tmp_path / "b", "--base.checkpoint", str(evil)) == 2
+    assert benchmark(tmp_path / "b", "--benchmark.base.checkpoint", str(evil)) == 2
     # a planted <out>/base.ckpt
     planted = copy_of(finished, tmp_path)
     shutil.copy(evil, planted / "base.ckpt")
@@ -261,10 +261,10 @@ def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["--seeds", "[-1]"], "seed -1"),
-        (["--seeds", "[0, 0]"], "unique"),
-        (["--thresholds", "[0.5, 0.5000001]"], "0.5000001"),
-        (["--method_params", "{integrated_gradients: {n_step: 4}}"], "n_step"),
+        (["--benchmark.seeds", "[-1]"], "seed -1"),
+        (["--benchmark.seeds", "[0, 0]"], "unique"),
+        (["--benchmark.thresholds", "[0.5, 0.5000001]"], "0.5000001"),
+        (["--benchmark.method_params", "{integrated_gradients: {n_step: 4}}"], "n_step"),
     ],
 )
 def test_bad_grid_values_fail_before_the_base_model(tmp_path, capsys, override, message):
@@ -281,7 +281,7 @@ def test_bad_grid_values_fail_before_the_base_model(tmp_path, capsys, override, 
 
 def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
     # 64 features at 8 px: 0.5 and 0.505 both mask 32
-    assert benchmark(tmp_path / "out", "--thresholds", "[0.5, 0.505]") == 2
+    assert benchmark(tmp_path / "out", "--benchmark.thresholds", "[0.5, 0.505]") == 2
     err = capsys.readouterr().err
     assert "both mask 32 of 64 features" in err
     assert not (tmp_path / "out" / "base.ckpt").exists()
@@ -297,7 +297,7 @@ def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
 
 def test_attribute_takes_a_single_method_name(finished, tmp_path):
     out = copy_of(finished, tmp_path)
-    assert roar_main(["attribute", *GRID, "--methods", "gradient", "--out", str(out)]) == 0
+    assert roar_main(["attribute", *GRID, "--benchmark.methods", "gradient", "--out", str(out)]) == 0
     assert list((out / "attributions" / "gradient").glob("train-*/ranks.npy"))
 
 

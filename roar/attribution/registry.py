@@ -278,6 +278,34 @@ def get_method(name: str, model: nn.Module | None = None, **params: Any) -> Attr
     return method
 
 
+def normalize_methods(methods: Any, method_params: dict[str, Any] | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``methods`` as names, with each definition moved into ``method_params[name]``.
+
+    A method entry is a registry key or a mapping with a ``name`` and a definition::
+
+        {name: deeplift, class_path: captum.attr.DeepLift}
+        {name: occlusion, class_path: captum.attr.Occlusion, attribute_args: {sliding_window_shapes: [1, 3, 3]}}
+        {name: mine, function: mypkg.saliency:explain, ensemble: sg, nt_samples: 8}
+        {name: ig16, method: integrated_gradients, n_steps: 16}
+
+    Every other key is a parameter, as in ``method_params``. Results, plots and the report use
+    the ``name``.
+    """
+    params = {str(k): dict(v or {}) for k, v in (method_params or {}).items()}
+    names: list[str] = []
+    for entry in methods if isinstance(methods, (list, tuple)) else [methods]:
+        if isinstance(entry, str):
+            names.append(entry)
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"a method is a registry key or a mapping with a name (e.g. {{name: deeplift, class_path: captum.attr.DeepLift}}), got {entry!r}")
+        name = entry["name"]
+        definition = {k: v for k, v in entry.items() if k != "name"}
+        params[name] = {**params.get(name, {}), **definition}
+        names.append(name)
+    return names, params
+
+
 def _register_builtins() -> None:
     from roar.attribution.baselines import GroundTruth, Inverted, NoiseControl, RandomBaseline, Sobel
     from roar.attribution.gradients import Gradient, GradientShap, GuidedBackprop, GuidedGradCam, InputXGradient, IntegratedGradients

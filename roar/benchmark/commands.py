@@ -1,30 +1,126 @@
-"""``python -m roar benchmark|attribute|report``: parse a benchmark config and run it."""
+"""``python -m roar benchmark|attribute|report``: parse a benchmark config and run it.
+
+One config system (README, "Configs"): a benchmark config is a ``train.py fit`` config, with the
+same ``data:``, ``model:`` and ``trainer:`` sections, plus a ``benchmark:`` section (methods,
+thresholds, seeds, modes, protocol...). So a fit config and a grid compose::
+
+    python -m roar benchmark --config configs/digits.yaml --config configs/benchmark/grid.yaml
+
+Every section is typed by the class it configures (the datamodule, :class:`ImageClassifier`,
+``lightning.Trainer``, :class:`BenchmarkConfig`), so a misspelled key anywhere is refused at parse
+time, with the valid keys listed.
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, Namespace
+from lightning.pytorch.cli import LightningArgumentParser
 
 from roar.benchmark.config import BenchmarkConfig
 
+FIT_SECTIONS = ("data", "model", "trainer")
+LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
 
-def _parser(prog: str, description: str) -> ArgumentParser:
-    parser = ArgumentParser(prog=f"python -m roar {prog}", description=description, exit_on_error=True)
-    parser.add_argument("--config", action=ActionConfigFile, help="a benchmark config, e.g. configs/benchmark/digits_demo.yaml")
-    parser.add_class_arguments(BenchmarkConfig, nested_key=None, as_group=False)
-    parser.add_argument("--out", type=str, default=None, help="output folder (default: runs/<name>)")
+
+class ConfigParser(LightningArgumentParser):
+    """A LightningArgumentParser whose "not accepted" errors list the keys that are."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any):  # type: ignore[override]
+        return super().error(_with_valid_keys(self, message), *args, **kwargs)
+
+
+def _with_valid_keys(parser: ConfigParser, message: str) -> str:
+    group = re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", message)
+    data = re.search(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted", message)
+    if group:
+        defaults = parser.get_defaults().get(group.group(1))
+        valid = sorted(k for k in (defaults.keys() if hasattr(defaults, "keys") else []) if "." not in k and not k.startswith("__"))
+        bad = group.group(2)
+    elif data:
+        from roar.registry import import_object
+
+        try:
+            cls = import_object(data.group(1), "data class_path")
+            valid = sorted(n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs"))
+        except ValueError:
+            return message
+        bad = data.group(2)
+    else:
+        return message
+    close = difflib.get_close_matches(bad, valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"{message.rstrip()}\n'{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
+
+
+def add_fit_sections(parser: ConfigParser) -> None:
+    """The sections of a ``train.py fit`` config, typed as LightningCLI types them."""
+    from lightning.pytorch import LightningDataModule, Trainer
+
+    from roar.models.classifier import ImageClassifier
+
+    parser.add_argument("--config", action=ActionConfigFile, help="a config file; several compose in order (a fit config, then a grid)")
+    parser.add_argument("--seed_everything", type=Union[bool, int], default=True,
+                        help="accepted so that fit configs compose; the benchmark seeds every training itself (benchmark.base.seed, benchmark.seeds)")  # fmt: skip
+    parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="accepted so that fit configs compose; unused (see benchmark.base.checkpoint)")
+    parser.add_argument("--test_after_fit", type=bool, default=True, help="accepted so that fit configs compose; the benchmark always tests")
+    parser.add_subclass_arguments(LightningDataModule, "data", required=False,
+                                  help="roar.data.ImageDataModule or any LightningDataModule whose datasets yield (image, label)")  # fmt: skip
+    parser.add_class_arguments(ImageClassifier, "model", skip=set(LINKED_FROM_DATA))
+    parser.add_lightning_class_args(Trainer, "trainer")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "__path__"}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The settings a config gave (left-out ones keep their defaults downstream, and out of fingerprints)."""
+    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
+
+
+def fit_sections(parser: ConfigParser, args: Namespace) -> dict[str, dict[str, Any]]:
+    """``data``, ``model``, ``trainer`` of parsed args as plain dicts holding what the config set."""
+    defaults = _plain(parser.get_defaults())
+    data = _plain(args.get("data")) or {}
+    if data.get("class_path"):
+        from roar.registry import import_object
+
+        cls = import_object(data["class_path"], "data class_path")
+        signature = inspect.signature(cls.__init__).parameters
+        init = {k: v for k, v in (data.get("init_args") or {}).items() if k not in signature or signature[k].default != v}
+        data = {"class_path": data["class_path"], "init_args": init}
+    return {
+        "data": data,
+        "model": _changed(_plain(args.model), defaults["model"]),
+        "trainer": _changed(_plain(args.trainer), defaults["trainer"]),
+    }
+
+
+def _parser(prog: str, description: str) -> ConfigParser:
+    parser = ConfigParser(prog=f"python -m roar {prog}", description=description, exit_on_error=True, allow_abbrev=False)
+    add_fit_sections(parser)
+    parser.add_class_arguments(BenchmarkConfig, "benchmark", skip=set(FIT_SECTIONS))
+    parser.add_argument("--out", type=Optional[str], default=None, help="output folder (default: runs/<benchmark.name>)")
     return parser
 
 
-def _config(parser: ArgumentParser, argv: list[str]) -> tuple[BenchmarkConfig, Path, object]:
+def _config(parser: ConfigParser, argv: list[str]) -> tuple[BenchmarkConfig, Path, Namespace]:
     args = parser.parse_args(argv)
-    init = parser.instantiate_classes(args)
-    fields = {k: init[k] for k in BenchmarkConfig.__dataclass_fields__}
-    cfg = BenchmarkConfig(**fields)
     try:
+        cfg = BenchmarkConfig.from_dict({**_plain(args.benchmark), **fit_sections(parser, args)})
         cfg.validate()
     except ValueError as err:
         parser.error(str(err))
@@ -32,7 +128,7 @@ def _config(parser: ArgumentParser, argv: list[str]) -> tuple[BenchmarkConfig, P
     return cfg, out, args
 
 
-def _add_launch_arguments(parser: ArgumentParser) -> None:
+def _add_launch_arguments(parser: ConfigParser) -> None:
     """Where the runs go: this process, ``--workers N`` local processes, or a Ray cluster (docs/scale.md)."""
     from roar.benchmark.launchers import LaunchOptions
 
@@ -78,7 +174,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return ConfigChangedError, CheckpointError, FolderBusyError, BaseModelError, StoreError, FileNotFoundError, ValueError
 
 
-def _list_arguments(argv: list[str], name: str) -> list[str]:
+def _list_arguments(argv: list[str], name: str = "benchmark.methods") -> list[str]:
     """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
     argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
     for i, arg in enumerate(argv[:-1]):
@@ -98,12 +194,12 @@ def benchmark_main(argv: list[str]) -> int:
                         help="exit 0 even when runs failed (they are listed and recorded either way)")  # fmt: skip
     parser.add_argument("--progress", type=bool, default=True, help="progress bars")
     _add_launch_arguments(parser)
-    cfg, out, args = _config(parser, _list_arguments(argv, "methods"))
+    cfg, out, args = _config(parser, _list_arguments(argv))
     try:
         launch = _launch_options(args).validate()
     except (ValueError, ImportError) as err:  # e.g. --launcher ray without Ray: say how to install it
         parser.error(str(err))
-    config_yaml = parser.dump(args, skip_check=True)
+    config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:
         results = run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch, config_yaml=config_yaml)
     except KeyboardInterrupt:
@@ -131,7 +227,7 @@ def attribute_main(argv: list[str]) -> int:
                      "Entries with the same checkpoint, method, resolved parameters and data are reused.")  # fmt: skip
     parser.add_argument("--ckpt", type=str, default=None, help=f"the base checkpoint (default: <out>/{BASE_CHECKPOINT})")
     parser.add_argument("--progress", type=bool, default=True)
-    cfg, out, args = _config(parser, _list_arguments(argv, "methods"))
+    cfg, out, args = _config(parser, _list_arguments(argv))
     ckpt = Path(args.ckpt) if args.ckpt else out / BASE_CHECKPOINT
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from roar.attribution.registry import normalize_methods
+
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -22,32 +24,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def normalize_methods(methods: Any, method_params: dict[str, Any] | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """``methods`` as names, with each definition moved into ``method_params[name]``.
+def import_modules(modules: list[str] | None) -> None:
+    """Import the user's modules that register methods, models or sources; name the one that fails."""
+    import importlib
 
-    A method entry is a registry key or a mapping with a ``name`` and a definition::
-
-        {name: deeplift, class_path: captum.attr.DeepLift}
-        {name: occlusion, class_path: captum.attr.Occlusion, attribute_args: {sliding_window_shapes: [1, 3, 3]}}
-        {name: mine, function: mypkg.saliency:explain, ensemble: sg, nt_samples: 8}
-        {name: ig16, method: integrated_gradients, n_steps: 16}
-
-    Every other key is a parameter, as in ``method_params``. Results, plots and the report use
-    the ``name``.
-    """
-    params = {str(k): dict(v or {}) for k, v in (method_params or {}).items()}
-    names: list[str] = []
-    for entry in methods if isinstance(methods, (list, tuple)) else [methods]:
-        if isinstance(entry, str):
-            names.append(entry)
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ValueError(f"a method is a registry key or a mapping with a name (e.g. {{name: deeplift, class_path: captum.attr.DeepLift}}), got {entry!r}")
-        name = entry["name"]
-        definition = {k: v for k, v in entry.items() if k != "name"}
-        params[name] = {**params.get(name, {}), **definition}
-        names.append(name)
-    return names, params
+    for module in modules or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"imports: {module!r} does not import ({err}); is its folder on PYTHONPATH or the package installed?") from None
 
 
 @dataclass
@@ -95,7 +80,12 @@ class BenchmarkConfig:
 
     Attributes:
         name: the benchmark's name: the W&B group and the report's title.
-        data: :class:`~roar.data.datamodule.ImageDataModule` arguments.
+        imports: modules imported first (in every worker too), so that their
+            ``@register_method`` / ``@register_model`` / ``@register_source`` decorators run:
+            ``[mypkg.saliency]``. An installed package's entry points need no import.
+        data: the datamodule: :class:`~roar.data.datamodule.ImageDataModule` arguments, or
+            ``{class_path, init_args}`` of it or of any LightningDataModule (see
+            :func:`~roar.data.datamodule.datamodule_arguments`).
         model: :class:`~roar.models.classifier.ImageClassifier` arguments (``arch``, ``lr``...).
         trainer: ``lightning.Trainer`` arguments of every training (``max_epochs``, ``accelerator``...).
         base: the base model.
@@ -121,6 +111,7 @@ class BenchmarkConfig:
     """
 
     name: str = "benchmark"
+    imports: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -141,13 +132,26 @@ class BenchmarkConfig:
     retries: int = 0
 
     def __post_init__(self) -> None:
+        import_modules(self.imports)
         # The command line parser may hand nested class_path entries over as Namespaces: keep plain data.
         for name in ("data", "model", "trainer", "method_params"):
             setattr(self, name, _plain(getattr(self, name)))
         self.methods, self.method_params = normalize_methods(_plain(self.methods), self.method_params)
+        if "class_path" in self.data:  # the train.py fit form, or a user's LightningDataModule
+            from roar.data.datamodule import datamodule_arguments
+
+            self.data = datamodule_arguments(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
+        """Rebuild a config from :meth:`to_dict` (or the parsed ``benchmark:`` section plus data/model/trainer)."""
+        data = dict(data)
+        data["base"] = BaseModel(**dict(data.get("base") or {}))
+        data["protocol"] = Protocol(**dict(data.get("protocol") or {}))
+        return cls(**data)
 
     def _check_trainer_entries(self) -> None:
         """The trainer's own callbacks and loggers (``class_path`` entries) must import, before any training."""
@@ -169,14 +173,16 @@ class BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
         from roar.attribution.registry import resolved_params
         from roar.benchmark.plan import _check_seeds, _check_thresholds
-        from roar.data.sources import list_sources
-        from roar.models.factory import list_models
+        from roar.data.sources import SOURCES
+        from roar.models.factory import check_arch
 
         if not self.methods:
             raise ValueError("methods is empty; name at least one attribution method (e.g. [random, gradient])")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods has duplicates: {self.methods}")
         for method in self.methods:
+            if not isinstance(method, str) or not method or "/" in method or method != method.strip():
+                raise ValueError(f"method name {method!r} must be a non-empty string without '/' or surrounding spaces (it names folders and result rows)")
             if method == "unmasked":
                 raise ValueError("'unmasked' is the reserved name of the reference run (always run); remove it from methods")
             resolved_params(method, self.method_params.get(method))  # an unknown method or parameter fails now, not after the base model
@@ -198,11 +204,9 @@ class BenchmarkConfig:
             raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
         self._check_trainer_entries()
         source = self.data.get("source", "digits")
-        if source not in list_sources():
-            raise ValueError(f"unknown dataset source {source!r}; valid sources: {', '.join(list_sources())}")
-        arch = self.model.get("arch", "small_cnn")
-        if arch not in list_models():
-            raise ValueError(f"unknown model {arch!r}; valid models: {', '.join(list_models())}")
+        if source not in SOURCES:
+            raise ValueError(SOURCES.unknown(source))
+        check_arch(self.model.get("arch", "small_cnn"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         return self

@@ -62,10 +62,24 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
 
     trainer = _section(TRAINER_DEFAULTS, cfg.trainer, IGNORED["trainer"])
     epochs = cfg.base.max_epochs if cfg.base.max_epochs is not None else trainer["max_epochs"]
+    model = _section(_signature_defaults(ImageClassifier), cfg.model, IGNORED["model"])
+    for key in ("arch_args", "weights"):  # unset options leave fingerprints of earlier versions as they were
+        if model.get(key) is None:
+            model.pop(key, None)
+    if model.get("weights"):  # the starting weights are their bytes, not their path
+        from roar.attribution.store import checkpoint_sha256
+
+        model["weights_sha256"] = checkpoint_sha256(model["weights"])
+    data = _section(_signature_defaults(ImageDataModule), cfg.data, IGNORED["data"])
+    if data.get("source") == "lightning":  # a user's datamodule: editing its code changes the data
+        from roar.fingerprint import source_sha256
+        from roar.registry import import_object
+
+        data["source_sha256"] = source_sha256(import_object(data["source_options"]["class_path"], "data class_path"))
     return {
         "roar": roar_version(),
-        "data": _section(_signature_defaults(ImageDataModule), cfg.data, IGNORED["data"]),
-        "model": _section(_signature_defaults(ImageClassifier), cfg.model, IGNORED["model"]),
+        "data": data,
+        "model": model,
         "trainer": trainer,
         "base": {"max_epochs": epochs, "seed": cfg.base.seed},
     }

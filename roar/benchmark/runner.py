@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from roar.attribution.compute import compute_ranks, rank_entry_keys
 from roar.attribution.store import checkpoint_sha256
-from roar.benchmark.config import BaseModel, BenchmarkConfig, Protocol
+from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan, format_threshold
@@ -49,10 +49,7 @@ RUNS_DIR = "runs"
 
 def config_from_dict(data: dict[str, Any]) -> BenchmarkConfig:
     """Rebuild a :class:`BenchmarkConfig` from ``to_dict()``: how workers and Ray tasks receive it."""
-    data = dict(data)
-    data["base"] = BaseModel(**data.get("base", {}))
-    data["protocol"] = Protocol(**data.get("protocol", {}))
-    return BenchmarkConfig(**data)
+    return BenchmarkConfig.from_dict(data)
 
 
 def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
@@ -90,7 +87,8 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _user_loggers(cfg: BenchmarkConfig, run_dir: Path) -> list[Any]:
-    """The config's own ``trainer.logger`` entries, one fresh instance per run, under the run's folder."""
+    """The config's own ``trainer.logger`` entries, one fresh instance per run, under the run's folder
+    (a relative ``save_dir`` is taken from the run's folder, as ``train.py`` takes it from ``default_root_dir``)."""
     loggers = []
     for entry in _as_list(cfg.trainer.get("logger")):
         if entry is True:
@@ -98,8 +96,11 @@ def _user_loggers(cfg: BenchmarkConfig, run_dir: Path) -> list[Any]:
         if isinstance(entry, dict) and "class_path" in entry:
             cls = import_class(entry["class_path"], "trainer.logger")
             init_args = dict(entry.get("init_args") or {})
-            if "save_dir" in inspect.signature(cls.__init__).parameters and init_args.get("save_dir") is None:
-                init_args["save_dir"] = str(run_dir)
+            if "save_dir" in inspect.signature(cls.__init__).parameters:
+                # each run logs under its own folder: a relative save_dir is taken from there (an absolute one is kept)
+                save_dir = init_args.get("save_dir")
+                if save_dir is None or not Path(str(save_dir)).is_absolute():
+                    init_args["save_dir"] = str(run_dir / (save_dir or ""))
             entry = {"class_path": entry["class_path"], "init_args": init_args}
         loggers.append(instantiate(entry, "trainer.logger"))
     return loggers
@@ -397,7 +398,7 @@ def check_distinct_thresholds(cfg: BenchmarkConfig, dm: ImageDataModule) -> None
 def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunSpec], list[RunSpec]]:
     """The whole plan and the runs it still needs (done runs are skipped; failed ones retried)."""
     dataset = cfg.data.get("source", "digits")
-    model = cfg.model.get("arch", "small_cnn")
+    model = str(cfg.model.get("arch", "small_cnn")).replace("/", ":")  # timm/convnext_atto -> timm:convnext_atto in run ids
     plan = build_plan(dataset, model, cfg.methods, thresholds=cfg.thresholds, seeds=cfg.seed_list, modes=tuple(cfg.modes), noretrain=cfg.noretrain)
     done = results.finished_ids()
     return plan, [spec for spec in plan if spec.run_id not in done]

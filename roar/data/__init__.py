@@ -1,0 +1,8 @@
+"""Datasets and datamodules: sources (built-in, registered or any LightningDataModule), seeded
+splits, channel statistics, and ROAR/KAR masking on the device."""
+
+from roar.data.datamodule import ImageDataModule
+from roar.data.roar import RoarDataModule
+from roar.data.sources import SOURCES, list_sources, register_source
+
+__all__ = ["ImageDataModule", "RoarDataModule", "SOURCES", "list_sources", "register_source"]

@@ -20,7 +20,9 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from roar.data.sources import ImageSource, TensorImageDataset, list_sources, load_source
+from roar.data import lightning_source  # noqa: F401  (registers the "lightning" source)
+from roar.data.sources import SOURCES, ImageSource, TensorImageDataset, load_source
+from roar.registry import import_object
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
 
@@ -36,8 +38,37 @@ DEFAULT_AUGMENTATION = {
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-# A Literal of the registry's names, so the CLI rejects an unknown source at parse time and lists the choices.
-SourceName = Literal[tuple(list_sources())]  # type: ignore[valid-type]
+SourceName = str
+"""A registered source (``roar.data.sources.list_sources``); checked when the datamodule is built, listing the choices."""
+
+
+def datamodule_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``data:`` section as :class:`ImageDataModule` arguments.
+
+    Three spellings mean the same datamodule: flat arguments (``{source: digits, ...}``), the
+    ``train.py fit`` form ``{class_path: roar.data.ImageDataModule, init_args: {...}}``, and any
+    other LightningDataModule ``{class_path: mypkg.MyDataModule, init_args: {...}}``, whose
+    datasets become the ``lightning`` source (see :mod:`roar.data.lightning_source`); its
+    ``batch_size`` argument, if any, is the batch size.
+    """
+    data = dict(data or {})
+    if "class_path" not in data:
+        return data
+    unknown = sorted(set(data) - {"class_path", "init_args"})
+    if unknown:
+        raise ValueError(f"data has class_path and {', '.join(unknown)}; put the datamodule's arguments under init_args")
+    init_args = dict(data.get("init_args") or {})
+    cls = import_object(data["class_path"], "data class_path")
+    if isinstance(cls, type) and issubclass(cls, ImageDataModule):
+        if cls is not ImageDataModule:
+            raise ValueError(f"data class_path {data['class_path']} is a roar datamodule subclass; the benchmark masks the data itself, so use roar.data.ImageDataModule")
+        return init_args
+    if not (isinstance(cls, type) and issubclass(cls, LightningDataModule)):
+        raise ValueError(f"data class_path {data['class_path']!r} is {cls!r}, not a LightningDataModule subclass")
+    arguments: dict[str, Any] = {"source": "lightning", "source_options": {"class_path": data["class_path"], "init_args": init_args}}
+    if isinstance(init_args.get("batch_size"), int):
+        arguments["batch_size"] = init_args["batch_size"]
+    return arguments
 
 
 class IndexedDataset(Dataset):
@@ -138,8 +169,8 @@ class ImageDataModule(LightningDataModule):
         source_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if source not in list_sources():
-            raise ValueError(f"unknown dataset source {source!r}; valid sources: {', '.join(list_sources())}")
+        if source not in SOURCES:
+            raise ValueError(SOURCES.unknown(source))
         if augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {augment!r}; valid choices: {', '.join(AUGMENTATIONS)}")
         if not 0 <= val_fraction < 1:
@@ -206,6 +237,8 @@ class ImageDataModule(LightningDataModule):
             "source_options": dict(hp.source_options or {}),
             "num_train": len(self.source.train),
             "num_test": len(self.source.test),
+            # a user's datamodule: its import path, arguments and source hash
+            **({"identity": self.source.extras["identity"]} if "identity" in self.source.extras else {}),
         }
 
     # ----------------------------------------------------------------- datasets

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from roar.registry import Registry
+
 
 class TensorImageDataset(Dataset):
     """Images and labels held as two tensors: ``images`` (N, C, H, W) float32, ``labels`` (N,) int64."""
@@ -574,19 +576,25 @@ def load_image_folder(
     )
 
 
-SOURCES: dict[str, Callable[..., ImageSource]] = {
-    "digits": load_digits,
-    "synthetic_linear": load_synthetic_linear,
-    "cifar10": load_cifar10,
-    "mnist": load_mnist,
-    "fashion_mnist": load_fashion_mnist,
-    "image_folder": load_image_folder,
-}
+SOURCES: Registry[Callable[..., ImageSource]] = Registry("dataset source", entry_point_group="roar.sources")
+"""Source names -> loaders ``(root=, download=, image_size=, **options) -> ImageSource``."""
+
+
+def register_source(name: str | None = None, *, override: bool = False):
+    """Register a loader ``(root, download, image_size, **options) -> ImageSource``, as the built-ins are."""
+    return SOURCES.register(name, override=override)
+
+
+for _name, _loader in {
+    "digits": load_digits, "synthetic_linear": load_synthetic_linear, "cifar10": load_cifar10, "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist, "image_folder": load_image_folder,
+}.items():  # fmt: skip
+    register_source(_name)(_loader)
 
 
 def list_sources() -> list[str]:
     """The names :func:`load_source` accepts."""
-    return sorted(SOURCES)
+    return SOURCES.names()
 
 
 def load_source(name: str, root: str | Path | None = None, download: bool = False, image_size: int | None = None, **options: Any) -> ImageSource:
@@ -599,8 +607,7 @@ def load_source(name: str, root: str | Path | None = None, download: bool = Fals
         image_size: resize images to this side; ``None`` keeps the native size.
         **options: source-specific options (e.g. ``seed`` for ``synthetic_linear``).
     """
-    if name not in SOURCES:
-        raise ValueError(f"unknown dataset source {name!r}; valid sources: {', '.join(list_sources())}")
+    loader = SOURCES.get(name)  # an unknown name fails here, listing the valid ones
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-    return SOURCES[name](root=root, download=download, image_size=image_size, **options)
+    return loader(root=root, download=download, image_size=image_size, **options)

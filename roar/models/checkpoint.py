@@ -104,6 +104,43 @@ def load_state_strict(model: nn.Module, state_dict: dict[str, Any], path: str | 
     model.load_state_dict(state_dict, strict=True)
 
 
+def classifier_head(net: nn.Module) -> str | None:
+    """The dotted name of a network's classification head: timm's ``get_classifier()``, else its last ``nn.Linear``."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    names = {id(m): n for n, m in net.named_modules()}
+    if isinstance(head, nn.Module) and id(head) in names and names[id(head)]:
+        return names[id(head)]
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Start a network from a local weights file (``model.weights``), safely, as fine-tuning does.
+
+    The file is a ``state_dict`` (or a checkpoint with one; a roar classifier's ``net.`` prefix is
+    taken off). Every tensor must fit, except the classification head's: pretrained ImageNet
+    weights have 1000 outputs, so a head of another shape (or none) is left freshly initialised.
+
+    Returns:
+        The head's tensors that were left initialised.
+
+    Raises:
+        CheckpointError: the file is unsafe or unreadable, or its tensors do not fit (named).
+    """
+    state = load_checkpoint(path)
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+        if any(k.startswith("net.") for k in state):
+            state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    own = net.state_dict()
+    head = classifier_head(net)
+    in_head = (lambda k: head is not None and (k == head or k.startswith(head + "."))) if head else (lambda k: False)
+    skipped = sorted(k for k in own if in_head(k) and (k not in state or tuple(state[k].shape) != tuple(own[k].shape)))
+    kept = {k: v for k, v in state.items() if k not in skipped}
+    load_state_strict(net, {**kept, **{k: own[k] for k in skipped}}, path)
+    return skipped
+
+
 def load_classifier(
     checkpoint: str | os.PathLike,
     *,
@@ -139,6 +176,7 @@ def load_classifier(
     if bad:
         raise CheckpointError(f"checkpoint {path} has non-finite weights ({', '.join(bad[:3])}): its training diverged")
     hparams.pop("_instantiator", None)
+    hparams["weights"] = None  # the checkpoint's own weights are loaded below; the start file may be gone
     try:
         model = ImageClassifier(**hparams)
     except (TypeError, ValueError) as err:
@@ -153,4 +191,4 @@ def provenance(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-__all__ = ["CheckpointError", "PROVENANCE_KEY", "TRUSTED_GLOBALS_ENV", "load_checkpoint", "load_classifier", "load_state_strict", "non_finite_parameters", "provenance"]
+__all__ = ["CheckpointError", "classifier_head", "load_weights", "PROVENANCE_KEY", "TRUSTED_GLOBALS_ENV", "load_checkpoint", "load_classifier", "load_state_strict", "non_finite_parameters", "provenance"]

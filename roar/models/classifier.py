@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,13 +13,12 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from roar.models.factory import build_model, list_models
+from roar.models.factory import build_model, check_arch
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("cross_entropy", "least_squares")
-
-# A Literal of the factory's names, so the CLI rejects an unknown model at parse time and lists the choices.
-ModelName = Literal[tuple(list_models())]  # type: ignore[valid-type]
 
 
 class Normalize(nn.Module):
@@ -44,7 +44,9 @@ class ImageClassifier(LightningModule):
     """Cross-entropy classifier with torchmetrics accuracy and a warm-up + cosine schedule.
 
     Args:
-        arch: network name (see :func:`roar.models.list_models`).
+        arch: the network: a registered name (:func:`roar.models.list_models`), ``timm/<name>``
+            (any timm model) or ``package.module.Class`` (any ``nn.Module``); see
+            :mod:`roar.models.factory`.
         num_classes: output classes (linked from the datamodule).
         in_chans: input channels (linked from the datamodule).
         image_size: input side in pixels (linked from the datamodule).
@@ -60,11 +62,17 @@ class ImageClassifier(LightningModule):
             (the linear least-squares model of the synthetic benchmark, Hooker et al. 2019).
         compile: wrap the network with ``torch.compile`` (pays off on GPU for long runs).
         channels_last: use the channels-last memory format (faster convolutions on GPU).
+        arch_args: further arguments of the network's constructor (e.g. ``{drop_rate: 0.1}`` for
+            a timm model, or a class path's own arguments).
+        weights: start from this local weights file (a ``state_dict``; a checkpoint's is taken),
+            read with ``weights_only=True``; a classification head of another shape is left
+            freshly initialised (fine-tuning an ImageNet model). Only a fresh model reads it:
+            loading a checkpoint restores the checkpoint's own weights.
     """
 
     def __init__(
         self,
-        arch: ModelName = "small_cnn",
+        arch: str = "small_cnn",
         num_classes: int = 10,
         in_chans: int = 3,
         image_size: int = 32,
@@ -79,10 +87,11 @@ class ImageClassifier(LightningModule):
         loss: Literal["cross_entropy", "least_squares"] = "cross_entropy",
         compile: bool = False,
         channels_last: bool = False,
+        arch_args: dict[str, Any] | None = None,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
-        if arch not in list_models():
-            raise ValueError(f"unknown model {arch!r}; valid models: {', '.join(list_models())}")
+        check_arch(arch)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid choices: {', '.join(OPTIMIZERS)}")
         if loss not in LOSSES:
@@ -95,7 +104,12 @@ class ImageClassifier(LightningModule):
         if len(mean) != in_chans:
             raise ValueError(f"channel_mean has {len(mean)} values for in_chans={in_chans}")
         self.normalize = Normalize(mean, std)
-        self.net = build_model(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+        self.net = build_model(arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **(arch_args or {}))
+        if weights:
+            from roar.models.checkpoint import load_weights
+
+            fresh = load_weights(self.net, weights)
+            log.info("model starts from %s%s", weights, f" (head {', '.join(fresh)} freshly initialised)" if fresh else "")
         # Kept out of the module tree so the state_dict has one copy of the weights.
         object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

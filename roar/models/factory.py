@@ -1,17 +1,41 @@
-"""Model factory: one function that turns a name into a freshly initialised classifier.
+"""Model factory: one function that turns a name into a freshly initialised network.
 
-Every model here is safe for captum's Guided Backprop and Guided Grad-CAM, which register
-hooks on ``nn.ReLU`` modules: ReLUs are never in-place and never shared between layers
-(a shared module would receive the hook for every place it is used).
+``model.arch`` is one of three things:
+
+- a registered name: the built-ins (``small_cnn``, ``resnet18``, ``resnet50``, ``mlp``,
+  ``linear``) and anything registered with :func:`register_model` (or a ``roar.models`` entry
+  point), called as ``build(num_classes=, in_chans=, image_size=, **arch_args)``;
+- ``timm/<name>``: any timm model (``timm/convnext_atto``, ``timm/resnet10t``,
+  ``timm/vit_tiny_patch16_224`` with ``image_size: 224``), randomly initialised;
+- ``package.module.Class``: any ``nn.Module``, given ``num_classes``, ``in_chans`` and
+  ``image_size`` where its constructor takes them, and ``arch_args``.
+
+captum's Guided Backprop and Guided Grad-CAM hook ``nn.ReLU`` modules: every network built
+here has its in-place ReLUs turned off; a shared ReLU is refused by those methods, by name.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+from roar.registry import Registry, import_object
+
+TIMM_PREFIX = "timm/"
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", entry_point_group="roar.models")
+"""Registered model names -> builders ``(num_classes, in_chans, image_size, **arch_args) -> nn.Module``."""
+
+
+def register_model(name: str | None = None, *, override: bool = False):
+    """Register a model builder (a class or function) under ``name``, as the built-ins are."""
+    return MODELS.register(name, override=override)
 
 SMALL_IMAGE_MAX_SIZE = 64
 """ResNets get the small-image stem (3x3 stride-1 conv, no max-pool) at or below this size."""
@@ -95,52 +119,93 @@ class Linear(nn.Module):
         return self.fc(self.flatten(x))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet50": _timm_resnet("resnet50"),
-    "resnet18": _timm_resnet("resnet18"),
-    "small_cnn": SmallCNN,
-    "mlp": MLP,
-    "linear": Linear,
-}
+register_model("resnet50")(_timm_resnet("resnet50"))
+register_model("resnet18")(_timm_resnet("resnet18"))
+register_model("small_cnn")(SmallCNN)
+register_model("mlp")(MLP)
+register_model("linear")(Linear)
 
 
 def list_models() -> list[str]:
-    """The names ``build_model`` accepts."""
-    return sorted(MODELS)
+    """The registered names ``build_model`` accepts (besides ``timm/<name>`` and class paths)."""
+    return MODELS.names()
 
 
-def make_relus_guided_backprop_safe(model: nn.Module) -> nn.Module:
-    """Turn every in-place ReLU off and give each use of a shared ReLU its own module check.
-
-    timm builds ReLUs with ``inplace=True``; captum's Guided Backprop hooks fail on in-place
-    outputs. A ReLU module registered under two names is shared, which the hooks cannot
-    handle either: that is an error here rather than a silently wrong map later.
-    """
-    seen: dict[int, str] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
+def unsafe_relus_off(model: nn.Module) -> nn.Module:
+    """Turn in-place ReLUs off: captum's guided methods cannot hook an in-place output (timm builds them)."""
+    for module in model.modules():
         if isinstance(module, nn.ReLU):
             module.inplace = False
-            if id(module) in seen and seen[id(module)] != name:
-                raise ValueError(f"ReLU module shared between {seen[id(module)]!r} and {name!r}")
-            seen[id(module)] = name
     return model
 
 
-def build_model(name: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-    """Build a freshly initialised classifier.
+def _timm(name: str, num_classes: int, in_chans: int, image_size: int, **arch_args: Any) -> nn.Module:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"; close matches: {', '.join(TIMM_PREFIX + c for c in close)}" if close else "; see timm.list_models()"
+        raise ValueError(f"timm has no model {name!r}{hint}")
+    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **arch_args)
+    try:  # transformers need the image size; convnets do not take it
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:
+        return timm.create_model(name, **kwargs)
+
+
+def _class_path(path: str, num_classes: int, in_chans: int, image_size: int, **arch_args: Any) -> nn.Module:
+    cls = _module_class(path)
+    takes = inspect.signature(cls.__init__).parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in takes.values())
+    given = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans), ("image_size", image_size)) if k in takes or var_kw}
+    try:
+        return cls(**given, **arch_args)
+    except TypeError as err:
+        raise ValueError(f"model.arch {path!r} could not be built with {sorted({**given, **arch_args})}: {err}") from None
+
+
+def _module_class(path: str) -> type[nn.Module]:
+    cls = import_object(path, "model.arch")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"model.arch {path!r} is {cls!r}, not an nn.Module class")
+    return cls
+
+
+def check_arch(name: Any) -> str:
+    """A model name that can be built: registered, ``timm/<name>`` (checked with timm) or an importable class path."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model.arch must be a name, got {name!r}")
+    if name.startswith(TIMM_PREFIX):
+        if not timm.is_model(name[len(TIMM_PREFIX):]):
+            _timm(name[len(TIMM_PREFIX):], 1, 1, 1)  # raises, listing close matches
+        return name
+    if name in MODELS:
+        return name
+    if "." in name:
+        _module_class(name)
+        return name
+    raise ValueError(MODELS.unknown(name, "; or timm/<name> (any timm model) or package.module.Class (any nn.Module)"))
+
+
+def build_model(name: str, num_classes: int, in_chans: int, image_size: int, **arch_args: Any) -> nn.Module:
+    """Build a freshly initialised network.
 
     Args:
-        name: one of :func:`list_models`.
+        name: a registered name (:func:`list_models`), ``timm/<name>``, or ``package.module.Class``.
         num_classes: number of output logits.
         in_chans: input channels (1 for digits/MNIST, 3 for CIFAR-10/ImageNet).
         image_size: side of the square input image, in pixels.
+        **arch_args: further constructor arguments (``model.arch_args`` in a config).
 
     Returns:
         An ``nn.Module`` mapping ``(B, in_chans, image_size, image_size)`` to ``(B, num_classes)``.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    check_arch(name)
     for arg, value in (("num_classes", num_classes), ("in_chans", in_chans), ("image_size", image_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{arg} must be a positive integer, got {value!r}")
-    return make_relus_guided_backprop_safe(MODELS[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size))
+    if name.startswith(TIMM_PREFIX):
+        model = _timm(name[len(TIMM_PREFIX):], num_classes, in_chans, image_size, **arch_args)
+    elif name in MODELS:
+        model = MODELS.get(name)(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **arch_args)
+    else:
+        model = _class_path(name, num_classes, in_chans, image_size, **arch_args)
+    return unsafe_relus_off(model)

@@ -97,7 +97,8 @@ class SanityReportConfig:
             permuted training labels (train accuracy > 0.9) while test accuracy stays at chance.
         permuted_augment: augmentation of the permuted-label training (``none`` lets it memorise
             the exact images).
-        methods: attribution methods.
+        methods: attribution methods: registry keys or definitions with a ``name``
+            (``{name: deeplift, class_path: captum.attr.DeepLift}``), as in a benchmark config.
         control: add the ``noise`` control of Binder et al. (2022) to the methods if missing.
         metrics: similarity metrics.
         orders: model-randomisation orders to run.
@@ -119,7 +120,7 @@ class SanityReportConfig:
     epochs: int = 15
     permuted_epochs: int = 60
     permuted_augment: Literal["none", "auto", "crop", "crop_flip"] = "none"
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_REPORT_METHODS))
+    methods: list[str | dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_REPORT_METHODS))
     control: bool = True
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     orders: list[str] = field(default_factory=lambda: list(ORDERS))
@@ -532,6 +533,12 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
     values = args.as_dict()
     values.pop("config", None)
     out = Path(values.pop("out"))
+    from roar.attribution.registry import normalize_methods
+
+    try:
+        values["methods"], values["method_params"] = normalize_methods(values["methods"], values.get("method_params"))
+    except ValueError as err:
+        parser.error(str(err))
     cfg = SanityReportConfig(**values)
     return cfg, out
 
