@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from roar.attribution.compute import compute_ranks, rank_entry_keys
+from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_keys
 from roar.attribution.store import checkpoint_sha256
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
@@ -276,6 +276,7 @@ def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: lis
     arch = cfg.model.get("arch", "small_cnn")
     model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=arch)
     sha = checkpoint_sha256(base_ckpt)
+    probe_methods(dm, list(methods or cfg.methods), cfg.method_params, model=model)
     p = cfg.protocol
     keys: dict[str, dict[str, str]] = {}
     for method in methods or cfg.methods:
@@ -456,6 +457,9 @@ def run_benchmark(
         dm = ImageDataModule(**cfg.data)
         check_distinct_thresholds(cfg, dm)
         check_store_matches(out / STORE_DIR, dm)
+        # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.
+        seed_everything(cfg.base.seed, workers=True, verbose=False)
+        probe_methods(dm, cfg.methods, cfg.method_params, model=_classifier(cfg, dm))
         base_ckpt = train_base(cfg, out, progress=progress, force=force)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress))
         check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too

@@ -1,0 +1,208 @@
+"""Issue "Bring your own": a user's methods, models and data, from a config alone.
+
+Tiny runs (8 px digits, one epoch of four batches); the user's code lives in tests/user_code.py
+and is named by import path, as a package of the user's would be.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roar.__main__ import main as roar_main
+from roar.attribution.store import AttributionStore
+from roar.benchmark.results import ResultsStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
+TINY = [
+    "--config", DEMO, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--benchmark.base.max_epochs", "1",
+    "--benchmark.base.min_accuracy", "0", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.modes", "[roar]",
+    "--benchmark.noretrain", "false", "--benchmark.logger", "none", "--progress", "false",
+]  # fmt: skip
+
+
+def benchmark(out: Path, *extra: str) -> int:
+    return roar_main(["benchmark", *TINY, *extra, "--out", str(out)])
+
+
+def done_methods(out: Path) -> set[str]:
+    return {r["method"] for r in ResultsStore(out / "results.db").rows() if r["status"] == "done"}
+
+
+def ranks(out: Path, method: str, split: str = "test") -> np.ndarray:
+    store = AttributionStore(out / "attributions")
+    (entry,) = [e for e in store.entries() if e.method == method and e.split == split]
+    return np.asarray(store.load(entry.fingerprint))
+
+
+# ----------------------------------------------------------------------------------- methods
+def test_captum_classes_a_function_and_a_registered_class_run_through_a_benchmark(tmp_path):
+    out = tmp_path / "out"
+    methods = (
+        "[gradient, random, {name: deeplift, class_path: captum.attr.DeepLift},"
+        " {name: occlusion, class_path: captum.attr.Occlusion, attribute_args: {sliding_window_shapes: [1, 2, 2], strides: [1, 2, 2]}},"
+        " {name: doubled, function: 'user_code:gradient_times_two'}, {name: centred0, method: center_weighted_gradient, power: 0},"
+        " {name: gradcam_sg, class_path: captum.attr.LayerGradCam, layer: net.conv3, ensemble: sg, nt_samples: 2}]"
+    )
+    assert benchmark(out, "--benchmark.imports", "[user_code]", "--benchmark.methods", methods) == 0
+    names = {"gradient", "random", "deeplift", "occlusion", "doubled", "centred0", "gradcam_sg"}
+    assert done_methods(out) == names | {"unmasked"}
+    report = (out / "report.md").read_text()
+    assert all(f"| `{name}` |" in report for name in names)
+    # Ranking is scale-invariant: 2 x gradient, and the registered class with power 0 (weight 1), rank as the gradient does.
+    np.testing.assert_array_equal(ranks(out, "doubled"), ranks(out, "gradient"))
+    np.testing.assert_array_equal(ranks(out, "centred0"), ranks(out, "gradient"))
+    # A layer method is upsampled to the input: every channel value gets a rank, and 2x2 occlusion patches tie in pairs.
+    assert ranks(out, "gradcam_sg").shape == ranks(out, "gradient").shape
+    fingerprint = next(e.fingerprint for e in AttributionStore(out / "attributions").entries() if e.method == "occlusion")
+    assert fingerprint["params"]["class_path"] == "captum.attr.Occlusion" and len(fingerprint["params"]["source_sha256"]) == 64
+
+
+def test_roar_attribute_ranks_a_captum_class_by_path(tmp_path):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", "[random]") == 0
+    assert roar_main(["attribute", *TINY, "--benchmark.methods", "[{name: ixg, class_path: captum.attr.InputXGradient}]", "--out", str(out)]) == 0
+    assert ranks(out, "ixg", "train").shape[0] > ranks(out, "ixg", "test").shape[0] > 0
+
+
+def _attribute(tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "tests")])}
+    command = [sys.executable, "-m", "roar", "attribute", *TINY, "--benchmark.methods", "[{name: mine, function: 'mymethod:explain'}]", "--out", str(out)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_editing_a_methods_source_recomputes_its_ranks(tmp_path):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", "[random]") == 0
+    source = tmp_path / "mymethod.py"
+    source.write_text("import torch\n\ndef explain(model, inputs, target):\n    return inputs.clone()\n")
+    assert _attribute(tmp_path, out).returncode == 0
+    first = ranks(out, "mine")
+    assert _attribute(tmp_path, out).returncode == 0
+    assert len([e for e in AttributionStore(out / "attributions").entries() if e.method == "mine"]) == 2, "unchanged source: reused"
+    source.write_text("import torch\n\ndef explain(model, inputs, target):\n    return 1 - inputs\n")
+    result = _attribute(tmp_path, out)
+    assert result.returncode == 0, result.stderr
+    entries = [e for e in AttributionStore(out / "attributions").entries() if e.method == "mine"]
+    assert len(entries) == 4, "an edited method gets new entries, next to the old ones"
+    test_entries = [e for e in entries if e.split == "test"]
+    maps = [np.asarray(AttributionStore(out / "attributions").load(e.fingerprint)) for e in test_entries]
+    assert not np.array_equal(maps[0], maps[1]) and any(np.array_equal(m, first) for m in maps)
+
+
+def test_an_entry_point_plugin_is_found_by_name(tmp_path, monkeypatch):
+    plugin = tmp_path / "site"
+    (plugin / "edge_plugin").mkdir(parents=True)
+    (plugin / "edge_plugin" / "__init__.py").write_text(
+        "import torch\n\ndef edges(model, inputs, target):\n    return inputs - inputs.roll(1, dims=-1)\n"
+    )
+    info = plugin / "edge_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: edge-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[roar.methods]\nedge_plugin_method = edge_plugin:edges\n")
+    monkeypatch.syspath_prepend(str(plugin))
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", "[random, edge_plugin_method]") == 0
+    assert done_methods(out) == {"random", "edge_plugin_method", "unmasked"}
+
+
+# ------------------------------------------------------------------------------ models, data
+def test_a_timm_model_and_a_class_path_module_train_through_the_benchmark(tmp_path):
+    for arch, extra in (("timm/resnet10t", []), ("user_code.TwoLayerNet", ["--model.arch_args", "{hidden: 16}"])):
+        out = tmp_path / arch.replace("/", "_")
+        assert benchmark(out, "--model.arch", arch, *extra, "--benchmark.methods", "[gradient]") == 0
+        rows = ResultsStore(out / "results.db").rows()
+        assert {r["status"] for r in rows} == {"done"} and rows[0]["model"] == arch.replace("/", ":")
+
+
+@pytest.mark.parametrize("arch", ["timm/resnet10t", "user_code.TwoLayerNet"])
+def test_a_timm_model_and_a_class_path_module_train_through_train_py(tmp_path, arch):
+    from train import main
+
+    cli = main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--model.arch", arch, "--trainer.max_epochs", "1",
+                "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+                "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert cli.model.hparams.arch == arch and "test/acc" in cli.trainer.callback_metrics
+
+
+def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
+    out = tmp_path / "out"
+    assert benchmark(out, "--data", "{class_path: user_code.TinyDigits, init_args: {batch_size: 32}}", "--benchmark.methods", "[gradient]") == 0
+    rows = ResultsStore(out / "results.db").rows()
+    assert {(r["method"], r["mode"], r["status"]) for r in rows} == {("gradient", "roar", "done"), ("unmasked", "reference", "done")}
+    entry = next(e for e in AttributionStore(out / "attributions").entries() if e.split == "test")
+    identity = entry.fingerprint["dataset"]["identity"]
+    assert identity["class_path"] == "user_code.TinyDigits" and entry.fingerprint["dataset"]["num_test"] == 360
+    assert entry.shape == (360, 64), "every 5th of 1,797 digits, 8x8 x 1 channel"
+
+
+def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp_path):
+    from roar.models.classifier import ImageClassifier
+
+    pretrained = ImageClassifier(arch="small_cnn", num_classes=3, in_chans=1, image_size=8).net.state_dict()
+    path = tmp_path / "pretrained.pt"
+    torch.save(pretrained, path)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, weights=str(path))
+    torch.testing.assert_close(model.net.conv1.weight, pretrained["conv1.weight"])
+    assert model.net.fc2.weight.shape == (10, 128), "the 3-class head did not fit: left freshly initialised"
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--benchmark.methods", "[{name: x, class_path: captum.attr.NotAClass}]"], "captum.attr has no 'NotAClass'"),
+        (["--benchmark.methods", "[{name: x, class_path: torch.nn.Linear}]"], "not a captum Attribution class"),
+        (["--benchmark.methods", "[{name: x, class_path: captum.attr.Occlusion, attribute_args: {window: 3}}]"], "does not take 'window'"),
+        (["--benchmark.methods", "[{name: x, function: 'nowhere.module:explain'}]"], "does not import"),
+        (["--benchmark.methods", "[gradeint]"], "did you mean gradient"),
+        (["--benchmark.methods", "[{name: x, method: random, ensemble: sg}]"], "reads no model"),
+        (["--model.arch", "timm/resnet10x"], "close matches: timm/resnet10t"),
+        (["--model.arch", "user_code.NoSuchNet"], "user_code has no 'NoSuchNet'"),
+        (["--data.imgsize", "8"], "did you mean image_size"),
+        (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
+        (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),
+        (["--data", "{class_path: user_code.DigitPairs}"], "does not correspond to a subclass of LightningDataModule"),
+    ],
+)
+def test_bad_input_fails_at_config_time_naming_the_value(tmp_path, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark(tmp_path / "out", *override)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "base.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "function,message",
+    [("wrong_shape", "returned shape (2, 8, 8)"), ("not_finite", "non-finite values"), ("raises", "RuntimeError: my method is broken")],
+)
+def test_a_method_failing_on_the_probe_batch_is_refused_before_training(tmp_path, capsys, function, message):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", f"[random, {{name: bad, function: 'user_code:{function}'}}]") == 2
+    err = capsys.readouterr().err
+    assert "'bad'" in err and message in err
+    assert not (out / "base.ckpt").exists()
+
+
+def test_a_datamodule_that_does_not_yield_image_label_pairs_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert benchmark(out, "--data", "{class_path: user_code.TripletDigits}", "--benchmark.methods", "[random]") == 2
+    assert "TripletDigits's train dataset yields dict, not (image, label)" in capsys.readouterr().err
+    assert not (out / "base.ckpt").exists()
+
+
+def test_a_weights_file_that_does_not_fit_is_refused(tmp_path):
+    from roar.models.checkpoint import CheckpointError
+    from roar.models.classifier import ImageClassifier
+
+    path = tmp_path / "mlp.pt"
+    torch.save(ImageClassifier(arch="mlp", num_classes=10, in_chans=1, image_size=8).net.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"do not fit the model.*fc1.weight"):
+        ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, weights=str(path))
