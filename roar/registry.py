@@ -33,10 +33,13 @@ class Registry(Generic[T]):
             registered yet (None: no plugins).
         adapt: turns what an entry point loads into an entry (e.g. a function into a method
             factory) when loading it did not register it already.
+        ordered: list names in registration order (e.g. metrics in the order a paper reports
+            them) instead of sorted.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None, adapt: Callable[[Any], T] | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, adapt: Callable[[Any], T] | None = None, ordered: bool = False) -> None:
         self.kind = kind
+        self.ordered = ordered
         self.entry_point_group = entry_point_group
         self.adapt = adapt
         self._entries: dict[str, T] = {}
@@ -91,9 +94,9 @@ class Registry(Generic[T]):
         return [(name, self.get(name)) for name in self.names()]
 
     def names(self) -> list[str]:
-        """Every registered name, plugins included, sorted."""
+        """Every registered name, plugins included, sorted (or in registration order)."""
         self._load_all_plugins()
-        return sorted(self._entries)
+        return list(self._entries) if self.ordered else sorted(self._entries)
 
     def unknown(self, name: Any, extra: str = "") -> str:
         """The one message for a name that is not registered: close matches, then every choice."""

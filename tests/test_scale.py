@@ -74,7 +74,7 @@ def test_config_round_trips_through_a_dict():
     "options,message",
     [
         (LaunchOptions(workers=0), "workers must be a positive integer"),
-        (LaunchOptions(launcher="slurm"), "valid launchers: local, ray"),
+        (LaunchOptions(launcher="slurm"), "unknown launcher 'slurm'; valid: local, ray"),
         (LaunchOptions(launcher="ray", workers=2), "for the local launcher"),
         (LaunchOptions(worker_retries=-1), "worker_retries"),
         (LaunchOptions(ray_cpus_per_task=0), "ray_cpus_per_task"),

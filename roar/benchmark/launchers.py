@@ -43,10 +43,14 @@ from typing import Any, Literal
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
+from roar.registry import Registry
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("local", "ray")
+LAUNCHERS: Registry[str] = Registry("launcher")
+"""Where a grid's runs go: ``local`` (this machine's processes) or ``ray`` (a Ray cluster)."""
+LAUNCHERS.add("local", "worker processes on this machine (--workers N)")
+LAUNCHERS.add("ray", "one Ray task per run on a Ray cluster")
 RAY_INSTALL = "pip install 'roar[ray]'"
 GPU_ACCELERATORS = ("gpu", "cuda")
 
@@ -81,7 +85,7 @@ class LaunchOptions:
     def validate(self) -> LaunchOptions:
         """Fail before any training on options that cannot work, naming the value and the choices."""
         if self.launcher not in LAUNCHERS:
-            raise ValueError(f"unknown launcher {self.launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
+            raise ValueError(LAUNCHERS.unknown(self.launcher))
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.launcher == "ray" and self.workers != 1:

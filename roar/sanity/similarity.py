@@ -33,6 +33,8 @@ import torch
 from skimage.feature import hog as _skimage_hog
 from skimage.metrics import structural_similarity
 
+from roar.registry import Registry
+
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 SSIM_MAX_WINDOW = 7
@@ -264,18 +266,23 @@ def hog(a: torch.Tensor, b: torch.Tensor, pixels_per_cell: int | None = None) ->
     return corr.to(device=torch.as_tensor(a).device, dtype=torch.float32)
 
 
-SIMILARITY_METRICS: dict[str, SimilarityFn] = {
-    "spearman": spearman,
-    "spearman_abs": spearman_abs,
-    "ssim": ssim,
-    "hog": hog,
-}
-"""Metric name -> function ``(a, b) -> (B,)``, in the order Adebayo et al. (2018) report them."""
+SIMILARITY_METRICS: Registry[SimilarityFn] = Registry("similarity metric", entry_point_group="roar.metrics", ordered=True)
+"""Metric name -> function ``(a, b) -> (B,)``, in the order Adebayo et al. (2018) report them;
+``register_metric("name")`` adds a user's."""
+
+
+def register_metric(name: str | None = None, *, override: bool = False):
+    """Register a similarity ``(a, b) -> (B,)`` of two batches of maps, as the built-ins are."""
+    return SIMILARITY_METRICS.register(name, override=override)
+
+
+for _name, _fn in (("spearman", spearman), ("spearman_abs", spearman_abs), ("ssim", ssim), ("hog", hog)):
+    register_metric(_name)(_fn)
 
 
 def list_metrics() -> list[str]:
     """The metric names :func:`get_metric` accepts, in the paper's order."""
-    return list(SIMILARITY_METRICS)
+    return SIMILARITY_METRICS.names()
 
 
 def get_metric(name: str) -> SimilarityFn:
@@ -284,9 +291,7 @@ def get_metric(name: str) -> SimilarityFn:
     Raises:
         ValueError: for an unknown name; the message lists the valid ones.
     """
-    if name not in SIMILARITY_METRICS:
-        raise ValueError(f"unknown similarity metric {name!r}; valid metrics: {', '.join(list_metrics())}")
-    return SIMILARITY_METRICS[name]
+    return SIMILARITY_METRICS.get(name)
 
 
 def compare_maps(
