@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional, Union
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
-from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.config import BenchmarkConfig, _plain
 
 FIT_SECTIONS = ("data", "model", "trainer")
 LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
@@ -74,16 +74,6 @@ def add_fit_sections(parser: ConfigParser) -> None:
                                   help="roar.data.ImageDataModule or any LightningDataModule whose datasets yield (image, label)")  # fmt: skip
     parser.add_class_arguments(ImageClassifier, "model", skip=set(LINKED_FROM_DATA))
     parser.add_lightning_class_args(Trainer, "trainer")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Namespace):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k != "__path__"}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

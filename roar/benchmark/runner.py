@@ -11,7 +11,6 @@ running the same command again.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 import math
@@ -39,6 +38,7 @@ from roar.data.roar import RoarDataModule
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 from roar.models.classifier import ImageClassifier
+from roar.registry import import_object
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,8 @@ def instantiate(value: Any, what: str) -> Any:
 
 
 def import_class(path: str, what: str) -> Any:
-    module, _, name = str(path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"{what} class_path {path!r} does not import ({err})") from None
+    """The class at a config's ``class_path`` (one import helper for every config entry: :func:`roar.registry.import_object`)."""
+    return import_object(path, f"{what} class_path")
 
 
 def _as_list(value: Any) -> list[Any]:
