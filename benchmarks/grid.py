@@ -26,6 +26,7 @@ from typing import Any
 
 from benchmarks.common import CLOCKS, Settings, median, now, quiet, since, write_fake_cifar10
 from benchmarks.timers import BatchTimer, trainer_kwargs
+from roar.attribution import StoreRanks
 from roar.data.roar import RoarDataModule
 from roar.models.classifier import ImageClassifier
 
@@ -78,7 +79,7 @@ def resnet50_epoch(settings: Settings, cfg: Config) -> dict[str, Any]:
     seed_everything(0, verbose=False)
     dm = RoarDataModule(
         source="cifar10", root=str(root), batch_size=cfg.batch_size, image_size=cfg.image_size, val_fraction=0.1, seed=0,
-        method="random", threshold=0.5, mode="roar", store=str(settings.workdir / "grid-store"), attribution_device=str(settings.device),
+        threshold=0.5, mode="roar", ranks=StoreRanks("random", store=str(settings.workdir / "grid-store"), device=str(settings.device)),
     )  # fmt: skip
     model = ImageClassifier(
         arch=cfg.arch, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size,

@@ -34,6 +34,7 @@ import torch
 
 from benchmarks.common import CLOCKS, Settings, interleaved, median, quiet, ratio, write_fake_cifar10
 from benchmarks.timers import BatchTimer, trainer_kwargs
+from roar.attribution import StoreRanks
 from roar.data.datamodule import ImageDataModule
 from roar.data.roar import RoarDataModule
 from roar.models.classifier import ImageClassifier
@@ -82,8 +83,8 @@ def _datamodule(case: Case, settings: Settings, masked: bool, cfg: Config, alter
     if not masked:
         return ImageDataModule(**common)
     return (AlternatingRoarDataModule if alternating else RoarDataModule)(
-        **common, method=cfg.method, threshold=cfg.threshold, mode="roar", store=str(settings.workdir / "masked-store"),
-        attribution_device=str(settings.device),
+        **common, threshold=cfg.threshold, mode="roar",
+        ranks=StoreRanks(cfg.method, store=str(settings.workdir / "masked-store"), device=str(settings.device)),
     )  # fmt: skip
 
 

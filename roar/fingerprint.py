@@ -35,16 +35,16 @@ def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
 
 
 def roar_version() -> str:
-    """``major.minor`` of the installed roar: part of every fingerprint.
+    """``major.minor`` of the running roar: part of every fingerprint.
 
     A minor release may change how ranks, masks or training are computed, so artefacts of another
-    minor version are recomputed rather than trusted; patch releases keep them.
+    minor version are recomputed rather than trusted; patch releases keep them. Read from the
+    code that runs (``roar.__version__``, the one source of the package version), not from the
+    installed metadata, which an editable install leaves at the version it was installed with.
     """
-    try:
-        version = metadata.version("roar")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-    return ".".join(version.split(".")[:2])
+    import roar
+
+    return ".".join(roar.__version__.split(".")[:2])
 
 
 def jsonable(value: Any) -> Any:

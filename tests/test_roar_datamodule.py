@@ -7,8 +7,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from roar.attribution import StoreRanks
 from roar.attribution.compute import compute_ranks, load_classifier
 from roar.data.masking import num_masked
+from roar.data.ranks import FreshRandomRanks
 from roar.data.roar import RoarDataModule
 from roar.models.classifier import ImageClassifier
 from train import main
@@ -16,10 +18,21 @@ from train import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def roar_dm(tmp_path, **kwargs):
+RANKING = ("method", "store", "base_checkpoint", "method_params", "granularity", "score", "target", "tie_seed")
+
+
+def roar_dm(tmp_path, random_mask="fixed", **kwargs):
+    """A RoarDataModule masked by the store's ranks (or fresh random ones), as the benchmark builds it."""
     args = dict(source="digits", image_size=8, batch_size=50, store=str(tmp_path / "store"), method="sobel", threshold=0.3)
     args.update(kwargs)
-    return RoarDataModule(**args)
+    ranking = {k: args.pop(k) for k in RANKING if k in args}
+    if "ranks" in args:
+        ranks = args.pop("ranks")
+    elif random_mask == "fresh":
+        ranks = FreshRandomRanks(granularity=ranking.get("granularity", "element"))
+    else:
+        ranks = StoreRanks(**ranking)
+    return RoarDataModule(**args, ranks=ranks)
 
 
 def masked_batch(dm, loader="test"):
@@ -84,10 +97,7 @@ def test_pixel_granularity_masks_whole_pixels(tmp_path):
 
     # 3-channel images: a pixel is masked in all its channels or in none
     write_cifar10(tmp_path / "cifar", n_train_per_batch=6, n_test=8)
-    dm = RoarDataModule(
-        source="cifar10", root=str(tmp_path / "cifar"), image_size=8, batch_size=8, store=str(tmp_path / "s"),
-        method="random", threshold=0.5, granularity="pixel",
-    )  # fmt: skip
+    dm = roar_dm(tmp_path, source="cifar10", root=str(tmp_path / "cifar"), batch_size=8, store=str(tmp_path / "s"), method="random", threshold=0.5, granularity="pixel")
     (images, _, _), (masked, _, _) = masked_batch(dm)
     fill = torch.tensor(dm.channel_mean).view(1, 3, 1, 1).expand_as(images)
     replaced = torch.isclose(masked, fill) & ~torch.isclose(images, fill)
@@ -116,6 +126,7 @@ def test_image_mean_fill(tmp_path):
         ({"granularity": "patch"}, "element"),
         ({"fill": "zero"}, "channel_mean"),
         ({"method": "lime"}, "integrated_gradients_sg_sq"),
+        ({"ranks": None}, "ranks are needed"),
     ],
 )
 def test_bad_settings_fail_before_any_training(tmp_path, kwargs, message):
@@ -126,7 +137,7 @@ def test_bad_settings_fail_before_any_training(tmp_path, kwargs, message):
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("base")
-    dm = RoarDataModule(source="digits", image_size=8, store=str(folder / "store"), method="gradient", threshold=0.0)
+    dm = RoarDataModule(source="digits", image_size=8, threshold=0.0)
     model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, channel_mean=dm.channel_mean, channel_std=dm.channel_std)
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
@@ -152,10 +163,24 @@ def test_roar_retrain_through_the_cli(tmp_path, base_checkpoint):
         "fit", "--config", str(ROOT / "configs/digits.yaml"), "--config", str(ROOT / "configs/roar/digits.yaml"),
         "--trainer", str(ROOT / "configs/trainer/debug.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
-        "--data.image_size", "8", "--data.store", str(tmp_path / "store"), "--data.base_checkpoint", str(base_checkpoint),
-        "--data.method", "gradient", "--data.threshold", "0.5", "--data.mode", "kar", "--seed_everything", "3",
+        "--data.image_size", "8", "--data.ranks.store", str(tmp_path / "store"), "--data.ranks.base_checkpoint", str(base_checkpoint),
+        "--data.ranks.method", "gradient", "--data.threshold", "0.5", "--data.mode", "kar", "--seed_everything", "3",
     ])  # fmt: skip
     assert isinstance(cli.datamodule, RoarDataModule)
     assert cli.datamodule.mode == "kar" and cli.datamodule.method == "gradient"
     assert "test/acc" in cli.trainer.callback_metrics
     assert len(list((tmp_path / "store" / "gradient").iterdir())) == 2  # train and test ranks
+
+
+def test_the_data_package_never_imports_the_attribution_package():
+    """The package graph flows one way (data -> attribution): the masking datamodule receives its ranks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pkgutil, importlib, sys, roar.data\n"
+        "for m in pkgutil.iter_modules(roar.data.__path__): importlib.import_module('roar.data.' + m.name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('roar.attribution')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip() == "[]"

@@ -231,13 +231,15 @@ def run_with_timeout(cmd: list[str], timeout: float, **kwargs) -> subprocess.Com
 
 
 def test_two_process_ddp_retrain_masks_alike_and_writes_one_set_of_outputs(tmp_path):
+    from roar.attribution import StoreRanks
     from roar.data.roar import RoarDataModule
 
     base, store, logs, probe = tmp_path / "base.ckpt", tmp_path / "attributions", tmp_path / "logs", tmp_path / "probe"
     make_base_checkpoint(base)
-    data = {"image_size": 8, "batch_size": 32, "augment": "none", "store": str(store), "base_checkpoint": str(base), "method": "gradient", "threshold": 0.5, "mode": "roar"}
+    ranking = {"store": str(store), "base_checkpoint": str(base), "method": "gradient"}
+    data = {"image_size": 8, "batch_size": 32, "augment": "none", "threshold": 0.5, "mode": "roar"}
     config = {
-        "data": {"init_args": data},
+        "data": {"init_args": {**data, "ranks": {"class_path": "roar.attribution.StoreRanks", "init_args": ranking}}},
         "trainer": {
             "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1, "limit_train_batches": 3,
             "limit_val_batches": 2, "limit_test_batches": 2, "log_every_n_steps": 1, "enable_progress_bar": False,
@@ -266,7 +268,7 @@ def test_two_process_ddp_retrain_masks_alike_and_writes_one_set_of_outputs(tmp_p
     assert ranks[0]["pid"] != ranks[1]["pid"]
 
     # the same masks on both ranks for the same global indices, and the ones this process computes
-    reference = RoarDataModule(**{k: v for k, v in data.items() if k != "augment"})
+    reference = RoarDataModule(**{k: v for k, v in data.items() if k != "augment"}, ranks=StoreRanks(**ranking))
     reference.setup()
     pool, test = reference.source.train.images, reference.source.test.images
     expected = reference.mask(torch.cat([pool[:16], test[:8]]), ranks[0]["indices"])

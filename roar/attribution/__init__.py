@@ -10,10 +10,12 @@ any function ``explain(model, inputs, target)``): see :mod:`roar.attribution.reg
 One concept per module: :mod:`~roar.attribution.base` (the contract), :mod:`~roar.attribution.captum_adapter`
 (any captum class), :mod:`~roar.attribution.function_method` (a plain function),
 :mod:`~roar.attribution.gradients` (the six built-ins), :mod:`~roar.attribution.ensembles`,
-:mod:`~roar.attribution.baselines`, :mod:`~roar.attribution.registry`.
+:mod:`~roar.attribution.baselines`, :mod:`~roar.attribution.registry`, and
+:mod:`~roar.attribution.ranks` (a method's cached ranks for the masking datamodule).
 """
 
 from roar.attribution.base import TARGETS, AttributionMethod, ModelMethod, resolve_target
+from roar.attribution.ranks import StoreRanks
 from roar.attribution.registry import ENSEMBLE_SUFFIXES, METHODS, get_method, list_methods, register_method, resolved_params
 
 __all__ = [
@@ -27,4 +29,5 @@ __all__ = [
     "register_method",
     "resolve_target",
     "resolved_params",
+    "StoreRanks",
 ]

@@ -25,6 +25,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_keys
+from roar.attribution.ranks import StoreRanks
 from roar.attribution.store import checkpoint_sha256
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
@@ -34,6 +35,7 @@ from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_tra
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
+from roar.data.ranks import FreshRandomRanks, RankProvider
 from roar.data.roar import RoarDataModule
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
@@ -152,13 +154,21 @@ def _finish_loggers(loggers: list[Any]) -> None:
 def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str) -> ImageDataModule:
     if method is None or threshold == 0:
         return ImageDataModule(**cfg.data)
-    p = cfg.protocol
     return RoarDataModule(
-        **cfg.data, method=method, threshold=threshold, mode=mode, store=str(out / STORE_DIR),
-        base_checkpoint=str(base_ckpt), granularity=p.granularity, score=p.score, fill=p.fill,
-        random_mask=p.random_mask, target=p.target, tie_seed=p.tie_seed,
-        method_params=cfg.method_params.get(method, {}), attribution_batch_size=cfg.attribution_batch_size,
-        attribution_device=cfg.attribution_device, attribution_progress=False,
+        **cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=mode,
+        fill=cfg.protocol.fill, ranks_progress=False,
+    )  # fmt: skip
+
+
+def rank_provider(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, method: str) -> RankProvider:
+    """Where a retrain's masks come from: the method's stored ranks, or random ranks drawn at every read."""
+    p = cfg.protocol
+    if method == "random" and p.random_mask == "fresh":
+        return FreshRandomRanks(granularity=p.granularity, tie_seed=p.tie_seed)
+    return StoreRanks(
+        method, store=str(out / STORE_DIR), base_checkpoint=str(base_ckpt), method_params=cfg.method_params.get(method, {}),
+        granularity=p.granularity, score=p.score, target=p.target, tie_seed=p.tie_seed,
+        batch_size=cfg.attribution_batch_size, device=cfg.attribution_device,
     )  # fmt: skip
 
 

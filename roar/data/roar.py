@@ -3,8 +3,9 @@
 Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks" (NeurIPS
 2019): for a threshold t, replace the top-t fraction of each image's features, ranked by an
 attribution method, with the training per-channel mean (ROAR), or all but them (KAR), then
-retrain from scratch. Ranks come from the :class:`~roar.attribution.store.AttributionStore`,
-computed with the base model once (or now, if the base checkpoint is given and they are missing).
+retrain from scratch. The ranks come from a :class:`~roar.data.ranks.RankProvider` given to the
+datamodule (usually :class:`roar.attribution.StoreRanks`: ranks computed with the base model once
+and cached), so this package never imports the attribution code.
 
 Masking happens in :meth:`mask`, called by ``on_after_batch_transfer`` before augmentation:
 ranks are looked up by the batch's global sample indices, so a mask always matches its image,
@@ -19,34 +20,26 @@ import numpy as np
 import torch
 
 from roar.data.datamodule import ImageDataModule, SourceName
-from roar.data.masking import check_granularity, check_mode, check_score, mask_images, num_features, ranks_from_scores
+from roar.data.masking import check_mode, mask_images
+from roar.data.ranks import RankProvider
 
 FILLS = ("channel_mean", "image_mean")
-RANDOM_MASKS = ("fixed", "fresh")
 
 
 class RoarDataModule(ImageDataModule):
-    """An :class:`ImageDataModule` whose images are ROAR/KAR-masked by a method's ranks.
+    """An :class:`ImageDataModule` whose images are ROAR/KAR-masked by a provider's ranks.
 
     Args:
-        method: attribution method (registry key) whose ranks decide what is replaced.
+        ranks: where the ranks come from: a :class:`~roar.data.ranks.RankProvider`
+            (:class:`roar.attribution.StoreRanks` for a method's cached ranks,
+            :class:`~roar.data.ranks.FreshRandomRanks` for a new random mask at every read).
+            Required when ``threshold > 0``.
         threshold: fraction of features in ``[0, 1)``; 0 is the unmasked data.
         mode: ``roar`` (replace the top-t features) or ``kar`` (keep the top-t, replace the rest).
-        store: folder of the attribution store.
-        base_checkpoint: the base model; needed to compute missing ranks of model-based methods.
-        granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
-        score: ``abs`` (default), ``square`` or ``raw`` attribution values are ranked.
         fill: ``channel_mean`` (the training per-channel mean, as the paper) or ``image_mean``.
-        random_mask: for ``method: random``: ``fixed`` (one seeded mask per image, default) or
-            ``fresh`` (a new mask every time an image is read, like the ROAR code's dropout).
-        target: the class explained: ``predicted`` by the base model (default) or the ``label``.
-        tie_seed: seed of the rank tie-breaking.
-        method_params: the method's parameters (e.g. ``{"nt_samples": 25}``).
-        attribution_batch_size: images per attribution call when ranks must be computed.
-        attribution_device: ``auto``, ``cpu`` or ``cuda``.
         max_device_ranks_bytes: rank tables up to this size are held on the device (one index
             per batch); larger ones (ImageNet) stay memory-mapped and each batch reads its rows.
-        attribution_progress: progress bars and reuse messages while ranks are computed or found.
+        ranks_progress: progress bars and reuse messages while ranks are computed or found.
         **base: every :class:`ImageDataModule` argument.
     """
 
@@ -66,73 +59,61 @@ class RoarDataModule(ImageDataModule):
         stats_samples: int = 10_000,
         source_options: dict[str, Any] | None = None,
         *,
-        method: str = "random",
+        ranks: RankProvider | None = None,
         threshold: float = 0.0,
         mode: Literal["roar", "kar"] = "roar",
-        store: str = "runs/attributions",
-        base_checkpoint: str | None = None,
-        granularity: Literal["element", "pixel"] = "element",
-        score: Literal["abs", "square", "raw"] = "abs",
         fill: Literal["channel_mean", "image_mean"] = "channel_mean",
-        random_mask: Literal["fixed", "fresh"] = "fixed",
-        target: Literal["predicted", "label"] = "predicted",
-        tie_seed: int = 0,
-        method_params: dict[str, Any] | None = None,
-        attribution_batch_size: int = 256,
-        attribution_device: str = "auto",
         max_device_ranks_bytes: int = 2 << 30,
-        attribution_progress: bool = True,
+        ranks_progress: bool = True,
     ) -> None:
-        from roar.attribution.compute import check_method
-
-        check_method(method, method_params)
         if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
             raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+        if ranks is not None and not isinstance(ranks, RankProvider):
+            raise ValueError(f"ranks must be a RankProvider (e.g. roar.attribution.StoreRanks), got {type(ranks).__name__}")
+        if ranks is None and threshold > 0:
+            raise ValueError(f"threshold {threshold} masks features, so ranks are needed: give ranks "
+                             "(e.g. {class_path: roar.attribution.StoreRanks, init_args: {method: gradient, ...}})")  # fmt: skip
         check_mode(mode)
-        check_granularity(granularity)
-        check_score(score)
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; valid choices: {', '.join(FILLS)}")
-        if random_mask not in RANDOM_MASKS:
-            raise ValueError(f"unknown random_mask {random_mask!r}; valid choices: {', '.join(RANDOM_MASKS)}")
         super().__init__(
             source=source, root=root, download=download, image_size=image_size, batch_size=batch_size,
             val_fraction=val_fraction, num_workers=num_workers, augment=augment, crop_padding=crop_padding,
             seed=seed, label_permutation=label_permutation, stats_samples=stats_samples, source_options=source_options,
         )  # fmt: skip
-        self.method = method
+        # Checkpoints keep plain hyperparameters (they load with weights_only): the provider is
+        # recorded by what it is, not pickled.
+        self.save_hyperparameters(ignore=["image_size", "ranks"])
+        self.hparams["ranks"] = ranks.describe() if ranks is not None else None
+        self.rank_provider = ranks
         self.threshold = float(threshold)
         self.mode = mode
-        self.store = store
-        self.base_checkpoint = base_checkpoint
-        self.granularity = granularity
-        self.score = score
         self.fill = fill
-        self.random_mask = random_mask
-        self.target = target
-        self.tie_seed = tie_seed
-        self.method_params = dict(method_params or {})
-        self.attribution_batch_size = attribution_batch_size
-        self.attribution_device = attribution_device
         self.max_device_ranks_bytes = max_device_ranks_bytes
-        self.attribution_progress = attribution_progress
-        self.ranks: torch.Tensor | None = None
+        self.ranks_progress = ranks_progress
+        self.rank_table: torch.Tensor | None = None
         self._memmaps: tuple[np.ndarray, np.ndarray] | None = None
         self._device_ranks: dict[torch.device, torch.Tensor] = {}
         self._fill = torch.tensor(self.channel_mean)
 
     @property
+    def method(self) -> str:
+        """The name of the ranking (the attribution method), or ``unmasked``."""
+        return self.rank_provider.method if self.rank_provider is not None else "unmasked"
+
+    @property
+    def granularity(self) -> str:
+        return self.rank_provider.granularity if self.rank_provider is not None else "element"
+
+    @property
     def protocol(self) -> dict[str, Any]:
         """The protocol choices that move results: recorded with every run."""
-        return {
-            "method": self.method, "threshold": self.threshold, "mode": self.mode, "granularity": self.granularity,
-            "score": self.score, "fill": self.fill, "random_mask": self.random_mask, "target": self.target,
-            "tie_seed": self.tie_seed, "method_params": self.method_params,
-        }  # fmt: skip
+        ranking = self.rank_provider.describe() if self.rank_provider is not None else {"method": "unmasked"}
+        return {**ranking, "threshold": self.threshold, "mode": self.mode, "fill": self.fill}
 
     @property
     def masks_fresh(self) -> bool:
-        return self.method == "random" and self.random_mask == "fresh"
+        return self.rank_provider is not None and self.rank_provider.fresh
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node before `setup` on all of them, so under
@@ -141,11 +122,11 @@ class RoarDataModule(ImageDataModule):
             self.load_ranks()
 
     def setup(self, stage: str | None = None) -> None:
-        if self.ranks is not None or self._memmaps is not None or self.threshold == 0 or self.masks_fresh:
+        if self.rank_table is not None or self._memmaps is not None or self.threshold == 0 or self.masks_fresh:
             return
         train, test = self.load_ranks(announce=False)
         if train.nbytes + test.nbytes <= self.max_device_ranks_bytes:
-            self.ranks = self._as_table(np.concatenate([np.asarray(train), np.asarray(test)]))
+            self.rank_table = self._as_table(np.concatenate([np.asarray(train), np.asarray(test)]))
         else:
             self._memmaps = (train, test)
 
@@ -166,32 +147,22 @@ class RoarDataModule(ImageDataModule):
 
     def load_ranks(self, announce: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of every train-pool and test image (memory-mapped), computing missing ones."""
-        from roar.attribution.compute import compute_ranks
-
         trainer = getattr(self, "trainer", None)
-        ranks = compute_ranks(
-            self, self.method, self.store,
-            checkpoint=self.base_checkpoint, method_params=self.method_params, granularity=self.granularity,
-            score=self.score, target=self.target, tie_seed=self.tie_seed, batch_size=self.attribution_batch_size,
-            device=self.attribution_device,
-            progress=announce and self.attribution_progress and (trainer is None or trainer.is_global_zero),
-        )  # fmt: skip
-        return ranks["train"], ranks["test"]
+        progress = announce and self.ranks_progress and (trainer is None or trainer.is_global_zero)
+        return self.rank_provider.load(self, progress=progress)
 
     def _ranks_on(self, device: torch.device) -> torch.Tensor:
         # One copy per device: the whole table is a few hundred MB at most (CIFAR-10, int32),
         # and a lookup by index on the device beats shipping ranks with every batch.
         if device not in self._device_ranks:
-            self._device_ranks[device] = self.ranks.to(device)
+            self._device_ranks[device] = self.rank_table.to(device)
         return self._device_ranks[device]
 
     def mask(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if self.threshold == 0:
             return images
         if self.masks_fresh:
-            n = num_features(tuple(images.shape[1:]), self.granularity)
-            scores = torch.rand(len(images), n, device=images.device)
-            ranks = ranks_from_scores(scores, indices, seed=self.tie_seed)
+            ranks = self.rank_provider.batch_ranks(images, indices)
         else:
             self.setup()
             if self._memmaps is not None:

@@ -1,0 +1,82 @@
+"""The store-backed rank provider: a method's ranks, computed once with the base model and cached.
+
+Hooker et al. (NeurIPS 2019) rank every feature of every train and test image with the *base*
+model, once, and reuse those ranks for every retrain. :class:`StoreRanks` is that ranking as a
+:class:`~roar.data.ranks.RankProvider` for :class:`~roar.data.roar.RoarDataModule`: the entry of
+the :class:`~roar.attribution.store.AttributionStore` whose fingerprint matches is read, or
+computed first when missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from roar.attribution.base import TARGETS
+from roar.attribution.compute import check_method, compute_ranks
+from roar.data.masking import check_granularity, check_score
+from roar.data.ranks import RankProvider
+
+
+class StoreRanks(RankProvider):
+    """Ranks of one attribution method, read from (or computed into) the attribution store.
+
+    Args:
+        method: the method's name (a registry key, or the ``name`` of a definition registered
+            with :func:`~roar.attribution.registry.normalize_methods`).
+        store: folder of the attribution store.
+        base_checkpoint: the base model; needed to compute missing ranks of model-based methods.
+        method_params: the method's parameters (e.g. ``{"nt_samples": 25}``): part of the fingerprint.
+        granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
+        score: ``abs`` (default), ``square`` or ``raw`` attribution values are ranked.
+        target: the class explained: ``predicted`` by the base model (default) or the ``label``.
+        tie_seed: seed of the rank tie-breaking.
+        batch_size: images per attribution call when ranks must be computed.
+        device: ``auto``, ``cpu`` or ``cuda`` for that computation.
+    """
+
+    def __init__(
+        self,
+        method: str = "random",
+        store: str = "runs/attributions",
+        base_checkpoint: str | None = None,
+        method_params: dict[str, Any] | None = None,
+        granularity: str = "element",
+        score: str = "abs",
+        target: str = "predicted",
+        tie_seed: int = 0,
+        batch_size: int = 256,
+        device: str = "auto",
+    ) -> None:
+        # Every argument is checked here, when the config is read, not when the first batch is masked.
+        self.method = check_method(method, method_params)
+        self.granularity = check_granularity(granularity)
+        self.score = check_score(score)
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+        self.store = store
+        self.base_checkpoint = base_checkpoint
+        self.method_params = dict(method_params or {})
+        self.target = target
+        self.tie_seed = tie_seed
+        self.batch_size = batch_size
+        self.device = device
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(), "score": self.score, "random_mask": "fixed", "target": self.target,
+            "tie_seed": self.tie_seed, "method_params": self.method_params,
+        }  # fmt: skip
+
+    def load(self, datamodule: Any, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        ranks = compute_ranks(
+            datamodule, self.method, self.store,
+            checkpoint=self.base_checkpoint, method_params=self.method_params, granularity=self.granularity,
+            score=self.score, target=self.target, tie_seed=self.tie_seed, batch_size=self.batch_size,
+            device=self.device, progress=progress,
+        )  # fmt: skip
+        return ranks["train"], ranks["test"]
+
+
+__all__ = ["StoreRanks"]
