@@ -24,9 +24,9 @@ LAYERS = ["original", "fc2", "fc1", "conv3", "conv2", "conv1"]
 
 def _tiny(out: Path, *extra: str) -> list[str]:
     return [
-        "sanity", "--config", CONFIG, "--out", str(out), "--data.image_size", "8", "--epochs", "2",
-        "--permuted_epochs", "2", "--num_images", "4", "--methods", f"[{', '.join(METHODS)}]",
-        "--metrics", f"[{', '.join(METRICS)}]", "--progress", "false", *extra,
+        "sanity", "--config", CONFIG, "--out", str(out), "--data.image_size", "8", "--sanity.epochs", "2",
+        "--sanity.permuted_epochs", "2", "--sanity.num_images", "4", "--sanity.methods", f"[{', '.join(METHODS)}]",
+        "--sanity.metrics", f"[{', '.join(METRICS)}]", "--sanity.progress", "false", *extra,
     ]  # fmt: skip
 
 
@@ -107,7 +107,7 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(report[0], out)
     stamps = {name: (out / name).stat().st_mtime_ns for name in ["model.ckpt", "permuted.ckpt"]}
-    status, printed = _run(_tiny(out, "--orders", "[cascading]", "--data_check", "false", "--control", "false"))
+    status, printed = _run(_tiny(out, "--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.control", "false"))
     assert status == 0
     assert "reusing the true-label model" in " ".join(printed.split())
     assert (out / "model.ckpt").stat().st_mtime_ns == stamps["model.ckpt"]
@@ -119,12 +119,12 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
 @pytest.mark.parametrize(
     "extra,words",
     [
-        (["--methods", "[gradient, saliency_map]"], ["'saliency_map'", "guided_backprop", "integrated_gradients"]),
-        (["--metrics", "[spearman, pearson]"], ["'pearson'", "spearman_abs", "ssim", "hog"]),
-        (["--orders", "[cascading, top_down]"], ["'top_down'", "independent", "bottom_up"]),
-        (["--checkpoint", "missing/model.ckpt"], ["missing/model.ckpt"]),
-        (["--method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
-        (["--methods", "[guided_gradcam]", "--method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
+        (["--sanity.methods", "[gradient, saliency_map]"], ["'saliency_map'", "guided_backprop", "integrated_gradients"]),
+        (["--sanity.metrics", "[spearman, pearson]"], ["'pearson'", "spearman_abs", "ssim", "hog"]),
+        (["--sanity.orders", "[cascading, top_down]"], ["'top_down'", "independent", "bottom_up"]),
+        (["--sanity.checkpoint", "missing/model.ckpt"], ["missing/model.ckpt"]),
+        (["--sanity.method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
+        (["--sanity.methods", "[guided_gradcam]", "--sanity.method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
     ],
 )
 def test_bad_inputs_fail_before_any_computation(tmp_path, capsys, extra, words):
@@ -138,7 +138,7 @@ def test_bad_inputs_fail_before_any_computation(tmp_path, capsys, extra, words):
 
 def test_a_bad_choice_at_parse_time_lists_the_choices(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        roar_main(_tiny(tmp_path / "never", "--device", "tpu"))
+        roar_main(_tiny(tmp_path / "never", "--sanity.device", "tpu"))
     err = capsys.readouterr().err
     assert "tpu" in err and "cuda" in err
 
@@ -158,3 +158,20 @@ def test_a_checkpoint_for_other_data_is_refused(report, tmp_path):
     with pytest.raises(ValueError, match="image_size=8 \\(expected 12\\)"):
         run_report(cfg, tmp_path / "other")
     assert not (tmp_path / "other" / "sanity.csv").exists()
+
+
+def test_a_fit_config_composes_with_the_sanity_section(capsys):
+    """One config system: train.py fit's data/model/trainer sections, then the sanity: section."""
+    from roar.sanity.report import parse_config
+
+    cfg, out = parse_config([
+        "--config", str(ROOT / "configs/digits.yaml"), "--config", str(ROOT / "configs/model/resnet18.yaml"),
+        "--config", CONFIG, "--trainer.precision", "bf16-mixed", "--out", "x",
+    ])  # fmt: skip
+    assert cfg.data["image_size"] == 16 and cfg.data["batch_size"] == 64  # the class_path form, read as ImageDataModule arguments
+    assert cfg.model.get("arch", "small_cnn") == "small_cnn" and cfg.model.get("lr") != 0.1, "the later config (configs/sanity/digits.yaml) wins, as in train.py"
+    assert cfg.trainer["precision"] == "bf16-mixed" and cfg.epochs == 15 and str(out) == "x"
+    with pytest.raises(SystemExit):
+        parse_config(["--config", CONFIG, "--sanity.num_imgs", "3"])
+    err = capsys.readouterr().err
+    assert "num_imgs" in err and "num_images" in err, "a misspelled key names the valid ones"

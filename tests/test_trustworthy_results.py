@@ -218,7 +218,7 @@ def test_a_pickle_payload_in_any_checkpoint_we_accept_does_not_run(finished, tmp
     err = capsys.readouterr().err
     assert err.count("could run code") == 3 and "ROAR_TRUSTED_GLOBALS" in err
     # roar sanity --checkpoint
-    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--checkpoint", str(evil), "--out", str(tmp_path / "s")]) == 2
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.checkpoint", str(evil), "--out", str(tmp_path / "s")]) == 2
     assert "could run code" in capsys.readouterr().err
     # the sanity callback's reference model
     with pytest.raises(ValueError, match="could run code"):
@@ -290,7 +290,7 @@ def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
 def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
     from roar.sanity.report import main as sanity_main
 
-    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--num_images", "100000", "--out", str(tmp_path / "s")]) == 2
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.num_images", "100000", "--out", str(tmp_path / "s")]) == 2
     assert "num_images=100000 but the test split has" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 

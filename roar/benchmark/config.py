@@ -10,19 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from roar.attribution.registry import normalize_methods
+from roar.fit_config import plain as _plain
 
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-def _plain(value: Any) -> Any:
-    """Plain data from what the parser hands over: Namespaces become dicts, jsonargparse's ``__path__`` notes go."""
-    if hasattr(value, "as_dict") and callable(value.as_dict):  # a jsonargparse Namespace
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k != "__path__"}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def import_modules(modules: list[str] | None) -> None:

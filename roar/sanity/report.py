@@ -71,6 +71,8 @@ DEFAULT_REPORT_METHODS = (
 )
 DEVICES = ("auto", "cpu", "cuda")
 # Attributes of the trained models that identify them: a checkpoint is reused only if these match.
+IGNORED_TRAINER_KEYS = ("max_epochs", "logger", "callbacks", "enable_checkpointing", "enable_progress_bar", "enable_model_summary", "default_root_dir")
+"""Trainer settings the report sets itself (epochs per model, its own CSV logs, no checkpoints midway)."""
 LINKED = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
 
 NOT_SUFFICIENT = (
@@ -92,6 +94,9 @@ class SanityReportConfig:
             by the report: false for the model, true for the permuted-label model).
         model: :class:`~roar.models.classifier.ImageClassifier` arguments (``arch``, ``lr``...);
             classes, channels, size and channel statistics come from the data.
+        trainer: ``lightning.Trainer`` settings of both trainings (``accelerator``, ``precision``,
+            ``deterministic``...). ``max_epochs`` is ``epochs`` / ``permuted_epochs``; a fit config's
+            ``logger`` and ``callbacks`` are not used (the report logs to ``<out>/logs``).
         epochs: training epochs of the true-label model.
         permuted_epochs: training epochs of the permuted-label model: enough to memorise the
             permuted training labels (train accuracy > 0.9) while test accuracy stays at chance.
@@ -117,6 +122,7 @@ class SanityReportConfig:
 
     data: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
     epochs: int = 15
     permuted_epochs: int = 60
     permuted_augment: Literal["none", "auto", "crop", "crop_flip"] = "none"
@@ -191,6 +197,7 @@ def _training_record(cfg: SanityReportConfig, permuted: bool) -> dict[str, Any]:
     return {
         "data": {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})},
         "model": cfg.model,
+        "trainer": {k: v for k, v in sorted(cfg.trainer.items()) if k not in IGNORED_TRAINER_KEYS},
         "label_permutation": permuted,
         "epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "seed": cfg.seed,
@@ -209,16 +216,13 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
     linked = {name: getattr(datamodule, name) for name in LINKED}
     model = ImageClassifier(**{**cfg.model, **linked})
     device = cfg.torch_device
-    trainer = L.Trainer(
-        max_epochs=cfg.permuted_epochs if permuted else cfg.epochs,
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        logger=CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.progress,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-    )
+    settings = {k: v for k, v in cfg.trainer.items() if k not in IGNORED_TRAINER_KEYS}
+    trainer = L.Trainer(**{
+        "accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": 1, "log_every_n_steps": 10, **settings,
+        "max_epochs": cfg.permuted_epochs if permuted else cfg.epochs,
+        "logger": CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
+        "enable_checkpointing": False, "enable_progress_bar": cfg.progress, "enable_model_summary": False,
+    })  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(checkpoint)
     checkpoint.with_suffix(".json").write_text(json.dumps(_training_record(cfg, permuted), indent=2, sort_keys=True))
@@ -508,39 +512,41 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
 
 
 def build_parser():
-    """The command line: ``--config`` files plus typed options (data and model as groups)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    """The command line: a ``train.py fit`` config's ``data``/``model``/``trainer`` sections plus a
+    ``sanity:`` section, so ``--config configs/digits.yaml --config configs/sanity/digits.yaml`` compose."""
+    from roar.fit_config import FIT_SECTIONS, ConfigParser, add_fit_sections
 
-    from roar.data.datamodule import ImageDataModule
-    from roar.models.classifier import ImageClassifier
-
-    parser = ArgumentParser(
+    parser = ConfigParser(
         prog="python -m roar sanity",
         description="Model- and data-randomisation sanity checks for saliency maps (Adebayo et al., NeurIPS 2018), "
         "with the noise control and bottom-up order of Binder et al. (arXiv 2211.12486, 2022).",
+        exit_on_error=True,
+        allow_abbrev=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="a sanity config, e.g. configs/sanity/digits.yaml")
+    add_fit_sections(parser)
+    parser.add_class_arguments(SanityReportConfig, "sanity", skip=set(FIT_SECTIONS))
     parser.add_argument("--out", type=str, default="runs/sanity", help="output folder")
-    parser.add_class_arguments(ImageDataModule, "data", skip={"label_permutation"})
-    parser.add_class_arguments(ImageClassifier, "model", skip=set(LINKED))
-    parser.add_class_arguments(SanityReportConfig, nested_key=None, as_group=False, skip={"data", "model"})
     return parser
 
 
 def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
+    from roar.attribution.registry import normalize_methods
+    from roar.data.datamodule import datamodule_arguments
+    from roar.fit_config import fit_sections, plain
+
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    values = args.as_dict()
-    values.pop("config", None)
-    out = Path(values.pop("out"))
-    from roar.attribution.registry import normalize_methods
-
+    sections = fit_sections(parser, args)
+    values = plain(args.sanity)
     try:
+        data = sections["data"]
+        values["data"] = datamodule_arguments(data) if "class_path" in data else data
+        values["model"] = {k: v for k, v in sections["model"].items() if k != "class_path"}
+        values["trainer"] = sections["trainer"]
         values["methods"], values["method_params"] = normalize_methods(values["methods"], values.get("method_params"))
     except ValueError as err:
         parser.error(str(err))
-    cfg = SanityReportConfig(**values)
-    return cfg, out
+    return SanityReportConfig(**values), Path(args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
