@@ -85,7 +85,7 @@ def test_three_seeds_no_warning_and_a_level_setting(tmp_path):
 def test_consistency_table_over_modes_and_fills(tmp_path):
     """ROAR and KAR under the default fill agree; a second fill that reverses the order gets tau -1.
 
-    A run id names no fill, so each fill's grid is its own folder; their rows are reported together.
+    Today a run id names no fill, so the blur rows are written to a second store; the table groups rows by (mode, fill) wherever they come from.
     """
     store, blur = ResultsStore(tmp_path / "results.db"), ResultsStore(tmp_path / "blur" / "results.db")
     slopes = {"gradient": 0.8, "integrated_gradients": 0.5, "random": 0.2}
