@@ -102,7 +102,9 @@ def test_summary_only_places_references_where_a_mode_has_runs():
     assert {r["mode"] for r in summary} == {"reference", "roar"}
     assert summarize([]) == []
     assert summarize([r for r in rows if r["mode"] == "reference"]) == [
-        {"dataset": "digits", "model": "small_cnn", "method": "unmasked", "mode": "reference", "threshold": 0.0, "mean": pytest.approx(REF), "std": pytest.approx(0.01), "n": 3}
+        {"dataset": "digits", "model": "small_cnn", "method": "unmasked", "mode": "reference", "threshold": 0.0, "mean": pytest.approx(REF), "std": pytest.approx(0.01), "n": 3,
+         # 3 seeds at REF -0.01, 0, +0.01: all three resampled at the lowest has chance 1/27 > 2.5%, so the 95% interval is the range
+         "ci_low": pytest.approx(REF - 0.01), "ci_high": pytest.approx(REF + 0.01)}
     ]
 
 
@@ -192,9 +194,10 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     store = _store_with(tmp_path, rows)
     config = {"name": "digits-test", "protocol": {"granularity": "pixel", "score": "abs", "fill": "channel_mean", "target": "predicted"}, "thresholds": list(THRESHOLDS), "seeds": 3}
     paths = write_report(tmp_path, store, title="ROAR on digits", config=config)
-    assert set(paths) == {"results", "summary", "roar", "kar", "noretrain", "report"}
     assert all(p.parent == tmp_path and p.is_file() for p in paths.values())
-    assert [p.name for p in paths.values()] == ["results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "report.md"]
+    assert [p.name for p in paths.values()] == [
+        "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "rankings.csv", "consistency.csv", "consistency.json", "report.md",
+    ]  # fmt: skip
     for mode in ("roar", "kar", "noretrain"):
         _is_png(paths[mode])
 
@@ -214,11 +217,17 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     assert "**67 done, 1 failed.**" in report
     assert "| `granularity` | `pixel` |" in report  # the protocol
     assert "lower is better" in report and "higher is better" in report
-    # ROAR ranking table: gradient first, with its AUC; random last, Δ random 0
+    # ROAR ranking table: gradient first, with its AUC and interval; random last, Δ random 0. Every seed
+    # is offset by the same -0.01, 0, +0.01 at every point, so the AUC's interval is 0.9 * (the mean's)
+    # and the paired difference from random has no spread at all: the seed effect cancels.
     roar_section = report.split("## ROAR")[1].split("## KAR")[0]
-    assert f"| 1 | `gradient` | {0.855 - 0.8 * 0.405:.4f} | {-0.6 * 0.405:+.4f} | 4 |" in roar_section
-    assert "| 3 | `random` | " in roar_section and "+0.0000" in roar_section
-    assert "0.550 ± 0.010 (3)" in roar_section  # gradient at 0.5
+    auc, delta = 0.855 - 0.8 * 0.405, -0.6 * 0.405
+    assert f"| 1 | `gradient` | {auc:.4f} [{auc - 0.009:.4f}, {auc + 0.009:.4f}] | {delta:+.4f} [{delta:+.4f}, {delta:+.4f}] | better than random | 1: 100% | 4 |" in roar_section
+    assert "| 3 | `random` | " in roar_section and "+0.0000 [+0.0000, +0.0000] | – |" in roar_section
+    assert "0.550 [0.540, 0.560] (3)" in roar_section  # gradient at 0.5, the 95% interval of 3 seeds: their range
+    # one warning: noretrain has one seed; roar and kar have 3 (no seed warning) and the reference is 1 point from the base model
+    [warning] = [line for line in report.split("## Warnings")[1].split("\n## ")[0].splitlines() if line.startswith("- ")]
+    assert "`noretrain (channel_mean)` on digits/small_cnn evaluates the one base model once" in warning
     assert "![roar curves](roar.png)" in report and "![kar curves](kar.png)" in report
     failures = report.split("## Failures")[1]
     assert "`roar/gradient/t0.500/s3/digits/small_cnn`" in failures and "RuntimeError: CUDA out of memory" in failures

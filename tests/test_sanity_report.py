@@ -70,6 +70,7 @@ def test_sanity_csv_has_every_check_step_and_metric(report):
         assert steps == list(enumerate(layers))
     assert {(r["step"], r["layer"]) for r in rows if r["check"] == "data"} == {(1, "permuted_labels")}
     assert all(r["n"] == 4 and -1.0 <= r["mean"] <= 1.0 and r["std"] >= 0 for r in rows)
+    assert all(-1.0 <= r["ci_low"] <= r["ci_high"] <= 1.0 for r in rows)  # a bootstrap interval over the 4 images
     # Step 0 explains the unrandomised copy again: a deterministic method reproduces its maps.
     step0 = [r for r in rows if r["step"] == 0 and r["method"] in METHODS]
     assert all(r["mean"] == pytest.approx(1.0) and r["std"] == pytest.approx(0.0, abs=1e-6) for r in step0)

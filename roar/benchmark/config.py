@@ -99,6 +99,9 @@ class BenchmarkConfig:
         wandb_offline: log offline under the output folder; ``wandb sync`` uploads later.
         save_checkpoints: keep each retrain's final checkpoint.
         retries: how many times a crashed run is retried before it is recorded as failed.
+        confidence_level: the level of every interval in the report (0.95: 95%); report only,
+            in no fingerprint.
+        bootstrap_resamples: resamples per bootstrap interval (seeded; report only).
     """
 
     name: str = "benchmark"
@@ -121,6 +124,8 @@ class BenchmarkConfig:
     wandb_offline: bool = True
     save_checkpoints: bool = True
     retries: int = 0
+    confidence_level: float = 0.95
+    bootstrap_resamples: int = 2000
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
@@ -200,4 +205,8 @@ class BenchmarkConfig:
         check_arch(self.model.get("arch", "small_cnn"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        from roar.benchmark.statistics import check_level, check_resamples
+
+        check_level(self.confidence_level)
+        check_resamples(self.bootstrap_resamples)
         return self

@@ -30,15 +30,23 @@ import json
 import math
 import statistics
 import textwrap
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from roar.benchmark import consistency
+from roar.benchmark.caveats import caveats
+from roar.benchmark.evaluations import DEFAULT_FILL, Evaluation, MethodResult, analyse, evaluations
 from roar.benchmark.plan import MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, RunSpec
 from roar.benchmark.results import ResultsStore, write_csv
+from roar.benchmark.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
 
-SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "mean", "std", "n")
+# ci_low, ci_high: the percentile bootstrap interval of the mean over seeds (NaN with one seed)
+SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "mean", "std", "n", "ci_low", "ci_high")
 BASELINE = "random"
 LOWER_IS_BETTER = {"roar": True, "kar": False, "noretrain": True}
 AXIS_LABEL = {"roar": "fraction of features removed", "kar": "fraction of features kept", "noretrain": "fraction of features removed (no retraining)"}
@@ -80,8 +88,8 @@ def settings_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, sample std and count of test accuracy over seeds, per (dataset, model, method, mode, threshold).
+def summarize(rows: Iterable[dict[str, Any]], level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES) -> list[dict[str, Any]]:
+    """Mean, sample std, count and bootstrap interval of test accuracy over seeds, per (dataset, model, method, mode, threshold).
 
     Only ``done`` rows count. Rows may come from :meth:`ResultsStore.rows` or from ``results.csv``
     (strings are converted).
@@ -92,20 +100,26 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     (everything kept), the noretrain reference at threshold 0 of noretrain.
 
     Returns:
-        Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (0 when n=1).
-        Sorted by dataset, model, mode, method, threshold.
+        Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (0 when n=1),
+        ``ci_low``/``ci_high`` the seeded percentile bootstrap interval of the mean at ``level``
+        (NaN when n=1: no interval over one seed). Sorted by dataset, model, mode, method, threshold.
     """
     rows = [row for row in rows if _is_done(row)]
     settings_keys(rows)  # refuses rows of different settings: a mean never spans two configurations
-    groups: dict[tuple[str, str, str, str, float], list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str, float], list[tuple[int, float]]] = defaultdict(list)
     for row in rows:
         key = (str(row["dataset"]), str(row["model"]), str(row["method"]), str(row["mode"]), round(float(row["threshold"]), 9))
-        groups[key].append(float(row["test_acc"]))
+        groups[key].append((int(row["seed"]), float(row["test_acc"])))
 
-    def stats(values: list[float]) -> dict[str, Any]:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    def stats(pairs: list[tuple[int, float]]) -> dict[str, Any]:
+        values = [v for _, v in sorted(pairs)]  # seed order: the same interval from the store or from results.csv
+        with warnings.catch_warnings():  # one seed: NaN bounds; the report says so once, not per point
+            warnings.simplefilter("ignore", IntervalUndefinedWarning)
+            ci = bootstrap_mean(values, level, resamples)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": statistics.fmean(values), "std": std, "n": len(values), "ci_low": ci.low, "ci_high": ci.high}
 
-    summary = {key: stats(values) for key, values in groups.items()}
+    summary = {key: stats(pairs) for key, pairs in groups.items()}
     # Place the references on the curves: (reference mode, curve mode, threshold on that curve).
     placements = ((REFERENCE_MODE, "roar", 0.0), (REFERENCE_MODE, "kar", 1.0), ("noretrain", "noretrain", 0.0))
     pairs = {(dataset, model) for dataset, model, *_ in groups}
@@ -210,6 +224,10 @@ def ranking(summary: Iterable[dict[str, Any]], mode: str) -> list[dict[str, Any]
 # ------------------------------------------------------------------------------------------ plots
 
 
+def _float(value: Any) -> float:
+    return math.nan if value in (None, "") else float(value)
+
+
 def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
@@ -221,10 +239,11 @@ def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
     return {m: palette[i % len(palette)] for i, m in enumerate(others)} | {BASELINE: "0.45"}
 
 
-def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, title: str | None = None) -> Path:
+def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, title: str | None = None, level: float = DEFAULT_LEVEL) -> Path:
     """Plot test accuracy against the fraction removed (ROAR, noretrain) or kept (KAR); write a PNG.
 
-    One line per method (mean over seeds, with a +-std band), one colour each; the ``random``
+    One line per method (mean over seeds, with its bootstrap confidence band over seeds: the
+    summary's ``ci_low``..``ci_high``; no band with one seed), one colour each; the ``random``
     baseline grey and dashed. One panel per (dataset, model). A mode without runs still writes a
     PNG that says so, so every report has all its figures.
 
@@ -233,6 +252,7 @@ def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, 
         mode: ``roar``, ``kar`` or ``noretrain``.
         path: the PNG to write.
         title: figure title (default: the mode's description).
+        level: the confidence level of the summary's intervals (for the axis label).
 
     Returns:
         ``path``.
@@ -270,12 +290,14 @@ def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, 
             pts = per_method[method]
             xs = [float(r["threshold"]) for r in pts]
             mean = [float(r["mean"]) for r in pts]
-            std = [float(r["std"]) for r in pts]
+            # an undefined interval (one seed) draws no band there: NaN leaves a gap, the line stays
+            low = [_float(r.get("ci_low")) for r in pts]
+            high = [_float(r.get("ci_high")) for r in pts]
             baseline = method == BASELINE
             ax.plot(xs, mean, color=colours[method], linestyle="--" if baseline else "-", marker="o", markersize=3.5, linewidth=2 if baseline else 1.5, label=method)
-            ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colours[method], alpha=0.15, linewidth=0)
+            ax.fill_between(xs, low, high, color=colours[method], alpha=0.15, linewidth=0)
         ax.set_xlabel(AXIS_LABEL[mode])
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(f"test accuracy (band: {level:.0%} CI over seeds)")
         ax.set_xlim(-0.02, 1.02)
         ax.grid(True, alpha=0.3)
         if len(curves) > 1:
@@ -339,34 +361,69 @@ def _protocol_lines(config: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mode_section(summary: list[dict[str, Any]], mode: str) -> list[str]:
-    lines = [f"## {MODE_TITLE[mode]}", ""]
-    ranked = ranking(summary, mode)
-    if not ranked:
+def _versus_random(result: MethodResult, lower_is_better: bool) -> str:
+    if result.method == BASELINE or result.delta is None:
+        return "–"
+    if result.distinguishable is None:
+        return "undefined (1 seed)"
+    if not result.distinguishable:
+        return "**not distinguishable from random**"
+    return "better than random" if (result.delta.estimate < 0) == lower_is_better else "worse than random"
+
+
+def _positions(result: MethodResult) -> str:
+    # every position held in at least 1% of the resamples, most frequent first
+    held = sorted(((f, k) for k, f in result.stability.items() if f >= 0.01), reverse=True)
+    return ", ".join(f"{k}: {f:.0%}" for f, k in held) or "–"
+
+
+def _evaluation_tables(ev: Evaluation, results: list[MethodResult], level: float, resamples: int) -> list[str]:
+    table = [
+        (
+            r.rank if r.rank is not None else "–", f"`{r.method}`", r.auc.format(4),
+            "–" if r.delta is None else r.delta.format(4, signed=True), _versus_random(r, ev.lower_is_better),
+            _positions(r), r.points if r.complete else f"{r.points} (incomplete)",
+        )
+        for r in results
+    ]  # fmt: skip
+    pct = f"{level:.0%}"
+    lines = _md_table(("rank", "method", f"AUC [{pct} CI]", f"Δ random [{pct} CI]", "vs random", "rank under resampling", "points"), table) + [""]
+    lines += [f"Test accuracy, mean [{pct} CI] (n seeds):", ""]
+    thresholds = [f"{t:g}" for t in ev.thresholds]
+    acc_rows = []
+    with warnings.catch_warnings():  # one seed: "[–]" in the cell; the report's warnings say why
+        warnings.simplefilter("ignore", IntervalUndefinedWarning)
+        for r in results:
+            cells = []
+            for values in ev.accuracy[r.method]:
+                present = values[~np.isnan(values)]
+                cells.append(f"{bootstrap_mean(present, level, resamples).format(3)} ({present.size})" if present.size else "")
+            acc_rows.append((f"`{r.method}`", *cells))
+    return lines + _md_table(("method", *thresholds), acc_rows) + [""]
+
+
+def _mode_section(mode: str, analysed: list[tuple[Evaluation, list[MethodResult]]], figures: dict[str, Path], level: float, resamples: int) -> list[str]:
+    lines = [f"## {MODE_TITLE.get(mode, mode)}", ""]
+    mine = [(ev, results) for ev, results in analysed if ev.mode == mode]
+    if not mine:
         return lines + [f"No {mode} runs.", ""]
-    better = "lower" if LOWER_IS_BETTER[mode] else "higher"
+    better = "lower" if LOWER_IS_BETTER.get(mode, mine[0][0].lower_is_better) else "higher"
     lines += [
-        f"Area under the mean test-accuracy curve over the {AXIS_LABEL[mode]} (trapezoid, reference point "
-        f"included): **{better} is better**. Δ random is the area minus the `random` baseline's.",
+        f"Area under the mean test-accuracy curve over the {AXIS_LABEL.get(mode, 'threshold')} (trapezoid, reference point "
+        f"included): **{better} is better**; `[low, high]` is its {level:.0%} percentile bootstrap interval over seeds. "
+        "Δ random is the area minus the `random` baseline's, its interval paired (both areas on the same resampled seeds): "
+        "a method whose interval contains 0 is **not distinguishable from random**. Rank under resampling: how often "
+        "the method holds each rank when the seeds are resampled.",
         "",
     ]
     if mode == "noretrain":
         lines += ["Without retraining, a drop in accuracy mixes removed information with distribution shift; see ROAR.", ""]
-    pairs = sorted({(e["dataset"], e["model"]) for e in ranked})
-    for dataset, model in pairs:
-        if len(pairs) > 1:
-            lines += [f"### {dataset} / {model}", ""]
-        entries = [e for e in ranked if (e["dataset"], e["model"]) == (dataset, model)]
-        table = [
-            (e["rank"] if e["rank"] is not None else "–", f"`{e['method']}`", _fmt(e["auc"], 4), _fmt(e["delta_random"], 4, signed=True), e["thresholds"] if e["complete"] else f"{e['thresholds']} (incomplete)")
-            for e in entries
-        ]  # fmt: skip
-        lines += _md_table(("rank", "method", "AUC", "Δ random", "points"), table) + [""]
-        thresholds, cells = _accuracy_cells(summary, mode, dataset, model)
-        lines += ["Test accuracy, mean ± std (n seeds):", ""]
-        acc_rows = [(f"`{e['method']}`", *(cells[e["method"]].get(t, "") for t in thresholds)) for e in entries]
-        lines += _md_table(("method", *(f"{t:g}" for t in thresholds)), acc_rows) + [""]
-    lines += [f"![{mode} curves]({FIGURE_NAMES[mode]})", ""]
+    for ev, results in mine:
+        if len(mine) > 1:
+            lines += [f"### {ev.dataset} / {ev.model}, fill `{ev.fill}`", ""]
+        lines += _evaluation_tables(ev, results, level, resamples)
+    if mode in figures:  # only a figure that was drawn from these runs
+        lines += [f"![{mode} curves]({figures[mode].name})", ""]
     return lines
 
 
@@ -413,7 +470,7 @@ def _print_rankings(summary: list[dict[str, Any]], title: str) -> None:
             entries = [e for e in ranked if (e["dataset"], e["model"]) == (dataset, model)]
             thresholds, cells = _accuracy_cells(summary, mode, dataset, model)
             better = "lower" if LOWER_IS_BETTER[mode] else "higher"
-            table = Table(title=f"{title}: {mode.upper()} ranking, {dataset}/{model} (AUC, {better} is better)", caption="mean test accuracy over seeds at each fraction (± std in report.md)" + ("" if all(e["complete"] for e in entries) else "; * incomplete curve, not ranked"))
+            table = Table(title=f"{title}: {mode.upper()} ranking, {dataset}/{model} (AUC, {better} is better)", caption="mean test accuracy over seeds at each fraction (confidence intervals in report.md)" + ("" if all(e["complete"] for e in entries) else "; * incomplete curve, not ranked"))
             # numbers never wrap or truncate; a long method name folds onto a second line instead
             table.add_column("rank", justify="right", no_wrap=True, min_width=4)
             table.add_column("method", overflow="fold", min_width=10)
@@ -438,12 +495,18 @@ def write_report(
     title: str = "ROAR/KAR benchmark",
     config: dict[str, Any] | None = None,
     print_table: bool = True,
+    level: float = DEFAULT_LEVEL,
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> dict[str, Path]:
     """Write the benchmark's report files into ``out_dir``.
 
     Files: ``results.csv`` (one row per run), ``summary.csv`` (:data:`SUMMARY_COLUMNS`),
-    ``roar.png``, ``kar.png``, ``noretrain.png`` (always, "no runs" when a mode has none) and
-    ``report.md`` (protocol, run counts, per-mode rankings and accuracy tables, failures).
+    ``roar.png``, ``kar.png``, ``noretrain.png`` (always, "no runs" when a mode has none; only
+    figures of runs are embedded in report.md), ``rankings.csv`` (every evaluation's AUCs with
+    intervals, differences from random, ranks and their stability), ``consistency.csv`` and
+    ``consistency.json`` (:mod:`roar.benchmark.consistency`) and ``report.md`` (protocol, run
+    counts, warnings, per-mode rankings and accuracy tables with intervals, the consistency
+    table, failures).
 
     Args:
         out_dir: the benchmark output folder.
@@ -451,17 +514,27 @@ def write_report(
         title: the report's title.
         config: the benchmark configuration, summarised in report.md (its ``protocol`` first).
         print_table: also print the rankings to the terminal as rich tables.
+        level: the confidence level of every interval (0.95: 95%).
+        resamples: bootstrap resamples per interval (seeded: the same report on every run).
 
     Returns:
-        Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``report``.
+        Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``rankings``,
+        ``consistency``, ``consistency_json``, ``report``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = store_or_rows.rows() if isinstance(store_or_rows, ResultsStore) else list(store_or_rows)
-    summary = summarize(rows)
+    summary = summarize(rows, level, resamples)
     paths = {"results": write_csv(rows, out / "results.csv"), "summary": write_summary_csv(summary, out / "summary.csv")}
     for mode in MODES:
-        paths[mode] = plot_curves(summary, mode, out / FIGURE_NAMES[mode], title=f"{title}: {MODE_SHORT[mode]}" if title else None)
+        paths[mode] = plot_curves(summary, mode, out / FIGURE_NAMES[mode], title=f"{title}: {MODE_SHORT[mode]}" if title else None, level=level)
+    protocol = (config or {}).get("protocol") if isinstance((config or {}).get("protocol"), dict) else {}
+    evals = evaluations(rows, default_fill=str(protocol.get("fill") or DEFAULT_FILL))
+    with warnings.catch_warnings():  # undefined intervals (one seed) are named once, in the warnings section
+        warnings.simplefilter("ignore", IntervalUndefinedWarning)
+        analysed = [(ev, analyse(ev, level, resamples)) for ev in evals]
+    paths.update(consistency.write_files(out, analysed))
+    figures = {mode: paths[mode] for mode in MODES if any(ev.mode == mode for ev in evals)}
 
     lines = [f"# {title}", ""]
     lines += [
@@ -472,6 +545,9 @@ def write_report(
         "",
     ]
     lines += _counts_lines(rows)
+    cautions = caveats(rows, evals, out)
+    if cautions:
+        lines += ["## Warnings", "", *(f"- ⚠ {c}" for c in cautions), ""]
     keys = settings_keys(rows)
     if keys:
         lines += [
@@ -481,8 +557,9 @@ def write_report(
         ]
     if config:
         lines += _protocol_lines(config)
-    for mode in MODES:
-        lines += _mode_section(summary, mode)
+    for mode in [*MODES, *sorted({ev.mode for ev in evals} - set(MODES))]:
+        lines += _mode_section(mode, analysed, figures, level, resamples)
+    lines += consistency.markdown(analysed, _md_table)
     lines += _failures_lines(rows)
     paths["report"] = out / "report.md"
     paths["report"].write_text("\n".join(lines))

@@ -511,7 +511,10 @@ def write_benchmark_report(cfg: BenchmarkConfig, out: Path, results: ResultsStor
     """results.csv, summary.csv, curves, report.md, and the W&B summary run."""
     from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
 
-    paths = write_report(out, results, title=f"ROAR/KAR benchmark: {cfg.name}", config=cfg.to_dict(), print_table=print_table)
+    paths = write_report(
+        out, results, title=f"ROAR/KAR benchmark: {cfg.name}", config=cfg.to_dict(), print_table=print_table,
+        level=cfg.confidence_level, resamples=cfg.bootstrap_resamples,
+    )  # fmt: skip
     if cfg.logger == "wandb":
         try:
             log_summary_to_wandb(out, summarize(results.rows()), group=cfg.name, config=cfg.to_dict(), project=cfg.wandb_project, mode="offline" if cfg.wandb_offline else "online")

@@ -11,7 +11,8 @@
 2. Explains a fixed, seeded batch of images with every method, then runs the model-randomisation
    checks (``cascading`` and ``independent`` from Adebayo et al. 2018, ``bottom_up`` from Binder
    et al., arXiv 2211.12486, 2022) and the data-randomisation check.
-3. Writes ``sanity.csv`` (method, check, step, layer, metric, mean, std, n), one plot per check
+3. Writes ``sanity.csv`` (method, check, step, layer, metric, mean, std, n, and the percentile
+   bootstrap interval over images ``ci_low``, ``ci_high``: :mod:`roar.sanity.intervals`), one plot per check
    and metric (``curve_<check>_<metric>.png``: similarity against the randomised layer, one line
    per method, the ``noise`` control dashed), and per method the cascading-randomisation grid
    (``grid_cascading_<method>.png``: rows are images; columns the input, the original map, then
@@ -53,11 +54,12 @@ from roar.sanity.maps import (
     map_grid_figure,
     model_randomization,
     select_batch,
-    summary_rows,
 )
+from roar.benchmark.statistics import check_level
+from roar.sanity.intervals import interval_rows
 from roar.sanity.randomization import ORDERS
 
-CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n")
+CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n", "ci_low", "ci_high")
 MODEL_CHECKPOINT = "model.ckpt"
 PERMUTED_CHECKPOINT = "permuted.ckpt"
 DEFAULT_REPORT_METHODS = (
@@ -118,6 +120,7 @@ class SanityReportConfig:
         retrain: train again even if ``<out>`` holds matching checkpoints.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         progress: show Lightning's progress bars.
+        confidence_level: the level of the bootstrap intervals over images (0.95: 95%).
     """
 
     data: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +144,7 @@ class SanityReportConfig:
     retrain: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+    confidence_level: float = 0.95
 
     def validate(self) -> None:
         """Check every choice before anything is computed.
@@ -168,6 +172,7 @@ class SanityReportConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{name} not found: {path!r}")
+        check_level(self.confidence_level)
         if "label_permutation" in self.data:
             raise ValueError("data.label_permutation is set by the report (false, then true); remove it from data")
 
@@ -310,13 +315,16 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
     """``sanity.csv`` back as typed rows."""
     with path.open(newline="") as handle:
         return [
-            {**row, "step": int(row["step"]), "mean": float(row["mean"]), "std": float(row["std"]), "n": int(row["n"])}
+            {
+                **row, "step": int(row["step"]), "mean": float(row["mean"]), "std": float(row["std"]), "n": int(row["n"]),
+                "ci_low": float(row.get("ci_low") or "nan"), "ci_high": float(row.get("ci_high") or "nan"),
+            }  # fmt: skip
             for row in csv.DictReader(handle)
         ]
 
 
 def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Path) -> None:
-    """Similarity against the randomised layer, one line per method (mean ± std band), ``noise`` dashed.
+    """Similarity against the randomised layer, one line per method (mean, bootstrap CI band over images), ``noise`` dashed.
 
     The data check has a single "step" (the permuted-label model): it is drawn as bars.
     """
@@ -328,8 +336,10 @@ def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Pa
     ax = fig.subplots()
     if check == DATA_CHECK:
         means = [next(r["mean"] for r in chosen if r["method"] == m) for m in methods]
-        stds = [next(r["std"] for r in chosen if r["method"] == m) for m in methods]
-        bars = ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="tab:blue")
+        found = [next(r for r in chosen if r["method"] == m) for m in methods]
+        # asymmetric error bars: the interval need not be centred on the mean; NaN (one image) draws none
+        yerr = [[r["mean"] - r["ci_low"] for r in found], [r["ci_high"] - r["mean"] for r in found]]
+        bars = ax.bar(range(len(methods)), means, yerr=yerr, capsize=3, color="tab:blue")
         for bar, method in zip(bars, methods):
             if method == CONTROL:
                 bar.set_facecolor("lightgray")
@@ -345,8 +355,8 @@ def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Pa
             layers = layers or [r["layer"] for r in own]
             steps = [r["step"] for r in own]
             mean = [r["mean"] for r in own]
-            low = [r["mean"] - r["std"] for r in own]
-            high = [r["mean"] + r["std"] for r in own]
+            low = [r["ci_low"] for r in own]
+            high = [r["ci_high"] for r in own]
             style = {"linestyle": "--", "color": "gray"} if method == CONTROL else {}
             (line,) = ax.plot(steps, mean, marker="o", label=method, **style)
             ax.fill_between(steps, low, high, alpha=0.08, color=line.get_color())
@@ -390,11 +400,11 @@ def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfi
                 cells = [check, metric]
                 for name in [method] + ([CONTROL] if control and method != CONTROL else []):
                     row = final.get((name, check, metric))
-                    cells.append("-" if row is None else f"{row['mean']:+.2f} ± {row['std']:.2f}")
+                    cells.append("-" if row is None else f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]")
                 table.add_row(*cells, end_section=metric == cfg.metrics[-1])
         console.print(table)
     images = max((r["n"] for r in rows), default=0)
-    console.print(f"(mean ± std over {images} images; step-by-step values in sanity.csv and the curve plots)")
+    console.print(f"(mean [{cfg.confidence_level:.0%} bootstrap interval] over {images} images; step-by-step values in sanity.csv and the curve plots)")
     console.print(NOT_SUFFICIENT)
 
 
@@ -496,7 +506,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             )
         )  # fmt: skip
 
-    rows = summary_rows(r for result in results for r in result.records)
+    rows = interval_rows((r for result in results for r in result.records), cfg.confidence_level)
     write_csv(rows, out / "sanity.csv")
     for result in results:
         for metric in cfg.metrics:

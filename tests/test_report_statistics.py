@@ -1,0 +1,119 @@
+"""report.md's statistics from a real ResultsStore: intervals, warnings, missing figures, the consistency table."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.plan import RunSpec
+from roar.benchmark.report import write_report
+from roar.benchmark.results import ResultsStore
+
+THRESHOLDS = (0.2, 0.6)
+SLOPE = {"gradient": 0.8, "random": 0.2}
+
+
+def _record(store: ResultsStore, method: str, mode: str, threshold: float, seed: int, acc: float, fill: str = "channel_mean", seconds: float = 3.0) -> None:
+    config = {"benchmark": {"protocol": {"fill": fill}}}  # where the runner records the protocol
+    store.record(RunSpec("digits", "small_cnn", method, mode, threshold, seed), status="done", test_acc=acc, epochs=2, seconds=seconds, config=config)
+
+
+def _roar_store(tmp_path, seeds: int, reference: float = 0.9, base: float | None = None) -> ResultsStore:
+    """A ROAR-only grid (``modes: [roar]``); ``base``: the base model's unmasked accuracy, as a noretrain reference row."""
+    store = ResultsStore(tmp_path / "results.db")
+    for s in range(seeds):
+        _record(store, "unmasked", "reference", 0.0, s, reference + 0.01 * s)
+        for method, slope in SLOPE.items():
+            for t in THRESHOLDS:
+                _record(store, method, "roar", t, s, reference - slope * t + 0.01 * s)
+    if base is not None:
+        _record(store, "unmasked", "noretrain", 0.0, 0, base, seconds=0.5)
+    return store
+
+
+def _warnings(report: str) -> list[str]:
+    if "## Warnings" not in report:
+        return []
+    return [line for line in report.split("## Warnings")[1].split("\n## ")[0].splitlines() if line.startswith("- ")]
+
+
+def test_two_seeds_roar_only_warns_and_embeds_only_drawn_figures(tmp_path):
+    store = _roar_store(tmp_path, seeds=2, reference=0.80, base=0.96)
+    paths = write_report(tmp_path, store, print_table=False)
+    report = paths["report"].read_text()
+    assert "| rank | method | AUC [95% CI] | Δ random [95% CI] | vs random | rank under resampling | points |" in report
+    warnings = _warnings(report)
+    assert len(warnings) == 2
+    assert "`roar (channel_mean)` on digits/small_cnn ran only 2 seeds" in warnings[0]
+    assert "retrained unmasked reference reaches 0.805" in warnings[1] and "base model 0.960 (the noretrain reference run): 15.5 points apart" in warnings[1]
+    # modes: [roar]: the kar and noretrain sections say so and embed no figure (the PNGs still exist, saying "no runs")
+    kar = report.split("## KAR")[1].split("\n## ")[0]
+    assert "No kar runs." in kar and "kar.png" not in report and "noretrain.png" not in report
+    assert "![roar curves](roar.png)" in report and paths["kar"].is_file()
+    # two seeds 0.01 apart at every point: the accuracy interval is their range
+    assert "| `gradient` | 0.805 [0.800, 0.810] (2) | 0.645 [0.640, 0.650] (2) | 0.325 [0.320, 0.330] (2) |" in report
+
+
+def test_one_seed_reports_undefined_intervals(tmp_path):
+    paths = write_report(tmp_path, _roar_store(tmp_path, seeds=1), print_table=False)
+    report = paths["report"].read_text()
+    [warning] = _warnings(report)
+    assert "ran 1 seed: no confidence interval exists" in warning
+    assert "| 1 | `gradient` | " in report and "[–] | undefined (1 seed) |" in report and "0.900 [–] (1)" in report
+    with paths["rankings"].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["gradient", "random"] and rows[0]["auc_low"] == "" and rows[0]["seeds"] == "1"
+    summary = paths["summary"].read_text().splitlines()
+    assert summary[0].endswith("n,ci_low,ci_high") and summary[1].endswith(",1,nan,nan")
+
+
+def test_three_seeds_no_warning_and_a_level_setting(tmp_path):
+    paths = write_report(tmp_path, _roar_store(tmp_path, seeds=3, base=0.91), print_table=False, level=0.8)
+    report = paths["report"].read_text()
+    assert _warnings(report) == [] and "## Warnings" not in report  # 3 seeds, reference 1 point from the base model
+    assert "AUC [80% CI]" in report and "80% percentile bootstrap interval" in report
+    assert "better than random" in report  # gradient's ROAR curve falls faster, the same amount on every seed
+    with pytest.raises(ValueError, match="confidence level 95 must be a number in \\(0, 1\\)"):
+        BenchmarkConfig(confidence_level=95).validate()
+    with pytest.raises(ValueError, match="bootstrap resamples 5 must be an integer >= 100"):
+        BenchmarkConfig(bootstrap_resamples=5).validate()
+
+
+def test_consistency_table_over_modes_and_fills(tmp_path):
+    """ROAR and KAR under the default fill agree; a second fill that reverses the order gets tau -1.
+
+    Today a run id names no fill, so the blur rows are written to a second store; the table groups rows by (mode, fill) wherever they come from.
+    """
+    store, blur = ResultsStore(tmp_path / "results.db"), ResultsStore(tmp_path / "blur" / "results.db")
+    slopes = {"gradient": 0.8, "integrated_gradients": 0.5, "random": 0.2}
+    for s in range(3):
+        _record(store, "unmasked", "reference", 0.0, s, 0.9 + 0.01 * s, seconds=10.0)
+        for method, slope in slopes.items():
+            for t in THRESHOLDS:
+                _record(store, method, "roar", t, s, 0.9 - slope * t + 0.01 * s, seconds=10.0)
+                _record(store, method, "kar", t, s, 0.9 - (1 - slope) * (1 - t) + 0.01 * s, seconds=10.0)
+                _record(blur, method, "roar", t, s, 0.9 - (1 - slope) * t + 0.01 * s, fill="blur", seconds=1.0)
+    paths = write_report(tmp_path, store.rows() + blur.rows(), print_table=False, config={"protocol": {"fill": "channel_mean"}})
+    table = json.loads(paths["consistency_json"].read_text())
+    assert [(e["name"], e["ranking"][0], e["seconds"], e["runs"]) for e in table["evaluations"]] == [
+        ("roar (channel_mean)", "gradient", 210.0, 21),  # 18 runs + the 3 shared reference runs at 10 s
+        ("roar (blur)", "random", 48.0, 21),  # 18 runs at 1 s + the reference
+        ("kar (channel_mean)", "gradient", 210.0, 21),
+    ]
+    tau = {(p["evaluation_a"], p["evaluation_b"]): p["kendall_tau_b"] for p in table["pairs"]}
+    assert tau == {
+        ("roar (channel_mean)", "roar (blur)"): pytest.approx(-1.0),
+        ("roar (channel_mean)", "kar (channel_mean)"): pytest.approx(1.0),
+        ("roar (blur)", "kar (channel_mean)"): pytest.approx(-1.0),
+    }
+    with paths["consistency"].open(newline="") as f:
+        assert [float(r["kendall_tau_b"]) for r in csv.DictReader(f)] == pytest.approx([-1.0, 1.0, -1.0])
+    report = paths["report"].read_text()
+    section = report.split("## Consistency between evaluations")[1]
+    assert "| `roar (blur)` | lower | 3 | 21 | 48.0 s | `random` > `integrated_gradients` > `gradient` |" in section
+    assert "| `roar (channel_mean)` | +1.00 | -1.00 | +1.00 |" in section
+    # each fill has its own ROAR table
+    assert "### digits / small_cnn, fill `blur`" in report.split("## KAR")[0]
