@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from roar.benchmark.evaluations import analyse, evaluations, lower_is_better, row_fill
-from roar.benchmark.statistics import (
+from roar.statistics import (
     IntervalUndefinedWarning,
     bootstrap_mean,
     check_level,

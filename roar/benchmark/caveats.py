@@ -2,7 +2,7 @@
 
 * **Too few seeds.** Hooker et al. (NeurIPS 2019) retrain every point five times; a percentile
   bootstrap over two seeds is only their min and max, and over one seed no interval exists. A
-  report of fewer than :data:`~roar.benchmark.statistics.MIN_SEEDS` seeds per retraining
+  report of fewer than :data:`~roar.statistics.MIN_SEEDS` seeds per retraining
   evaluation says so.
 * **A reference that does not match the base model.** The retrained unmasked reference (the
   start of every ROAR curve) is trained with the retraining settings; the base model, whose
@@ -21,7 +21,7 @@ from typing import Any
 
 from roar.benchmark.evaluations import Evaluation
 from roar.benchmark.plan import REFERENCE_METHOD, REFERENCE_MODE
-from roar.benchmark.statistics import MIN_SEEDS
+from roar.statistics import MIN_SEEDS
 
 REFERENCE_GAP = 0.05  # test accuracy: 5 points
 

@@ -205,7 +205,7 @@ class BenchmarkConfig:
         check_arch(self.model.get("arch", "small_cnn"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
-        from roar.benchmark.statistics import check_level, check_resamples
+        from roar.statistics import check_level, check_resamples
 
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)

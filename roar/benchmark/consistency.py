@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.evaluations import Evaluation, MethodResult
-from roar.benchmark.statistics import kendall_tau_b
+from roar.statistics import kendall_tau_b
 
 PAIR_COLUMNS = ("dataset", "model", "evaluation_a", "evaluation_b", "kendall_tau_b", "methods", "seconds_a", "seconds_b")
 RANKING_COLUMNS = (

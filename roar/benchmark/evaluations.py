@@ -9,7 +9,7 @@ at the unmasked accuracy), so that every statistic can resample seeds *jointly* 
 :func:`analyse` gives each method its area under the mean curve with a percentile bootstrap
 interval over seeds, its paired difference from ``random`` (same resampled seeds for both, so
 "not distinguishable from random" is a paired test), its rank and how often it keeps each rank
-under resampling (:mod:`roar.benchmark.statistics`).
+under resampling (:mod:`roar.statistics`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from roar.benchmark.plan import MODES, REFERENCE_METHOD, REFERENCE_MODE
-from roar.benchmark.statistics import (
+from roar.statistics import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
     DEFAULT_SEED,

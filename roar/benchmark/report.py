@@ -43,7 +43,7 @@ from roar.benchmark.caveats import caveats
 from roar.benchmark.evaluations import DEFAULT_FILL, Evaluation, MethodResult, analyse, evaluations
 from roar.benchmark.plan import MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, RunSpec
 from roar.benchmark.results import ResultsStore, write_csv
-from roar.benchmark.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
+from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
 
 # ci_low, ci_high: the percentile bootstrap interval of the mean over seeds (NaN with one seed)
 SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "mean", "std", "n", "ci_low", "ci_high")

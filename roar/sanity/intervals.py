@@ -2,7 +2,7 @@
 
 A similarity in ``sanity.csv`` is a mean over a few dozen explained images (Adebayo et al.,
 NeurIPS 2018, average over their test images too). Its percentile bootstrap interval, from the
-same seeded code as the benchmark's (:mod:`roar.benchmark.statistics`), says whether "this method's
+same seeded code as the benchmark's (:mod:`roar.statistics`), says whether "this method's
 maps changed more than the ``noise`` control's" is a difference or an accident of the images chosen.
 When the same (method, check, step, metric) was measured under several randomisation seeds, the
 values are stacked ``(seeds, images)`` and resampled two-way, so both sources of variation count.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from roar.benchmark.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
+from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
 from roar.sanity.maps import SimilarityRecord
 
 

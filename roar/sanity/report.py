@@ -55,7 +55,7 @@ from roar.sanity.maps import (
     model_randomization,
     select_batch,
 )
-from roar.benchmark.statistics import check_level
+from roar.statistics import check_level
 from roar.sanity.intervals import interval_rows
 from roar.sanity.randomization import ORDERS
 
