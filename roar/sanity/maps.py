@@ -48,12 +48,14 @@ from roar.attribution import TARGETS, AttributionMethod, get_method, resolve_tar
 from roar.attribution.registry import accepted_params, needs_model, resolved_params
 from roar.sanity.batched import can_stack, snapshot, stacked_explain
 from roar.sanity.randomization import ORDERS, randomization_steps
+from roar.sanity.revisited import EMPRT, SMPRT, Smoothing
 from roar.sanity.settings import SanitySettings, as_settings
 from roar.sanity.similarity import aggregate_channels, compare_maps, list_metrics, normalize_maps
 
 DATA_CHECK = "data"
-CHECKS = (*ORDERS, DATA_CHECK)
-"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, then ``data``."""
+CHECKS = (*ORDERS, DATA_CHECK, SMPRT, EMPRT)
+"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, ``data``,
+then sMPRT and eMPRT (Hedström et al. 2023)."""
 
 DATA_LAYER = "permuted_labels"
 """The ``layer`` of the data-randomisation row: the whole model, trained on permuted labels."""
@@ -377,6 +379,7 @@ def model_randomization(
     keep_maps: bool = False,
     settings: SanitySettings | Mapping[str, Any] | None = None,
     stack: int = DEFAULT_STACK,
+    smoothing: Smoothing | None = None,
 ) -> CheckResult:
     """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
 
@@ -405,6 +408,8 @@ def model_randomization(
         settings: batch-norm randomisation, map normalisation and channel reduction
             (:class:`~roar.sanity.settings.SanitySettings`), recorded in every row.
         stack: how many steps' models to explain in one batched call (1: one by one).
+        smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
+            map is the mean over noisy copies of the input; the result's check is ``smprt``.
 
     Returns:
         A :class:`CheckResult` with steps ``0 .. number of layer groups``.
@@ -438,6 +443,8 @@ def model_randomization(
                 # The steps mutate one copy; build the methods once on it, so the noise control
                 # keeps drawing from one stream instead of repeating its first draw.
                 built, bound_to = build_methods(step.model, methods, method_params, seed), step.model
+                if smoothing is not None:
+                    built = smoothing.wrap(built, method_params, seed)
                 stacked = [n for n in methods if stack > 1 and can_stack(built[n])]
             if step.step == 0:
                 if target is None:
@@ -454,14 +461,15 @@ def model_randomization(
         if pending:
             flush()
         # A deterministic stacked method's step-0 map is its reference (one by one, the two are equal).
-        reference.update({name: maps[0][name] for name in stacked})
+        reference = {name: reference[name] if name in reference else maps[0][name] for name in methods}
+        check = order if smoothing is None else SMPRT
         records: list[SimilarityRecord] = []
         for step_number, layer in enumerate(layers):
-            records += _records(order, step_number, layer, compare(reference, maps[step_number], metrics, settings), settings)
+            records += _records(check, step_number, layer, compare(reference, maps[step_number], metrics, settings), settings)
         kept = None
         if keep_maps:
             kept = {name: [(reference if k == 0 else maps[k])[name].cpu() for k in range(len(layers))] for name in methods}
-    return CheckResult(order, layers, records, target.detach().cpu(), kept)
+    return CheckResult(check, layers, records, target.detach().cpu(), kept)
 
 
 def data_randomization(
