@@ -91,7 +91,7 @@ def test_stack_setting_leaves_every_similarity_unchanged(trained, batch):
         for a, b in zip(runs[1].records, runs[k].records):
             if a.method != "noise":
                 torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="stack must be a positive integer.*got 0"):
+    with pytest.raises(ValueError, match="stack must be .auto. or a positive integer.*got 0"):
         model_randomization(trained, images, "cascading", methods, stack=0)
 
 

@@ -97,10 +97,17 @@ def check_orders(orders: Iterable[str] | str) -> list[str]:
     return _names("orders", orders, ORDERS)
 
 
-def check_stack(stack: Any) -> int:
-    """``stack``: a positive integer, the models explained per batched call (1: one by one)."""
+def check_stack(stack: Any, device: torch.device | str | None = None) -> int | str:
+    """``stack``: ``auto`` or a positive integer, the models explained per batched call (1: one by one).
+
+    With a ``device``, ``auto`` resolves to :data:`DEFAULT_STACK` on CUDA and to 1 on a CPU,
+    where the work is compute-bound and the batched call was measured no faster
+    (``benchmarks/sanity_mprt.py``).
+    """
+    if stack == "auto":
+        return stack if device is None else (DEFAULT_STACK if torch.device(device).type == "cuda" else 1)
     if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
-        raise ValueError(f"stack must be a positive integer (models per batched call; 1 = one by one), got {stack!r}")
+        raise ValueError(f"stack must be 'auto' or a positive integer (models per batched call; 1 = one by one), got {stack!r}")
     return int(stack)
 
 
@@ -378,7 +385,7 @@ def model_randomization(
     seed: int = 0,
     keep_maps: bool = False,
     settings: SanitySettings | Mapping[str, Any] | None = None,
-    stack: int = DEFAULT_STACK,
+    stack: int | str = "auto",
     smoothing: Smoothing | None = None,
 ) -> CheckResult:
     """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
@@ -407,7 +414,8 @@ def model_randomization(
         keep_maps: keep every step's maps (on the CPU) for figures.
         settings: batch-norm randomisation, map normalisation and channel reduction
             (:class:`~roar.sanity.settings.SanitySettings`), recorded in every row.
-        stack: how many steps' models to explain in one batched call (1: one by one).
+        stack: how many steps' models to explain in one batched call (1: one by one; ``auto``:
+            :data:`DEFAULT_STACK` on CUDA, 1 on a CPU; see :func:`check_stack`).
         smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
             map is the mean over noisy copies of the input; the result's check is ``smprt``.
 
@@ -418,7 +426,7 @@ def model_randomization(
     metrics = check_metrics(metrics)
     check_orders(order)
     settings = as_settings(settings)
-    stack = check_stack(stack)
+    stack = check_stack(stack, images.device)
     # Lightning runs validation hooks in inference mode; maps need autograd, and every copy
     # made here must hold ordinary tensors.
     with torch.inference_mode(False), torch.enable_grad():

@@ -46,6 +46,7 @@ from roar.sanity.maps import (
     check_methods,
     check_metrics,
     check_orders,
+    check_stack,
     check_target,
     data_randomization,
     explained_network,
@@ -118,7 +119,8 @@ class SanityReportConfig:
         batchnorm, normalization, reduction: protocol details, recorded in every row (see
             :mod:`roar.sanity.settings`): ``reset``/``keep_stats``, ``minmax``/``percentile``,
             ``sum_abs``/``abs_sum``.
-        stack: randomised models explained per batched call (1: one by one; same maps).
+        stack: randomised models explained per batched call (1: one by one; ``auto``: 8 on CUDA,
+            1 on a CPU; the maps are the same either way).
         smprt: also run sMPRT (Hedström et al. 2023): ``smprt_order`` randomisation with maps
             averaged over ``smprt_samples`` noisy copies at ``smprt_noise`` x the input range.
         emprt: also run eMPRT (Hedström et al. 2023): the rise in map entropy (``emprt_bins``
@@ -148,7 +150,7 @@ class SanityReportConfig:
     batchnorm: Literal["reset", "keep_stats"] = "reset"
     normalization: Literal["minmax", "percentile"] = "minmax"
     reduction: Literal["sum_abs", "abs_sum"] = "sum_abs"
-    stack: int = 8
+    stack: int | Literal["auto"] = "auto"
     smprt: bool = False
     smprt_samples: int = 50
     smprt_noise: float = 0.1
@@ -178,7 +180,8 @@ class SanityReportConfig:
         # An unknown batchnorm, normalization or reduction, or a bad sMPRT setting, fails here, naming the choices.
         _ = self.settings, self.smoothing
         check_orders(self.smprt_order)
-        for name in ("epochs", "permuted_epochs", "num_images", "stack", "emprt_bins"):
+        check_stack(self.stack)
+        for name in ("epochs", "permuted_epochs", "num_images", "emprt_bins"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
