@@ -299,7 +299,7 @@ class ModelRandomizationCheck(SanityCheckCallback):
             al.'s code); see :mod:`roar.sanity.settings`.
         normalization: ``minmax`` (default) or ``percentile`` (99th-percentile clip) before SSIM/HOG.
         reduction: ``sum_abs`` (sum of ``|a|`` over channels, default) or ``abs_sum`` (``|sum a|``).
-        stack: randomised models explained per batched call (``auto``: 8 on CUDA, 1 on a CPU).
+        stack: randomised models explained per batched call (``auto``: 8 for a small model on CUDA, else 1).
     """
 
     def __init__(

@@ -217,3 +217,13 @@ def test_mprt_smprt_and_emprt_agree_with_quantus(shared_weights_model):
     ours = efficient_mprt(model, x, ["gradient"], n_bins=100, target=t)
     rise = next(r for r in ours.records if r.metric == "complexity_rise")
     np.testing.assert_allclose(rise.values.numpy(), emprt, atol=1e-6)
+
+
+def test_auto_stack_is_one_model_at_a_time_on_a_cpu(trained, batch):
+    from roar.sanity.maps import resolve_stack
+
+    network = explained_network(trained)
+    assert resolve_stack("auto", network, batch[0]) == 1
+    assert resolve_stack(4, network, batch[0]) == 4
+    with pytest.raises(ValueError, match="stack must be 'auto' or a positive integer.*'eight'"):
+        resolve_stack("eight", network, batch[0])

@@ -36,7 +36,7 @@ from roar.attribution.gradients import Gradient, InputXGradient, IntegratedGradi
 
 State = dict[str, Tensor]
 
-MAX_ROWS = 4096
+MAX_ROWS = 2048
 """Most input rows (summed over the K models) given to one vmapped call: bounds memory."""
 
 

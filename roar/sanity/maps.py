@@ -97,18 +97,25 @@ def check_orders(orders: Iterable[str] | str) -> list[str]:
     return _names("orders", orders, ORDERS)
 
 
-def check_stack(stack: Any, device: torch.device | str | None = None) -> int | str:
-    """``stack``: ``auto`` or a positive integer, the models explained per batched call (1: one by one).
-
-    With a ``device``, ``auto`` resolves to :data:`DEFAULT_STACK` on CUDA and to 1 on a CPU,
-    where the work is compute-bound and the batched call was measured no faster
-    (``benchmarks/sanity_mprt.py``).
-    """
+def check_stack(stack: Any) -> int | str:
+    """``stack``: ``auto`` or a positive integer, the models explained per batched call (1: one by one)."""
     if stack == "auto":
-        return stack if device is None else (DEFAULT_STACK if torch.device(device).type == "cuda" else 1)
+        return stack
     if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
         raise ValueError(f"stack must be 'auto' or a positive integer (models per batched call; 1 = one by one), got {stack!r}")
     return int(stack)
+
+
+def resolve_stack(stack: int | str, network: nn.Module, images: Tensor) -> int:
+    """``auto``: :data:`DEFAULT_STACK` for a small model (at most 12M parameters, images at most
+    64 px) on CUDA, where one such model leaves the device idle; else 1. On a CPU the work is
+    compute-bound and the batched call was measured no faster (``benchmarks/sanity_mprt.py``);
+    a large model's K stacked copies and their activations would cost K times the memory.
+    """
+    if stack != "auto":
+        return check_stack(stack)
+    small = sum(p.numel() for p in network.parameters()) <= 12_000_000 and max(images.shape[-2:]) <= 64
+    return DEFAULT_STACK if images.device.type == "cuda" and small else 1
 
 
 def check_target(target: str) -> str:
@@ -415,7 +422,7 @@ def model_randomization(
         settings: batch-norm randomisation, map normalisation and channel reduction
             (:class:`~roar.sanity.settings.SanitySettings`), recorded in every row.
         stack: how many steps' models to explain in one batched call (1: one by one; ``auto``:
-            :data:`DEFAULT_STACK` on CUDA, 1 on a CPU; see :func:`check_stack`).
+            :data:`DEFAULT_STACK` for a small model on CUDA, else 1; see :func:`resolve_stack`).
         smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
             map is the mean over noisy copies of the input; the result's check is ``smprt``.
 
@@ -426,7 +433,7 @@ def model_randomization(
     metrics = check_metrics(metrics)
     check_orders(order)
     settings = as_settings(settings)
-    stack = check_stack(stack, images.device)
+    check_stack(stack)
     # Lightning runs validation hooks in inference mode; maps need autograd, and every copy
     # made here must hold ordinary tensors.
     with torch.inference_mode(False), torch.enable_grad():
@@ -445,7 +452,9 @@ def model_randomization(
                     maps[step_number][name] = step_maps
             pending.clear()
 
-        steps = randomization_steps(explained_network(model), order, seed, include_original=True, batchnorm=settings.batchnorm)
+        network = explained_network(model)
+        stack = resolve_stack(stack, network, images)
+        steps = randomization_steps(network, order, seed, include_original=True, batchnorm=settings.batchnorm)
         for step in steps:
             if step.model is not bound_to:
                 # The steps mutate one copy; build the methods once on it, so the noise control

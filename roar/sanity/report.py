@@ -119,8 +119,8 @@ class SanityReportConfig:
         batchnorm, normalization, reduction: protocol details, recorded in every row (see
             :mod:`roar.sanity.settings`): ``reset``/``keep_stats``, ``minmax``/``percentile``,
             ``sum_abs``/``abs_sum``.
-        stack: randomised models explained per batched call (1: one by one; ``auto``: 8 on CUDA,
-            1 on a CPU; the maps are the same either way).
+        stack: randomised models explained per batched call (1: one by one; ``auto``: 8 for a small
+            model on CUDA, else 1; the maps are the same either way).
         smprt: also run sMPRT (Hedström et al. 2023): ``smprt_order`` randomisation with maps
             averaged over ``smprt_samples`` noisy copies at ``smprt_noise`` x the input range.
         emprt: also run eMPRT (Hedström et al. 2023): the rise in map entropy (``emprt_bins``
