@@ -44,6 +44,7 @@ FIGURES: dict[str, tuple[int, str]] = {
     "store": (4, "benchmarks.store_memory"),
     "sanity": (5, "benchmarks.sanity_cost"),
     "grid": (6, "benchmarks.grid"),
+    "mprt": (7, "benchmarks.sanity_mprt"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}

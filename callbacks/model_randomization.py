@@ -42,6 +42,7 @@ from roar.sanity.maps import (
     check_methods,
     check_metrics,
     check_orders,
+    check_stack,
     check_target,
     explained_network,
     figure_array,
@@ -50,6 +51,7 @@ from roar.sanity.maps import (
     select_batch,
 )
 from roar.sanity.randomization import describe_layers
+from roar.sanity.settings import SanitySettings
 
 Order = Literal["cascading", "independent", "bottom_up"]
 Target = Literal["predicted", "label"]
@@ -293,6 +295,11 @@ class ModelRandomizationCheck(SanityCheckCallback):
         method_params: optional ``{method: {param: value}}``.
         seed: seeds the images, the re-initialisation and the random methods.
         target: ``predicted`` (the current model's class, fixed across steps) or ``label``.
+        batchnorm: ``reset`` (running statistics too, the default) or ``keep_stats`` (Adebayo et
+            al.'s code); see :mod:`roar.sanity.settings`.
+        normalization: ``minmax`` (default) or ``percentile`` (99th-percentile clip) before SSIM/HOG.
+        reduction: ``sum_abs`` (sum of ``|a|`` over channels, default) or ``abs_sum`` (``|sum a|``).
+        stack: randomised models explained per batched call (``auto``: 8 for a small model on CUDA, else 1).
     """
 
     def __init__(
@@ -306,8 +313,14 @@ class ModelRandomizationCheck(SanityCheckCallback):
         method_params: Mapping[str, Mapping[str, Any]] | None = None,
         seed: int = 0,
         target: Target = "predicted",
+        batchnorm: Literal["reset", "keep_stats"] = "reset",
+        normalization: Literal["minmax", "percentile"] = "minmax",
+        reduction: Literal["sum_abs", "abs_sum"] = "sum_abs",
+        stack: int | Literal["auto"] = "auto",
     ) -> None:
         super().__init__(methods, metrics, num_images, every_n_epochs, log_images, method_params, seed, target)
+        self.settings = SanitySettings(batchnorm, normalization, reduction)
+        self.stack = check_stack(stack)
         self.order = check_orders(order)[0] if isinstance(order, str) else None
         if self.order is None:
             raise ValueError(f"order must be one string, got {order!r}; add one callback per order")
@@ -333,6 +346,8 @@ class ModelRandomizationCheck(SanityCheckCallback):
                 method_params=self.method_params,
                 seed=self.seed,
                 keep_maps=self.log_images,
+                settings=self.settings,
+                stack=self.stack,
             )
         ]
 

@@ -359,6 +359,10 @@ def test_ddp_two_cpu_processes_finish_and_only_rank_zero_logs(tmp_path):
         ({"target": "true"}, ["'true'", "predicted", "label"]),
         ({"num_images": 0}, ["num_images", "0"]),
         ({"method_params": {"integrated_gradients": {"steps": 3}}, "methods": ["integrated_gradients"]}, ["'steps'", "n_steps"]),
+        ({"batchnorm": "frozen"}, ["'frozen'", "reset", "keep_stats"]),
+        ({"normalization": "zscore"}, ["'zscore'", "minmax", "percentile"]),
+        ({"reduction": "max"}, ["'max'", "sum_abs", "abs_sum"]),
+        ({"stack": 0}, ["stack", "auto", "0"]),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, words):
@@ -372,3 +376,14 @@ def test_missing_reference_checkpoint_fails_at_construction(tmp_path):
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         DataRandomizationCheck(reference_checkpoint=str(missing))
+
+
+def test_randomisation_settings_reach_every_result_row(trained, digits):
+    check = ModelRandomizationCheck(methods=["gradient"], metrics=["ssim"], batchnorm="keep_stats", normalization="percentile", reduction="abs_sum")
+    images, _, indices = select_batch(digits.split_dataset("val"), 4, seed=0)
+    (result,) = check.compute(None, trained, images, None, indices)
+    rows = [record.row() for record in result.records]
+    assert len(rows) == 6 and all((r["batchnorm"], r["normalization"], r["reduction"]) == ("keep_stats", "percentile", "abs_sum") for r in rows)
+    plain = ModelRandomizationCheck(methods=["gradient"], metrics=["ssim"]).compute(None, trained, images, None, indices)[0]
+    assert plain.records[-1].row()["normalization"] == "minmax"
+    assert plain.records[-1].mean != pytest.approx(result.records[-1].mean)

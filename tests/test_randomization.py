@@ -238,3 +238,36 @@ def test_errors():
         reinitialize_(Scale(), generator_seed=0)
     with pytest.raises(ValueError, match="reset_parameters"):
         randomization_steps(nn.Sequential(nn.Linear(2, 2), Scale()), "cascading")
+
+
+def test_keep_stats_keeps_the_trained_running_statistics():
+    """Adebayo et al.'s code re-initialises trainable variables only: the running statistics stay."""
+    bn = _trained_like(nn.BatchNorm2d(4))
+    trained = {k: v.clone() for k, v in bn.state_dict().items()}
+    reinitialize_(bn, generator_seed=0, batchnorm="keep_stats")
+    assert torch.equal(bn.weight, torch.ones(4)) and torch.equal(bn.bias, torch.zeros(4))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(bn, name), trained[name])
+
+
+@pytest.mark.parametrize("batchnorm", ["reset", "keep_stats"])
+def test_batchnorm_setting_through_a_whole_cascade(resnet18, batchnorm):
+    trained = _snapshot(resnet18)
+    stats = [k for k in trained if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    *_, last = randomization_steps(resnet18, "cascading", seed=0, batchnorm=batchnorm)
+    state = last.model.state_dict()
+    for key in stats:
+        if batchnorm == "keep_stats":
+            assert torch.equal(state[key], trained[key]), key
+        else:
+            assert torch.equal(state[key], torch.zeros_like(state[key]) if "mean" in key else torch.ones_like(state[key])), key
+    weights = [k for k in trained if k.endswith("weight")]
+    assert all(not torch.equal(state[k], trained[k]) for k in weights)
+
+
+def test_unknown_batchnorm_mode_names_the_choices(small_cnn):
+    with pytest.raises(ValueError, match="unknown batchnorm 'frozen'; valid choices: reset, keep_stats"):
+        randomization_steps(small_cnn, "cascading", batchnorm="frozen")
+    with pytest.raises(ValueError, match="unknown batchnorm 'frozen'"):
+        reinitialize_(nn.BatchNorm2d(2), generator_seed=0, batchnorm="frozen")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
@@ -176,3 +177,33 @@ def test_a_fit_config_composes_with_the_sanity_section(capsys):
         parse_config(["--config", CONFIG, "--sanity.num_imgs", "3"])
     err = capsys.readouterr().err
     assert "num_imgs" in err and "num_images" in err, "a misspelled key names the valid ones"
+
+
+def test_settings_smprt_and_emprt_rows(report, tmp_path):
+    """Every row records batchnorm, normalization and reduction; sMPRT and eMPRT add their rows."""
+    out = tmp_path / "revisited"
+    shutil.copytree(report[0], out)
+    extra = ["--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.batchnorm", "keep_stats", "--sanity.normalization", "percentile",
+             "--sanity.reduction", "abs_sum", "--sanity.smprt", "true", "--sanity.smprt_samples", "3", "--sanity.emprt", "true", "--sanity.emprt_bins", "20"]  # fmt: skip
+    status, printed = _run(_tiny(out, *extra))
+    assert status == 0 and "eMPRT" in printed
+    rows = read_csv(out / "sanity.csv")
+    assert all((r["batchnorm"], r["normalization"], r["reduction"]) == ("keep_stats", "percentile", "abs_sum") for r in rows)
+    assert {r["check"] for r in rows} == {"cascading", "smprt", "emprt"}
+    methods = [*METHODS, "noise"]
+    smprt = [r for r in rows if r["check"] == "smprt"]
+    assert sorted({(r["step"], r["layer"]) for r in smprt}) == list(enumerate(LAYERS))
+    assert len(smprt) == len(methods) * len(METRICS) * len(LAYERS)
+    emprt = {(r["method"], r["step"], r["metric"]): r["mean"] for r in rows if r["check"] == "emprt"}
+    assert set(emprt) == {(m, s, k) for m in methods for s, k in [(0, "entropy"), (1, "entropy"), (1, "complexity_rise")]}
+    assert all(0 < emprt[m, s, "entropy"] <= np.log(20) + 1e-9 for m in methods for s in (0, 1))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("batchnorm", "frozen"), ("normalization", "zscore"), ("reduction", "max")],
+)
+def test_bad_sanity_settings_fail_before_training(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"unknown {field} '{value}'; valid choices"):
+        run_report(SanityReportConfig(**{field: value}), tmp_path / "never")
+    assert not (tmp_path / "never").exists()

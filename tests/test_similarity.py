@@ -22,11 +22,13 @@ from roar.sanity.similarity import (
     hog_cell,
     list_metrics,
     normalize_maps,
+    percentile_normalize,
     spearman,
     spearman_abs,
     ssim,
     ssim_window,
 )
+from roar.sanity.settings import SanitySettings
 
 
 def _tied_maps(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,3 +197,55 @@ def test_compare_maps_returns_every_metric():
     assert list(compare_maps(a, b, ["hog"])) == ["hog"]
     with pytest.raises(ValueError, match="unknown similarity metric 'nope'.*valid: spearman"):
         compare_maps(a, b, ["nope"])
+
+
+# ----------------------------------------------------------------------------- settings (issue 13)
+
+
+def test_percentile_normalize_matches_adebayo_abs_grayscale_norm_by_hand():
+    """``clip((x - min) / (p99 - min), 0, 1)``: for 0..99, p99 (linear) = 98.01."""
+    values = torch.arange(100, dtype=torch.float64).reshape(1, 10, 10)
+    out = percentile_normalize(values)
+    assert out[0, 0, 0].item() == 0.0
+    assert out[0, 5, 0].item() == pytest.approx(50 / 98.01)
+    assert out[0, 9, 8].item() == pytest.approx(98 / 98.01)
+    assert out[0, 9, 9].item() == 1.0  # 99 > p99: clipped
+    assert torch.equal(percentile_normalize(torch.full((2, 3, 3), 4.0)), torch.zeros(2, 3, 3))
+
+
+def test_channel_reduction_sum_of_abs_or_abs_of_sum():
+    maps = torch.tensor([[[[1.0, 2.0]], [[-1.0, 3.0]]]])  # (1, 2 channels, 1, 2)
+    assert aggregate_channels(maps, absolute=True).tolist() == [[[2.0, 5.0]]]
+    assert aggregate_channels(maps, absolute=True, reduction="abs_sum").tolist() == [[[0.0, 5.0]]]
+    assert aggregate_channels(maps, absolute=False, reduction="abs_sum").tolist() == [[[0.0, 5.0]]]
+    # Channels that cancel: identical under abs_sum only where the signed sums agree.
+    a = torch.tensor([[[[1.0, 0.0, 2.0]], [[-1.0, 1.0, 0.0]]]])
+    b = torch.tensor([[[[0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0]]]])
+    assert spearman_abs(a, b, reduction="abs_sum").item() == pytest.approx(1.0)
+    assert spearman_abs(a, b).item() < 1.0
+
+
+def test_percentile_normalisation_changes_ssim_with_an_outlier():
+    """One extreme pixel squashes a min-max map; the 99th-percentile clip keeps its structure."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 1, 16, 16, generator=g)
+    spiky = base.clone()
+    spiky[0, 0, 3, 3] = 1000.0
+    minmax = ssim(base, spiky).item()
+    clipped = ssim(base, spiky, normalization="percentile").item()
+    assert minmax < 0.1 < 0.5 < clipped
+    expected = compare_maps(base, spiky, ["ssim", "hog"], normalization="percentile")
+    assert expected["ssim"].item() == pytest.approx(clipped)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"normalization": "zscore"}, "unknown normalization 'zscore'; valid choices: minmax, percentile"),
+     ({"reduction": "max"}, "unknown reduction 'max'; valid choices: sum_abs, abs_sum")],
+)  # fmt: skip
+def test_unknown_map_settings_name_the_choices(kwargs, words):
+    maps = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=words):
+        compare_maps(maps, maps, ["spearman"], **kwargs)
+    with pytest.raises(ValueError, match=words):
+        SanitySettings(**kwargs)

@@ -1,7 +1,9 @@
 """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018; Binder et al., arXiv 2211.12486).
 
 Pure parts: :mod:`roar.sanity.similarity` compares batches of maps, :mod:`roar.sanity.randomization`
-randomises copies of a model layer group by layer group. The Lightning callbacks live in
+randomises copies of a model layer group by layer group, :mod:`roar.sanity.settings` holds the
+protocol details the papers differ on, :mod:`roar.sanity.batched` explains several randomised
+copies in one call, and :mod:`roar.sanity.revisited` adds sMPRT and eMPRT (Hedström et al. 2023). The Lightning callbacks live in
 the top-level ``callbacks`` package.
 """
 
@@ -14,6 +16,7 @@ from roar.sanity.randomization import (
     randomization_steps,
     reinitialize_,
 )
+from roar.sanity.settings import SanitySettings
 from roar.sanity.similarity import (
     SIMILARITY_METRICS,
     aggregate_channels,
@@ -22,6 +25,7 @@ from roar.sanity.similarity import (
     hog,
     list_metrics,
     normalize_maps,
+    percentile_normalize,
     spearman,
     spearman_abs,
     ssim,
@@ -32,6 +36,7 @@ __all__ = [
     "SIMILARITY_METRICS",
     "LayerGroup",
     "RandomizationStep",
+    "SanitySettings",
     "aggregate_channels",
     "compare_maps",
     "describe_layers",
@@ -40,6 +45,7 @@ __all__ = [
     "layer_groups",
     "list_metrics",
     "normalize_maps",
+    "percentile_normalize",
     "randomization_steps",
     "reinitialize_",
     "spearman",

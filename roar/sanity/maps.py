@@ -46,12 +46,16 @@ from torch.utils.data import Dataset
 
 from roar.attribution import TARGETS, AttributionMethod, get_method, resolve_target
 from roar.attribution.registry import accepted_params, needs_model, resolved_params
+from roar.sanity.batched import can_stack, snapshot, stacked_explain
 from roar.sanity.randomization import ORDERS, randomization_steps
+from roar.sanity.revisited import EMPRT, SMPRT, Smoothing
+from roar.sanity.settings import SanitySettings, as_settings
 from roar.sanity.similarity import aggregate_channels, compare_maps, list_metrics, normalize_maps
 
 DATA_CHECK = "data"
-CHECKS = (*ORDERS, DATA_CHECK)
-"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, then ``data``."""
+CHECKS = (*ORDERS, DATA_CHECK, SMPRT, EMPRT)
+"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, ``data``,
+then sMPRT and eMPRT (Hedström et al. 2023)."""
 
 DATA_LAYER = "permuted_labels"
 """The ``layer`` of the data-randomisation row: the whole model, trained on permuted labels."""
@@ -60,6 +64,8 @@ CONTROL = "noise"
 """The control of Binder et al. (2022): i.i.d. Gaussian maps that never read the model."""
 
 DEFAULT_METHODS = ("gradient", "guided_backprop", CONTROL)
+DEFAULT_STACK = 8
+"""Randomised models explained together by the batched path (bounds the memory of the kept weights)."""
 DEFAULT_METRICS = ("spearman", "spearman_abs", "ssim", "hog")
 
 
@@ -89,6 +95,27 @@ def check_metrics(metrics: Iterable[str] | str) -> list[str]:
 def check_orders(orders: Iterable[str] | str) -> list[str]:
     """The randomisation orders, checked against :data:`roar.sanity.randomization.ORDERS`."""
     return _names("orders", orders, ORDERS)
+
+
+def check_stack(stack: Any) -> int | str:
+    """``stack``: ``auto`` or a positive integer, the models explained per batched call (1: one by one)."""
+    if stack == "auto":
+        return stack
+    if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
+        raise ValueError(f"stack must be 'auto' or a positive integer (models per batched call; 1 = one by one), got {stack!r}")
+    return int(stack)
+
+
+def resolve_stack(stack: int | str, network: nn.Module, images: Tensor) -> int:
+    """``auto``: :data:`DEFAULT_STACK` for a small model (at most 12M parameters, images at most
+    64 px) on CUDA, where one such model leaves the device idle; else 1. On a CPU the work is
+    compute-bound and the batched call was measured no faster (``benchmarks/sanity_mprt.py``);
+    a large model's K stacked copies and their activations would cost K times the memory.
+    """
+    if stack != "auto":
+        return check_stack(stack)
+    small = sum(p.numel() for p in network.parameters()) <= 12_000_000 and max(images.shape[-2:]) <= 64
+    return DEFAULT_STACK if images.device.type == "cuda" and small else 1
 
 
 def check_target(target: str) -> str:
@@ -240,10 +267,11 @@ def explain(
 
 
 def compare(
-    reference: Mapping[str, Tensor], maps: Mapping[str, Tensor], metrics: Sequence[str]
+    reference: Mapping[str, Tensor], maps: Mapping[str, Tensor], metrics: Sequence[str], settings: SanitySettings | None = None
 ) -> dict[str, dict[str, Tensor]]:
     """``{method: {metric: (B,) similarity}}`` between reference maps and other maps, per method."""
-    return {name: compare_maps(reference[name], maps[name], metrics) for name in reference}
+    options = as_settings(settings).map_options
+    return {name: compare_maps(reference[name], maps[name], metrics, **options) for name in reference}
 
 
 def fixed_target(model: nn.Module, images: Tensor, labels: Tensor | None = None, target: str = "predicted") -> Tensor:
@@ -275,6 +303,7 @@ class SimilarityRecord:
             for the data check.
         metric: similarity metric name.
         values: ``(B,)`` similarities, one per image, on the CPU.
+        settings: the protocol details (:class:`~roar.sanity.settings.SanitySettings`).
     """
 
     method: str
@@ -283,6 +312,7 @@ class SimilarityRecord:
     layer: str
     metric: str
     values: Tensor = field(repr=False)
+    settings: SanitySettings = field(default_factory=SanitySettings)
 
     @property
     def n(self) -> int:
@@ -298,7 +328,7 @@ class SimilarityRecord:
         return float(self.values.double().std()) if self.n > 1 else 0.0
 
     def row(self) -> dict[str, Any]:
-        """One ``sanity.csv`` row: method, check, step, layer, metric, mean, std, n."""
+        """One ``sanity.csv`` row: method, check, step, layer, metric, mean, std, n, then the settings."""
         return {
             "method": self.method,
             "check": self.check,
@@ -308,6 +338,7 @@ class SimilarityRecord:
             "mean": self.mean,
             "std": self.std,
             "n": self.n,
+            **self.settings.row(),
         }
 
 
@@ -337,9 +368,12 @@ class CheckResult:
         return {(r.method, r.metric): r.mean for r in self.records if r.step == last}
 
 
-def _records(check: str, step: int, layer: str, sims: Mapping[str, Mapping[str, Tensor]]) -> list[SimilarityRecord]:
+def _records(
+    check: str, step: int, layer: str, sims: Mapping[str, Mapping[str, Tensor]], settings: SanitySettings | None = None
+) -> list[SimilarityRecord]:
+    settings = as_settings(settings)
     return [
-        SimilarityRecord(method, check, step, layer, metric, values.detach().float().cpu())
+        SimilarityRecord(method, check, step, layer, metric, values.detach().float().cpu(), settings)
         for method, by_metric in sims.items()
         for metric, values in by_metric.items()
     ]
@@ -357,6 +391,9 @@ def model_randomization(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
     keep_maps: bool = False,
+    settings: SanitySettings | Mapping[str, Any] | None = None,
+    stack: int | str = "auto",
+    smoothing: Smoothing | None = None,
 ) -> CheckResult:
     """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
 
@@ -364,6 +401,11 @@ def model_randomization(
     the reference maps, then every step of ``order`` (see
     :func:`roar.sanity.randomization.randomization_steps`) re-initialises layers of the copy,
     explains the whole batch again with every method and compares each map with its reference.
+
+    The steps' models differ only in their weights: for the gradient methods (see
+    :func:`roar.sanity.batched.can_stack`) the weights of up to ``stack`` steps are kept and all
+    of them are explained in one batched call (:func:`roar.sanity.batched.stacked_explain`),
+    which gives the same maps as explaining them one by one; other methods go step by step.
 
     Args:
         model: the trained classifier; it is never modified, run, or given gradients.
@@ -377,6 +419,12 @@ def model_randomization(
         method_params: ``{method: {param: value}}``.
         seed: seeds the re-initialisation and the random methods.
         keep_maps: keep every step's maps (on the CPU) for figures.
+        settings: batch-norm randomisation, map normalisation and channel reduction
+            (:class:`~roar.sanity.settings.SanitySettings`), recorded in every row.
+        stack: how many steps' models to explain in one batched call (1: one by one; ``auto``:
+            :data:`DEFAULT_STACK` for a small model on CUDA, else 1; see :func:`resolve_stack`).
+        smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
+            map is the mean over noisy copies of the input; the result's check is ``smprt``.
 
     Returns:
         A :class:`CheckResult` with steps ``0 .. number of layer groups``.
@@ -384,32 +432,61 @@ def model_randomization(
     methods = check_methods(methods, method_params)
     metrics = check_metrics(metrics)
     check_orders(order)
+    settings = as_settings(settings)
+    check_stack(stack)
     # Lightning runs validation hooks in inference mode; maps need autograd, and every copy
     # made here must hold ordinary tensors.
     with torch.inference_mode(False), torch.enable_grad():
         images = images.clone() if images.is_inference() else images
         built: dict[str, AttributionMethod] = {}
         bound_to: nn.Module | None = None
-        reference: dict[str, Tensor] = {}
         layers: list[str] = []
-        records: list[SimilarityRecord] = []
-        kept: dict[str, list[Tensor]] | None = {m: [] for m in methods} if keep_maps else None
-        for step in randomization_steps(explained_network(model), order, seed, include_original=True):
+        maps: dict[int, dict[str, Tensor]] = {}
+        stacked: list[str] = []
+        pending: list[tuple[int, dict[str, Tensor]]] = []
+
+        def flush() -> None:
+            for name in stacked:
+                out = stacked_explain(built[name], bound_to, [state for _, state in pending], images, target, indices)
+                for (step_number, _), step_maps in zip(pending, out):
+                    maps[step_number][name] = step_maps
+            pending.clear()
+
+        network = explained_network(model)
+        stack = resolve_stack(stack, network, images)
+        steps = randomization_steps(network, order, seed, include_original=True, batchnorm=settings.batchnorm)
+        for step in steps:
             if step.model is not bound_to:
                 # The steps mutate one copy; build the methods once on it, so the noise control
                 # keeps drawing from one stream instead of repeating its first draw.
                 built, bound_to = build_methods(step.model, methods, method_params, seed), step.model
+                if smoothing is not None:
+                    built = smoothing.wrap(built, method_params, seed)
+                stacked = [n for n in methods if stack > 1 and can_stack(built[n])]
             if step.step == 0:
                 if target is None:
                     target = resolve_target(step.model, images)
-                reference = explain(built, images, target, indices)
-            maps = explain(built, images, target, indices)
+                indices = indices if indices is not None else torch.arange(len(images), device=images.device)
+                one_by_one = {n: m for n, m in built.items() if n not in stacked}
+                reference = explain(one_by_one, images, target, indices)
+            maps[step.step] = explain(one_by_one, images, target, indices)
             layers.append(step.layer)
-            records += _records(order, step.step, step.layer, compare(reference, maps, metrics))
-            if kept is not None:
-                for name in methods:
-                    kept[name].append((reference if step.step == 0 else maps)[name].cpu())
-    return CheckResult(order, layers, records, target.detach().cpu(), kept)
+            if stacked:
+                pending.append((step.step, snapshot(step.model)))
+                if len(pending) == stack:
+                    flush()
+        if pending:
+            flush()
+        # A deterministic stacked method's step-0 map is its reference (one by one, the two are equal).
+        reference = {name: reference[name] if name in reference else maps[0][name] for name in methods}
+        check = order if smoothing is None else SMPRT
+        records: list[SimilarityRecord] = []
+        for step_number, layer in enumerate(layers):
+            records += _records(check, step_number, layer, compare(reference, maps[step_number], metrics, settings), settings)
+        kept = None
+        if keep_maps:
+            kept = {name: [(reference if k == 0 else maps[k])[name].cpu() for k in range(len(layers))] for name in methods}
+    return CheckResult(check, layers, records, target.detach().cpu(), kept)
 
 
 def data_randomization(
@@ -424,6 +501,7 @@ def data_randomization(
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
     keep_maps: bool = False,
+    settings: SanitySettings | Mapping[str, Any] | None = None,
 ) -> CheckResult:
     """The data randomisation test of Adebayo et al. (2018): true-label vs permuted-label model.
 
@@ -434,7 +512,7 @@ def data_randomization(
         model: the classifier trained on the true labels (never modified).
         permuted_model: the same architecture trained on permuted labels (never modified).
         images: ``(B, C, H, W)`` images on the models' device.
-        methods, metrics, indices, method_params, seed, keep_maps: as in :func:`model_randomization`.
+        methods, metrics, indices, method_params, seed, keep_maps, settings: as in :func:`model_randomization`.
         target: the classes to explain; default: ``model``'s predictions, for both models.
 
     Returns:
@@ -445,6 +523,7 @@ def data_randomization(
     """
     methods = check_methods(methods, method_params)
     metrics = check_metrics(metrics)
+    settings = as_settings(settings)
     with torch.inference_mode(False), torch.enable_grad():
         images = images.clone() if images.is_inference() else images
         trained = copy.deepcopy(explained_network(model)).eval()
@@ -466,14 +545,9 @@ def data_randomization(
         permuted_methods.update({n: m for n, m in trained_methods.items() if not needs_model(n, (method_params or {}).get(n))})
         reference = explain(trained_methods, images, target, indices)
         maps = explain(permuted_methods, images, target, indices)
-    records = _records(DATA_CHECK, 1, DATA_LAYER, compare(reference, maps, metrics))
+    records = _records(DATA_CHECK, 1, DATA_LAYER, compare(reference, maps, metrics, settings), settings)
     kept = {m: [reference[m].cpu(), maps[m].cpu()] for m in methods} if keep_maps else None
     return CheckResult(DATA_CHECK, [DATA_LAYER], records, target.detach().cpu(), kept)
-
-
-def summary_rows(records: Iterable[SimilarityRecord]) -> list[dict[str, Any]]:
-    """``sanity.csv`` rows (method, check, step, layer, metric, mean, std, n) of the records."""
-    return [r.row() for r in records]
 
 
 # --------------------------------------------------------------------------------------------

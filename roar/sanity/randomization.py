@@ -22,7 +22,8 @@ timm's ResNets); for a model where that is not so, pass ``groups`` explicitly.
 Re-initialisation uses each layer's own initialiser (``reset_parameters()``), which for
 ``nn.Conv2d``/``nn.Linear`` is PyTorch's default Kaiming-uniform draw (not timm's init), and for
 batch norm sets ``weight = 1``, ``bias = 0`` and resets the running statistics: a randomised batch
-norm is reset, not random. Each group's fresh weights depend only on the seed and the group's
+norm is reset, not random (``batchnorm="keep_stats"`` keeps the trained running statistics instead,
+as Adebayo et al.'s code does; see :mod:`roar.sanity.settings`). Each group's fresh weights depend only on the seed and the group's
 name, so a layer gets the same random weights in every order and at every step.
 """
 
@@ -37,6 +38,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+
+from roar.sanity.settings import BATCHNORM_MODES, check_choice
 
 ORDERS = ("cascading", "independent", "bottom_up")
 """Randomisation orders: Adebayo et al. (2018) cascading and independent, Binder et al. (2022) bottom-up."""
@@ -202,22 +205,25 @@ def _check_resettable(module: nn.Module) -> None:
         )
 
 
-def reinitialize_(modules: nn.Module | Iterable[nn.Module], generator_seed: int) -> None:
+def reinitialize_(modules: nn.Module | Iterable[nn.Module], generator_seed: int, batchnorm: str = "reset") -> None:
     """Re-initialise modules in place with their own initialisers, reproducibly.
 
     Calls ``reset_parameters()`` on every submodule that has it (which, for batch norm, also
-    resets the running statistics), under a forked RNG seeded with ``generator_seed``: the
+    resets the running statistics unless ``batchnorm="keep_stats"``), under a forked RNG seeded with ``generator_seed``: the
     result depends only on the seed (and device), and the global RNG state is left as it was.
     CPU and the CUDA devices the modules live on are forked and seeded.
 
     Args:
         modules: a module or modules to re-initialise in place.
         generator_seed: a non-negative integer seed.
+        batchnorm: ``reset`` (the running statistics too) or ``keep_stats`` (the trainable
+            scale and shift only, as Adebayo et al.'s code re-initialises trainable variables only).
 
     Raises:
-        ValueError: for a negative or non-integer seed, or a module holding parameters that no
-            ``reset_parameters()`` covers.
+        ValueError: for a negative or non-integer seed, an unknown ``batchnorm``, or a module
+            holding parameters that no ``reset_parameters()`` covers.
     """
+    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
     if not isinstance(generator_seed, (int, np.integer)) or isinstance(generator_seed, bool) or generator_seed < 0:
         raise ValueError(f"generator_seed must be a non-negative integer, got {generator_seed!r}")
     modules = [modules] if isinstance(modules, nn.Module) else list(modules)
@@ -236,8 +242,19 @@ def reinitialize_(modules: nn.Module | Iterable[nn.Module], generator_seed: int)
             for module in modules:
                 for sub in module.modules():
                     reset = getattr(sub, "reset_parameters", None)
-                    if callable(reset):
-                        reset()
+                    if not callable(reset):
+                        continue
+                    kept = _running_stats(sub) if batchnorm == "keep_stats" else {}
+                    reset()
+                    for name, value in kept.items():
+                        getattr(sub, name).copy_(value)
+
+
+def _running_stats(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of a batch norm's running statistics (none for any other module)."""
+    if not isinstance(module, nn.modules.batchnorm._NormBase) or not module.track_running_stats:
+        return {}
+    return {n: getattr(module, n).clone() for n in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 def group_seed(seed: int, group_name: str) -> int:
@@ -266,6 +283,7 @@ def randomization_steps(
     root: str | None = None,
     groups: Sequence[LayerGroup] | None = None,
     include_original: bool = False,
+    batchnorm: str = "reset",
 ) -> Iterator[RandomizationStep]:
     """Randomise a copy of ``model`` group by group; the original is never touched.
 
@@ -282,6 +300,7 @@ def randomization_steps(
         root: where the network sits in ``model`` (see :func:`layer_groups`).
         groups: the layer groups to use instead of :func:`layer_groups` (input to output).
         include_original: first yield step 0, the unrandomised copy, with ``layer="original"``.
+        batchnorm: ``reset`` or ``keep_stats`` (see :func:`reinitialize_`).
 
     Yields:
         :class:`RandomizationStep` for each group. The yielded ``model`` is one object, changed
@@ -290,17 +309,18 @@ def randomization_steps(
     Raises:
         ValueError: for an unknown order, a bad seed or root, or a layer without an initialiser.
     """
+    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
     groups = list(layer_groups(model, root) if groups is None else groups)
     ordered = _ordered_groups(groups, order)
     seeds = {g.name: group_seed(seed, g.name) for g in ordered}
     for group in ordered:
         for name in group.modules:
             _check_resettable(model.get_submodule(name))
-    return _steps(model, order, ordered, seeds, include_original)
+    return _steps(model, order, ordered, seeds, include_original, batchnorm)
 
 
 def _steps(
-    model: nn.Module, order: str, ordered: list[LayerGroup], seeds: dict[str, int], include_original: bool
+    model: nn.Module, order: str, ordered: list[LayerGroup], seeds: dict[str, int], include_original: bool, batchnorm: str
 ) -> Iterator[RandomizationStep]:
     randomized_copy = copy.deepcopy(model).eval()
     if include_original:
@@ -310,13 +330,13 @@ def _steps(
         modules = [randomized_copy.get_submodule(name) for name in group.modules]
         if order == "independent":
             saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
-            reinitialize_(modules, seeds[group.name])
+            reinitialize_(modules, seeds[group.name], batchnorm)
             try:
                 yield RandomizationStep(step, group.name, [group.name], randomized_copy)
             finally:
                 for module, state in zip(modules, saved):
                     module.load_state_dict(state)
         else:
-            reinitialize_(modules, seeds[group.name])
+            reinitialize_(modules, seeds[group.name], batchnorm)
             done.append(group.name)
             yield RandomizationStep(step, group.name, list(done), randomized_copy)

@@ -47,6 +47,7 @@ from roar.sanity.maps import (
     check_methods,
     check_metrics,
     check_orders,
+    check_stack,
     check_target,
     data_randomization,
     explained_network,
@@ -58,8 +59,10 @@ from roar.sanity.maps import (
 from roar.statistics import check_level
 from roar.sanity.intervals import interval_rows
 from roar.sanity.randomization import ORDERS
+from roar.sanity.revisited import EMPRT, Smoothing, efficient_mprt, print_emprt_table
+from roar.sanity.settings import SETTING_COLUMNS, SanitySettings
 
-CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n", "ci_low", "ci_high")
+CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n", "ci_low", "ci_high", *SETTING_COLUMNS)
 MODEL_CHECKPOINT = "model.ckpt"
 PERMUTED_CHECKPOINT = "permuted.ckpt"
 DEFAULT_REPORT_METHODS = (
@@ -121,6 +124,15 @@ class SanityReportConfig:
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         progress: show Lightning's progress bars.
         confidence_level: the level of the bootstrap intervals over images (0.95: 95%).
+        batchnorm, normalization, reduction: protocol details, recorded in every row (see
+            :mod:`roar.sanity.settings`): ``reset``/``keep_stats``, ``minmax``/``percentile``,
+            ``sum_abs``/``abs_sum``.
+        stack: randomised models explained per batched call (1: one by one; ``auto``: 8 for a small
+            model on CUDA, else 1; the maps are the same either way).
+        smprt: also run sMPRT (Hedström et al. 2023): ``smprt_order`` randomisation with maps
+            averaged over ``smprt_samples`` noisy copies at ``smprt_noise`` x the input range.
+        emprt: also run eMPRT (Hedström et al. 2023): the rise in map entropy (``emprt_bins``
+            bins, of ``|a|`` with ``emprt_abs``) after randomising every layer.
     """
 
     data: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +157,17 @@ class SanityReportConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     confidence_level: float = 0.95
+    batchnorm: Literal["reset", "keep_stats"] = "reset"
+    normalization: Literal["minmax", "percentile"] = "minmax"
+    reduction: Literal["sum_abs", "abs_sum"] = "sum_abs"
+    stack: int | Literal["auto"] = "auto"
+    smprt: bool = False
+    smprt_samples: int = 50
+    smprt_noise: float = 0.1
+    smprt_order: Literal["cascading", "independent", "bottom_up"] = "cascading"
+    emprt: bool = False
+    emprt_bins: int = 100
+    emprt_abs: bool = True
 
     def validate(self) -> None:
         """Check every choice before anything is computed.
@@ -164,7 +187,11 @@ class SanityReportConfig:
             raise ValueError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for but CUDA is not available; valid devices here: auto, cpu")
-        for name in ("epochs", "permuted_epochs", "num_images"):
+        # An unknown batchnorm, normalization or reduction, or a bad sMPRT setting, fails here, naming the choices.
+        _ = self.settings, self.smoothing
+        check_orders(self.smprt_order)
+        check_stack(self.stack)
+        for name in ("epochs", "permuted_epochs", "num_images", "emprt_bins"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -175,6 +202,14 @@ class SanityReportConfig:
         check_level(self.confidence_level)
         if "label_permutation" in self.data:
             raise ValueError("data.label_permutation is set by the report (false, then true); remove it from data")
+
+    @property
+    def settings(self) -> SanitySettings:
+        return SanitySettings(self.batchnorm, self.normalization, self.reduction)
+
+    @property
+    def smoothing(self) -> Smoothing:
+        return Smoothing(self.smprt_samples, self.smprt_noise)
 
     @property
     def torch_device(self) -> torch.device:
@@ -382,6 +417,7 @@ def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfi
         "cascading": "every layer randomised, top down",
         "bottom_up": "every layer randomised, bottom up",
         "independent": f"only {layer.get('independent')} randomised",
+        "smprt": f"every layer randomised ({cfg.smprt_order}), noise-averaged maps",
         DATA_CHECK: "model trained on permuted labels",
     }
     caption = "; ".join(f"{c}: {what[c]}" for c in checks)
@@ -494,6 +530,23 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             model_randomization(
                 model, images, order, cfg.methods, cfg.metrics, target=target, indices=indices,
                 method_params=cfg.method_params, seed=cfg.seed, keep_maps=order == "cascading",
+                settings=cfg.settings, stack=cfg.stack,
+            )
+        )  # fmt: skip
+    if cfg.smprt:
+        say(f"sMPRT ({cfg.smprt_order}, {cfg.smprt_samples} noisy copies): {len(cfg.methods)} methods x {len(images)} images")
+        results.append(
+            model_randomization(
+                model, images, cfg.smprt_order, cfg.methods, cfg.metrics, target=target, indices=indices,
+                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings, stack=cfg.stack, smoothing=cfg.smoothing,
+            )
+        )  # fmt: skip
+    if cfg.emprt:
+        say(f"eMPRT: {len(cfg.methods)} methods x {len(images)} images")
+        results.append(
+            efficient_mprt(
+                model, images, cfg.methods, n_bins=cfg.emprt_bins, absolute=cfg.emprt_abs, target=target, indices=indices,
+                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings,
             )
         )  # fmt: skip
     if permuted_model is not None:
@@ -502,21 +555,22 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         results.append(
             data_randomization(
                 model, permuted_model, images, cfg.methods, cfg.metrics, target=target, indices=indices,
-                method_params=cfg.method_params, seed=cfg.seed,
+                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings,
             )
         )  # fmt: skip
 
     rows = interval_rows((r for result in results for r in result.records), cfg.confidence_level)
     write_csv(rows, out / "sanity.csv")
     for result in results:
-        for metric in cfg.metrics:
+        for metric in cfg.metrics if result.check != EMPRT else []:
             plot_curve(rows, result.check, metric, out / f"curve_{result.check}_{metric}.png")
         if result.check == "cascading" and result.maps is not None:
             for method, maps in result.maps.items():
                 fig = map_grid_figure(images, maps, result.layers, title=f"cascading randomisation: {method}")
                 fig.savefig(out / f"grid_cascading_{method}.png", dpi=110)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_tables(console, rows, cfg)
+    print_tables(console, [r for r in rows if r["check"] != EMPRT], cfg)
+    print_emprt_table(console, rows)
     say(f"wrote {out / 'sanity.csv'}, the curves and the grids in {out}")
     return rows
 

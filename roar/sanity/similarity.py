@@ -26,6 +26,7 @@ for constant maps (its stabilising constants keep it finite): two equal constant
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -34,6 +35,7 @@ from skimage.feature import hog as _skimage_hog
 from skimage.metrics import structural_similarity
 
 from roar.registry import Registry
+from roar.sanity.settings import NORMALIZATIONS, PERCENTILE, REDUCTIONS, check_choice
 
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,21 +66,25 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return a, b
 
 
-def aggregate_channels(maps: torch.Tensor, absolute: bool) -> torch.Tensor:
+def aggregate_channels(maps: torch.Tensor, absolute: bool, reduction: str = "sum_abs") -> torch.Tensor:
     """Sum a batch of maps over channels, giving one ``(H, W)`` map per image.
 
     Args:
         maps: ``(B, C, H, W)`` maps, or ``(B, H, W)`` maps that have a single channel already.
-        absolute: sum the absolute values (the "absolute value" variant of Adebayo et al. 2018)
-            instead of the signed values.
+        absolute: take absolute values (the "absolute value" variant of Adebayo et al. 2018)
+            instead of keeping the signed sum.
+        reduction: with ``absolute``, ``sum_abs`` (the sum of ``|a|``, Adebayo et al.) or
+            ``abs_sum`` (``|sum a|``); see :mod:`roar.sanity.settings`.
 
     Returns:
         A ``(B, H, W)`` tensor.
     """
     maps = _as_maps(maps)
-    if absolute:
+    check_choice("reduction", reduction, REDUCTIONS)
+    if absolute and reduction == "sum_abs":
         maps = maps.abs()
-    return maps.sum(dim=1) if maps.ndim == 4 else maps
+    summed = maps.sum(dim=1) if maps.ndim == 4 else maps
+    return summed.abs() if absolute and reduction == "abs_sum" else summed
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -104,6 +110,34 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     # Dividing by 1 where the span is 0 turns a constant map into (x - x) / 1 = 0.
     out = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
     return out.reshape(maps.shape)
+
+
+def percentile_normalize(maps: torch.Tensor, percentile: float = PERCENTILE) -> torch.Tensor:
+    """Adebayo et al.'s ``abs_grayscale_norm`` scaling: ``clip((x - min) / (p - min), 0, 1)`` per image.
+
+    ``p`` is the map's ``percentile``-th percentile (99 in their code; numpy's linear
+    interpolation), so the top 1% of values saturate at 1 instead of squashing the rest toward 0.
+    A map whose percentile equals its minimum becomes all zeros.
+
+    Args:
+        maps: a batch of (already absolute, channel-reduced) maps ``(B, ...)``.
+        percentile: the clipping percentile, in ``(0, 100]``.
+
+    Returns:
+        A float64 tensor of the same shape, values in ``[0, 1]``.
+    """
+    maps = torch.as_tensor(maps).detach().to(torch.float64)
+    if maps.ndim < 2:
+        raise ValueError(f"maps must have a batch dimension and at least one more, got shape {tuple(maps.shape)}")
+    flat = maps.reshape(maps.shape[0], -1)
+    low = flat.min(dim=1, keepdim=True).values
+    high = torch.quantile(flat, percentile / 100.0, dim=1, keepdim=True)
+    span = high - low
+    out = ((flat - low) / torch.where(span > 0, span, torch.ones_like(span))).clamp(0.0, 1.0)
+    return out.reshape(maps.shape)
+
+
+_NORMALIZE = {"minmax": normalize_maps, "percentile": percentile_normalize}
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -133,10 +167,10 @@ def _rank_rows(x: torch.Tensor) -> torch.Tensor:
     return (first + last + 1).to(torch.float64) / 2
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool) -> torch.Tensor:
+def _spearman(a: torch.Tensor, b: torch.Tensor, absolute: bool, reduction: str = "sum_abs") -> torch.Tensor:
     a, b = _check_pair(a, b)
-    flat_a = aggregate_channels(a, absolute).reshape(a.shape[0], -1)
-    flat_b = aggregate_channels(b, absolute).reshape(b.shape[0], -1)
+    flat_a = aggregate_channels(a, absolute, reduction).reshape(a.shape[0], -1)
+    flat_b = aggregate_channels(b, absolute, reduction).reshape(b.shape[0], -1)
     return _pearson_rows(_rank_rows(flat_a), _rank_rows(flat_b)).to(device=a.device, dtype=torch.float32)
 
 
@@ -156,23 +190,27 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _spearman(a, b, absolute=False)
 
 
-def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def spearman_abs(a: torch.Tensor, b: torch.Tensor, *, reduction: str = "sum_abs") -> torch.Tensor:
     """Spearman rank correlation of the channel-summed absolute maps (Adebayo et al. 2018).
 
     Args:
         a: reference maps ``(B, C, H, W)`` or ``(B, H, W)``.
         b: maps to compare, the same shape.
+        reduction: ``sum_abs`` or ``abs_sum`` (see :func:`aggregate_channels`).
 
     Returns:
         ``(B,)`` float32 correlations in ``[-1, 1]``; 0 where a map is constant.
     """
-    return _spearman(a, b, absolute=True)
+    return _spearman(a, b, absolute=True, reduction=reduction)
 
 
-def _abs_normalized_numpy(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _abs_normalized_numpy(
+    a: torch.Tensor, b: torch.Tensor, normalization: str = "minmax", reduction: str = "sum_abs"
+) -> tuple[np.ndarray, np.ndarray]:
     a, b = _check_pair(a, b)
-    na = normalize_maps(aggregate_channels(a, absolute=True)).to(torch.float64).cpu().numpy()
-    nb = normalize_maps(aggregate_channels(b, absolute=True)).to(torch.float64).cpu().numpy()
+    normalize = _NORMALIZE[check_choice("normalization", normalization, NORMALIZATIONS)]
+    na = normalize(aggregate_channels(a, absolute=True, reduction=reduction)).to(torch.float64).cpu().numpy()
+    nb = normalize(aggregate_channels(b, absolute=True, reduction=reduction)).to(torch.float64).cpu().numpy()
     return na, nb
 
 
@@ -189,7 +227,9 @@ def ssim_window(height: int, width: int) -> int:
     return min(SSIM_MAX_WINDOW, side if side % 2 == 1 else side - 1)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int | None = None) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor, b: torch.Tensor, win_size: int | None = None, *, normalization: str = "minmax", reduction: str = "sum_abs"
+) -> torch.Tensor:
     """Structural similarity of the absolute, normalised maps (Adebayo et al. 2018, Wang et al. 2004).
 
     Both batches are channel-summed as absolute values and min-max normalised per image to
@@ -201,11 +241,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int | None = None) -> torch
         a: reference maps ``(B, C, H, W)`` or ``(B, H, W)``.
         b: maps to compare, the same shape.
         win_size: odd window side, at most the shorter map side; ``None`` for :func:`ssim_window`.
+        normalization: ``minmax`` or ``percentile`` (:func:`percentile_normalize`).
+        reduction: ``sum_abs`` or ``abs_sum`` (see :func:`aggregate_channels`).
 
     Returns:
         ``(B,)`` float32 SSIM values (1 for identical maps).
     """
-    na, nb = _abs_normalized_numpy(a, b)
+    na, nb = _abs_normalized_numpy(a, b, normalization, reduction)
     window = ssim_window(*na.shape[1:]) if win_size is None else win_size
     if window < 3 or window % 2 == 0 or window > min(na.shape[1:]):
         raise ValueError(f"win_size must be odd, >= 3 and <= the shorter map side {min(na.shape[1:])}, got {window}")
@@ -242,7 +284,9 @@ def hog_features(maps: np.ndarray, pixels_per_cell: int) -> np.ndarray:
     )
 
 
-def hog(a: torch.Tensor, b: torch.Tensor, pixels_per_cell: int | None = None) -> torch.Tensor:
+def hog(
+    a: torch.Tensor, b: torch.Tensor, pixels_per_cell: int | None = None, *, normalization: str = "minmax", reduction: str = "sum_abs"
+) -> torch.Tensor:
     """Pearson correlation of the HOG features of the absolute, normalised maps (Adebayo et al. 2018).
 
     Both batches are channel-summed as absolute values and min-max normalised per image; the
@@ -253,12 +297,14 @@ def hog(a: torch.Tensor, b: torch.Tensor, pixels_per_cell: int | None = None) ->
         a: reference maps ``(B, C, H, W)`` or ``(B, H, W)``.
         b: maps to compare, the same shape.
         pixels_per_cell: cell side in pixels; ``None`` for :func:`hog_cell`.
+        normalization: ``minmax`` or ``percentile`` (:func:`percentile_normalize`).
+        reduction: ``sum_abs`` or ``abs_sum`` (see :func:`aggregate_channels`).
 
     Returns:
         ``(B,)`` float32 correlations in ``[-1, 1]``; 0 where a HOG vector is constant
         (a constant map has an all-zero HOG vector).
     """
-    na, nb = _abs_normalized_numpy(a, b)
+    na, nb = _abs_normalized_numpy(a, b, normalization, reduction)
     cell = hog_cell(*na.shape[1:]) if pixels_per_cell is None else pixels_per_cell
     if cell < 1 or min(na.shape[1:]) < cell * HOG_CELLS_PER_BLOCK[0]:
         raise ValueError(f"pixels_per_cell={cell} leaves fewer than {HOG_CELLS_PER_BLOCK[0]} cells on a {na.shape[1]}x{na.shape[2]} map")
@@ -294,8 +340,22 @@ def get_metric(name: str) -> SimilarityFn:
     return SIMILARITY_METRICS.get(name)
 
 
+def _options_for(fn: SimilarityFn, options: dict[str, str]) -> dict[str, str]:
+    """The map options (``normalization``, ``reduction``) that ``fn`` takes as keywords."""
+    try:
+        accepted = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in options.items() if k in accepted}
+
+
 def compare_maps(
-    reference: torch.Tensor, other: torch.Tensor, metrics: Iterable[str] | None = None
+    reference: torch.Tensor,
+    other: torch.Tensor,
+    metrics: Iterable[str] | None = None,
+    *,
+    normalization: str = "minmax",
+    reduction: str = "sum_abs",
 ) -> dict[str, torch.Tensor]:
     """Every requested metric (all by default) between two batches of maps.
 
@@ -303,10 +363,17 @@ def compare_maps(
         reference: maps of the original model ``(B, C, H, W)`` or ``(B, H, W)``.
         other: maps to compare, the same shape.
         metrics: names from :func:`list_metrics`; ``None`` for all of them.
+        normalization: ``minmax`` or ``percentile``, for the metrics that normalise (SSIM, HOG).
+        reduction: ``sum_abs`` or ``abs_sum``, for the metrics on absolute maps. A user's
+            metric receives either option only if it takes it as a keyword.
 
     Returns:
         ``{metric name: (B,) float32 similarities}``.
     """
+    options = {
+        "normalization": check_choice("normalization", normalization, NORMALIZATIONS),
+        "reduction": check_choice("reduction", reduction, REDUCTIONS),
+    }
     names = list_metrics() if metrics is None else list(metrics)
     fns = {name: get_metric(name) for name in names}
-    return {name: fn(reference, other) for name, fn in fns.items()}
+    return {name: fn(reference, other, **_options_for(fn, options)) for name, fn in fns.items()}
