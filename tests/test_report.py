@@ -77,7 +77,7 @@ def test_summary_means_stds_counts():
     row = _find(summary, "integrated_gradients", "noretrain", 0.9)
     assert row["mean"] == pytest.approx(0.96 - 0.54) and row["std"] == 0.0 and row["n"] == 1  # one seed: std 0
     # one row per (method, mode, threshold): 3 methods x (3 thresholds + the reference point) x 3 modes, plus the 2 references
-    assert len(summary) == 3 * 4 * 3 + 2
+    assert len(summary) == 3 * 4 * 4 + 2
 
 
 def test_summary_places_the_references_on_every_curve():
@@ -192,26 +192,26 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     store = _store_with(tmp_path, rows)
     config = {"name": "digits-test", "protocol": {"granularity": "pixel", "score": "abs", "fill": "channel_mean", "target": "predicted"}, "thresholds": list(THRESHOLDS), "seeds": 3}
     paths = write_report(tmp_path, store, title="ROAR on digits", config=config)
-    assert set(paths) == {"results", "summary", "roar", "kar", "noretrain", "report"}
+    assert set(paths) == {"results", "summary", "roar", "kar", "noretrain", "noretrain_kar", "report"}
     assert all(p.parent == tmp_path and p.is_file() for p in paths.values())
-    assert [p.name for p in paths.values()] == ["results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "report.md"]
+    assert [p.name for p in paths.values()] == ["results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "noretrain_kar.png", "report.md"]
     for mode in ("roar", "kar", "noretrain"):
         _is_png(paths[mode])
 
     with paths["results"].open(newline="") as f:
         reader = csv.DictReader(f)
         results = list(reader)
-    assert tuple(reader.fieldnames) == CSV_COLUMNS and len(results) == len(rows) == 3 + 10 + 54 + 1
+    assert tuple(reader.fieldnames) == CSV_COLUMNS and len(results) == len(rows) == 3 + 10 + 9 + 54 + 1
     with paths["summary"].open(newline="") as f:
         reader = csv.DictReader(f)
         summary = list(reader)
-    assert tuple(reader.fieldnames) == SUMMARY_COLUMNS and len(summary) == 3 * 4 * 3 + 2
+    assert tuple(reader.fieldnames) == SUMMARY_COLUMNS and len(summary) == 3 * 4 * 4 + 2
     row = next(r for r in summary if (r["method"], r["mode"], float(r["threshold"])) == ("gradient", "kar", 1.0))
     assert float(row["mean"]) == pytest.approx(REF) and int(row["n"]) == 3
 
     report = paths["report"].read_text()
     assert report.startswith("# ROAR on digits")
-    assert "**67 done, 1 failed.**" in report
+    assert "**76 done, 1 failed.**" in report
     assert "| `granularity` | `pixel` |" in report  # the protocol
     assert "lower is better" in report and "higher is better" in report
     # ROAR ranking table: gradient first, with its AUC; random last, Δ random 0

@@ -43,7 +43,13 @@ class Protocol:
     Attributes:
         granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
         score: the ranked quantity: ``abs`` of the attribution (default), ``square`` or ``raw``.
-        fill: ``channel_mean`` of the training set (the paper) or each ``image_mean``.
+        fill: ``channel_mean`` of the training set (the paper), each ``image_mean``, ROAD's
+            ``noisy_linear`` imputation (Rong, Leemann et al., ICML 2022) or a ``blur`` control
+            (:mod:`roar.data.imputation`).
+        fill_sigma: ``blur``: the Gaussian's std in pixels (> 0).
+        fill_noise_std: ``noisy_linear``: std of the noise on imputed values (the ROAD code's 0.01).
+        fill_tol: ``noisy_linear``: max abs residual its linear system is solved to (pixel units).
+        fill_max_iter: ``noisy_linear``: conjugate gradient steps at most (a run that needs more fails, naming the residual).
         random_mask: ``fixed`` seeded mask per image (default) or ``fresh`` at every read (ROAR code).
         target: the class explained: ``predicted`` by the base model (ROAR code) or the true ``label`` (ROAD code).
         tie_seed: seed of the rank tie-breaking.
@@ -51,10 +57,32 @@ class Protocol:
 
     granularity: Literal["element", "pixel"] = "element"
     score: Literal["abs", "square", "raw"] = "abs"
-    fill: Literal["channel_mean", "image_mean"] = "channel_mean"
+    fill: Literal["channel_mean", "image_mean", "noisy_linear", "blur"] = "channel_mean"
     random_mask: Literal["fixed", "fresh"] = "fixed"
     target: Literal["predicted", "label"] = "predicted"
     tie_seed: int = 0
+    fill_sigma: float = 2.0
+    fill_noise_std: float = 0.01
+    fill_tol: float = 1e-5
+    fill_max_iter: int = 1000
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that move results: a fill's own settings only with that fill (so the
+        fingerprints of constant-fill grids stay what they were before the imputing fills)."""
+        from roar.data.roar import fill_options
+
+        fields = {k: v for k, v in asdict(self).items() if not k.startswith("fill_")}
+        options = fill_options(self.fill, sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter, seed=self.tie_seed)
+        return {**fields, **{f"fill_{k}": v for k, v in options.items() if k != "seed"}}
+
+    def validate(self) -> None:
+        """Unknown fills and impossible fill settings fail here, naming the value, before any training."""
+        from roar.data.imputation import check_imputation_settings
+        from roar.data.roar import FILLS
+
+        if self.fill not in FILLS:
+            raise ValueError(f"unknown protocol.fill {self.fill!r}; valid choices: {', '.join(FILLS)}")
+        check_imputation_settings(sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter)
 
 
 @dataclass
@@ -204,6 +232,7 @@ class BenchmarkConfig:
         if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
             raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
         self._check_trainer_entries()
+        self.protocol.validate()
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))

@@ -29,7 +29,7 @@ from roar.attribution.store import checkpoint_sha256
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
-from roar.benchmark.plan import RunSpec, build_plan, format_threshold
+from roar.benchmark.plan import NORETRAIN_ORDER, RunSpec, build_plan, format_threshold
 from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
@@ -156,6 +156,7 @@ def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str
     return RoarDataModule(
         **cfg.data, method=method, threshold=threshold, mode=mode, store=str(out / STORE_DIR),
         base_checkpoint=str(base_ckpt), granularity=p.granularity, score=p.score, fill=p.fill,
+        fill_sigma=p.fill_sigma, fill_noise_std=p.fill_noise_std, fill_tol=p.fill_tol, fill_max_iter=p.fill_max_iter,
         random_mask=p.random_mask, target=p.target, tie_seed=p.tie_seed,
         method_params=cfg.method_params.get(method, {}), attribution_batch_size=cfg.attribution_batch_size,
         attribution_device=cfg.attribution_device, attribution_progress=False,
@@ -312,13 +313,13 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     run_dir = run_directory(out, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     method = None if spec.method == "unmasked" else spec.method
-    mode = "roar" if spec.mode in ("noretrain", "reference") else spec.mode
+    mode = NORETRAIN_ORDER.get(spec.mode, "roar" if spec.mode == "reference" else spec.mode)
     seed_everything(spec.seed, workers=True, verbose=False)
     dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
     loggers = _loggers(cfg, out, run_dir, spec.name, spec.mode, run_config(cfg, spec))
     checkpoint = None
     try:
-        if spec.mode == "noretrain":
+        if spec.mode in NORETRAIN_ORDER:
             model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=cfg.model.get("arch", "small_cnn"))
             trainer = _trainer(cfg, run_dir, logger=loggers, progress=progress)
             epochs = 0
@@ -329,7 +330,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
             epochs = trainer.current_epoch
         # Scored at the last epoch: picking the best epoch on the test set would leak it into the result.
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
-        if cfg.save_checkpoints and spec.mode != "noretrain":
+        if cfg.save_checkpoints and spec.mode not in NORETRAIN_ORDER:
             checkpoint = str(run_dir / "last.ckpt")
             trainer.save_checkpoint(checkpoint, weights_only=False)
     finally:

@@ -19,10 +19,20 @@ import numpy as np
 import torch
 
 from roar.data.datamodule import ImageDataModule, SourceName
+from roar.data.imputation import DEFAULT_MAX_ITER, DEFAULT_NOISE_STD, DEFAULT_SIGMA, DEFAULT_TOL, check_imputation_settings
 from roar.data.masking import check_granularity, check_mode, check_score, mask_images, num_features, ranks_from_scores
 
-FILLS = ("channel_mean", "image_mean")
+FILLS = ("channel_mean", "image_mean", "noisy_linear", "blur")
 RANDOM_MASKS = ("fixed", "fresh")
+
+
+def fill_options(fill: str, *, sigma: float, noise_std: float, tol: float, max_iter: int, seed: int) -> dict[str, Any]:
+    """The settings of an imputing fill that move its values (empty for the constant fills)."""
+    if fill == "blur":
+        return {"sigma": float(sigma)}
+    if fill == "noisy_linear":
+        return {"noise_std": float(noise_std), "tol": float(tol), "max_iter": int(max_iter), "seed": int(seed)}
+    return {}
 
 
 class RoarDataModule(ImageDataModule):
@@ -36,7 +46,15 @@ class RoarDataModule(ImageDataModule):
         base_checkpoint: the base model; needed to compute missing ranks of model-based methods.
         granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
         score: ``abs`` (default), ``square`` or ``raw`` attribution values are ranked.
-        fill: ``channel_mean`` (the training per-channel mean, as the paper) or ``image_mean``.
+        fill: ``channel_mean`` (the training per-channel mean, as the paper), ``image_mean``,
+            ``noisy_linear`` (ROAD's imputation, Rong, Leemann et al. ICML 2022) or ``blur``
+            (a Gaussian-blurred copy of the image); see :mod:`roar.data.imputation`.
+        fill_sigma: the ``blur`` fill's Gaussian std, in pixels (> 0).
+        fill_noise_std: std of the noise ``noisy_linear`` adds to imputed values (ROAD: 0.01);
+            seeded by ``tie_seed`` and each image's global index.
+        fill_tol: ``noisy_linear`` solves its linear system to this max abs residual (pixel units).
+        fill_max_iter: ``noisy_linear``'s conjugate gradient steps at most; a batch not solved to
+            ``fill_tol`` by then stops the run with the residual named.
         random_mask: for ``method: random``: ``fixed`` (one seeded mask per image, default) or
             ``fresh`` (a new mask every time an image is read, like the ROAR code's dropout).
         target: the class explained: ``predicted`` by the base model (default) or the ``label``.
@@ -73,7 +91,11 @@ class RoarDataModule(ImageDataModule):
         base_checkpoint: str | None = None,
         granularity: Literal["element", "pixel"] = "element",
         score: Literal["abs", "square", "raw"] = "abs",
-        fill: Literal["channel_mean", "image_mean"] = "channel_mean",
+        fill: Literal["channel_mean", "image_mean", "noisy_linear", "blur"] = "channel_mean",
+        fill_sigma: float = DEFAULT_SIGMA,
+        fill_noise_std: float = DEFAULT_NOISE_STD,
+        fill_tol: float = DEFAULT_TOL,
+        fill_max_iter: int = DEFAULT_MAX_ITER,
         random_mask: Literal["fixed", "fresh"] = "fixed",
         target: Literal["predicted", "label"] = "predicted",
         tie_seed: int = 0,
@@ -93,6 +115,7 @@ class RoarDataModule(ImageDataModule):
         check_score(score)
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; valid choices: {', '.join(FILLS)}")
+        check_imputation_settings(sigma=fill_sigma, noise_std=fill_noise_std, tol=fill_tol, max_iter=fill_max_iter)
         if random_mask not in RANDOM_MASKS:
             raise ValueError(f"unknown random_mask {random_mask!r}; valid choices: {', '.join(RANDOM_MASKS)}")
         super().__init__(
@@ -108,6 +131,7 @@ class RoarDataModule(ImageDataModule):
         self.granularity = granularity
         self.score = score
         self.fill = fill
+        self.fill_options = fill_options(fill, sigma=fill_sigma, noise_std=fill_noise_std, tol=fill_tol, max_iter=fill_max_iter, seed=tie_seed)
         self.random_mask = random_mask
         self.target = target
         self.tie_seed = tie_seed
@@ -128,6 +152,7 @@ class RoarDataModule(ImageDataModule):
             "method": self.method, "threshold": self.threshold, "mode": self.mode, "granularity": self.granularity,
             "score": self.score, "fill": self.fill, "random_mask": self.random_mask, "target": self.target,
             "tie_seed": self.tie_seed, "method_params": self.method_params,
+            **{f"fill_{k}": v for k, v in self.fill_options.items() if k != "seed"},
         }  # fmt: skip
 
     @property
@@ -198,5 +223,5 @@ class RoarDataModule(ImageDataModule):
                 ranks = self._rows_from_memmaps(indices).to(images.device, non_blocking=True)
             else:
                 ranks = self._ranks_on(images.device)[indices]
-        fill = "image_mean" if self.fill == "image_mean" else self._fill.to(images.device, images.dtype)
-        return mask_images(images, ranks, self.threshold, self.mode, fill, self.granularity)
+        fill = self.fill if self.fill != "channel_mean" else self._fill.to(images.device, images.dtype)
+        return mask_images(images, ranks, self.threshold, self.mode, fill, self.granularity, indices=indices, fill_options=self.fill_options)
