@@ -126,9 +126,12 @@ class BenchmarkConfig:
         thresholds: fractions of features removed (ROAR) or kept (KAR), in (0, 1); the unmasked
             reference (0 removed / everything kept) is always run.
         seeds: number of retraining seeds (0..n-1), or the list of seeds.
-        modes: ``roar`` and/or ``kar``.
+        modes: ``roar`` and/or ``kar`` (retrained); ``noretrain`` / ``noretrain_kar`` alone run
+            only the no-retrain evaluations in ROAR / KAR order (ROAD's MoRF / LeRF with
+            ``protocol.fill: noisy_linear``), training nothing but the base model.
         noretrain: also evaluate the base model on masked test data without retraining
-            (confounded by distribution shift; reported for comparison).
+            (confounded by distribution shift; reported for comparison): ROAR order, and KAR
+            order too when ``kar`` is among the modes.
         protocol: the protocol choices, see :class:`Protocol`.
         attribution_batch_size: images per attribution call.
         attribution_device: ``auto``, ``cpu`` or ``cuda``.
@@ -149,7 +152,7 @@ class BenchmarkConfig:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     seeds: int | list[int] = 5
-    modes: list[Literal["roar", "kar"]] = field(default_factory=lambda: ["roar"])
+    modes: list[Literal["roar", "kar", "noretrain", "noretrain_kar"]] = field(default_factory=lambda: ["roar"])
     noretrain: bool = True
     protocol: Protocol = field(default_factory=Protocol)
     attribution_batch_size: int = 256
@@ -201,6 +204,7 @@ class BenchmarkConfig:
     def validate(self) -> BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
         from roar.attribution.registry import resolved_params
+        from roar.benchmark.plan import MODES as PLAN_MODES
         from roar.benchmark.plan import _check_seeds, _check_thresholds
         from roar.data.sources import SOURCES
         from roar.models.factory import check_arch
@@ -223,10 +227,10 @@ class BenchmarkConfig:
         if len(set(self.thresholds)) != len(self.thresholds):
             raise ValueError(f"thresholds has duplicates: {self.thresholds}")
         if not self.modes:
-            raise ValueError("modes is empty; valid modes: roar, kar")
+            raise ValueError(f"modes is empty; valid modes: {', '.join(PLAN_MODES)}")
         for mode in self.modes:
-            if mode not in ("roar", "kar"):
-                raise ValueError(f"unknown mode {mode!r}; valid modes: roar, kar")
+            if mode not in PLAN_MODES:
+                raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(PLAN_MODES)}")
         _check_seeds(self.seeds)  # negative or repeated seeds fail here, before the base model and ranks
         _check_thresholds(self.thresholds)
         if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
