@@ -41,7 +41,7 @@ def test_run_spec_ids_and_names():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(mode="retrain"), "unknown mode 'retrain'; valid modes: roar, kar, noretrain, reference"),
+        (dict(mode="retrain"), "unknown mode 'retrain'; valid modes: roar, kar, noretrain, noretrain_kar, reference"),
         (dict(threshold=1.5), r"threshold 1.5 must be a number in \[0, 1\]"),
         (dict(seed=-1), "seed -1 must be a non-negative integer"),
         (dict(method="a/b"), "method must be a non-empty string without '/'"),
@@ -58,8 +58,8 @@ def test_build_plan_contents_and_order():
     plan = build_plan("digits", "small_cnn", METHODS, thresholds=(0.9, 0.1, 0.5), seeds=2, modes=("roar", "kar"))
     ids = [s.run_id for s in plan]
     assert len(ids) == len(set(ids))
-    # 2 references + (1 + 3 methods x 3 thresholds) noretrain + 2 seeds x 2 modes x 3 x 3 retrains
-    assert len(plan) == 2 + 10 + 36
+    # 2 references + (1 + 3 methods x 3 thresholds) noretrain + 3 x 3 in KAR order + 2 seeds x 2 modes x 3 x 3 retrains
+    assert len(plan) == 2 + 10 + 9 + 36
     # references first, one per seed
     assert [(s.method, s.mode, s.threshold, s.seed) for s in plan[:2]] == [("unmasked", "reference", 0.0, 0), ("unmasked", "reference", 0.0, 1)]
     # then the noretrain evaluations, seed 0 only, starting with the unmasked base model
@@ -67,8 +67,12 @@ def test_build_plan_contents_and_order():
     assert all(s.mode == "noretrain" and s.seed == 0 for s in noretrain)
     assert (noretrain[0].method, noretrain[0].threshold) == ("unmasked", 0.0)
     assert Counter(s.method for s in noretrain[1:]) == {m: 3 for m in METHODS}
+    # with kar among the modes, the no-retrain evaluations in KAR order too (ROAD's LeRF), seed 0 only
+    noretrain_kar = plan[12:21]
+    assert all(s.mode == "noretrain_kar" and s.seed == 0 for s in noretrain_kar)
+    assert Counter(s.method for s in noretrain_kar) == {m: 3 for m in METHODS}
     # then retrains, seed-major: all of seed 0 before any of seed 1
-    retrains = plan[12:]
+    retrains = plan[21:]
     seeds = [s.seed for s in retrains]
     assert seeds == sorted(seeds) and seeds.count(0) == 18
     assert {s.mode for s in retrains} == {"roar", "kar"}
@@ -80,7 +84,7 @@ def test_build_plan_contents_and_order():
 
 def test_build_plan_defaults_and_options():
     plan = build_plan("digits", "small_cnn", ["random"])
-    assert MODES == ("roar", "kar", "noretrain") and DEFAULT_THRESHOLDS == (0.1, 0.3, 0.5, 0.7, 0.9)
+    assert MODES == ("roar", "kar", "noretrain", "noretrain_kar") and DEFAULT_THRESHOLDS == (0.1, 0.3, 0.5, 0.7, 0.9)
     assert Counter(s.mode for s in plan) == {"reference": 5, "noretrain": 6, "roar": 25}
     assert sorted({s.seed for s in plan if s.mode == "roar"}) == [0, 1, 2, 3, 4]
     no_eval = build_plan("digits", "small_cnn", ["random"], seeds=[3, 7], noretrain=False)
@@ -88,6 +92,15 @@ def test_build_plan_defaults_and_options():
     # noretrain alone needs no reference retrain
     only_eval = build_plan("digits", "small_cnn", ["random", "gradient"], modes=("noretrain",), noretrain=False)
     assert {s.mode for s in only_eval} == {"noretrain"} and len(only_eval) == 1 + 2 * 5
+    # KAR order without retraining alone: the unmasked base model evaluation is its curve's end point
+    only_lerf = build_plan("digits", "small_cnn", ["random"], modes=("noretrain_kar",), noretrain=False)
+    assert Counter(s.mode for s in only_lerf) == {"noretrain": 1, "noretrain_kar": 5}
+    # a ROAR-only grid's ids are those of before: no KAR-order evaluations added
+    assert "noretrain_kar" not in {s.mode for s in plan}
+    # KAR with noretrain adds KAR-order evaluations; the ROAR-order ids are unchanged
+    kar = build_plan("digits", "small_cnn", ["random"], modes=("roar", "kar"))
+    assert {s.run_id for s in plan} <= {s.run_id for s in kar}
+    assert Counter(s.mode for s in kar)["noretrain_kar"] == 5
 
 
 @pytest.mark.parametrize(

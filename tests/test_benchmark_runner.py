@@ -43,11 +43,11 @@ def read_csv(path):
 def test_digits_benchmark_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "demo"
     assert roar_main(["benchmark", *TINY_DIGITS, "--benchmark.logger", "wandb", "--out", str(out)]) == 0
-    for name in ["results.db", "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "report.md", "base.ckpt", "benchmark.yaml"]:
+    for name in ["results.db", "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "noretrain_kar.png", "report.md", "base.ckpt", "benchmark.yaml"]:
         assert (out / name).is_file(), name
     rows = read_csv(out / "results.csv")
-    # 1 reference + (1 unmasked + 3 methods) noretrain + 3 methods x 2 modes
-    assert len(rows) == 1 + 4 + 6
+    # 1 reference + (1 unmasked + 3 methods) noretrain + 3 methods noretrain in KAR order + 3 methods x 2 modes
+    assert len(rows) == 1 + 4 + 3 + 6
     assert list(rows[0])[:10] == ["dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint"]
     assert all(r["status"] == "done" for r in rows)
     summary = read_csv(out / "summary.csv")

@@ -43,3 +43,15 @@ def test_smoke_run_writes_every_figure(tmp_path):
     demo, epoch = results["figures"]["grid"]["rows"]
     assert demo["status"].startswith("not run")
     assert epoch["status"] == "extrapolated" and epoch["epoch_s"] > 0
+
+
+def test_smoke_road_imputation_figure(tmp_path):
+    threads = torch.get_num_threads()
+    out = tmp_path / "road.json"
+    try:
+        assert main(["--smoke", "--figures", "road", "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    row = json.loads(out.read_text())["figures"]["road"]["rows"][0]
+    assert row["batch"] == "4x3x8x8" and row["impute_s"] > 0 and row["resnet50_s"] > 0
+    assert math.isfinite(row["vs_resnet50"])

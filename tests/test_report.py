@@ -77,7 +77,7 @@ def test_summary_means_stds_counts():
     row = _find(summary, "integrated_gradients", "noretrain", 0.9)
     assert row["mean"] == pytest.approx(0.96 - 0.54) and row["std"] == 0.0 and row["n"] == 1  # one seed: std 0
     # one row per (method, mode, threshold): 3 methods x (3 thresholds + the reference point) x 3 modes, plus the 2 references
-    assert len(summary) == 3 * 4 * 3 + 2
+    assert len(summary) == 3 * 4 * 4 + 2
 
 
 def test_summary_places_the_references_on_every_curve():
@@ -196,7 +196,8 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     paths = write_report(tmp_path, store, title="ROAR on digits", config=config)
     assert all(p.parent == tmp_path and p.is_file() for p in paths.values())
     assert [p.name for p in paths.values()] == [
-        "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "rankings.csv", "consistency.csv", "consistency.json", "report.md",
+        "results.csv", "summary.csv", "roar.png", "kar.png", "noretrain.png", "noretrain_kar.png", "rankings.csv",
+        "consistency.csv", "consistency.json", "report.md",
     ]  # fmt: skip
     for mode in ("roar", "kar", "noretrain"):
         _is_png(paths[mode])
@@ -204,17 +205,17 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     with paths["results"].open(newline="") as f:
         reader = csv.DictReader(f)
         results = list(reader)
-    assert tuple(reader.fieldnames) == CSV_COLUMNS and len(results) == len(rows) == 3 + 10 + 54 + 1
+    assert tuple(reader.fieldnames) == CSV_COLUMNS and len(results) == len(rows) == 3 + 10 + 9 + 54 + 1
     with paths["summary"].open(newline="") as f:
         reader = csv.DictReader(f)
         summary = list(reader)
-    assert tuple(reader.fieldnames) == SUMMARY_COLUMNS and len(summary) == 3 * 4 * 3 + 2
+    assert tuple(reader.fieldnames) == SUMMARY_COLUMNS and len(summary) == 3 * 4 * 4 + 2
     row = next(r for r in summary if (r["method"], r["mode"], float(r["threshold"])) == ("gradient", "kar", 1.0))
     assert float(row["mean"]) == pytest.approx(REF) and int(row["n"]) == 3
 
     report = paths["report"].read_text()
     assert report.startswith("# ROAR on digits")
-    assert "**67 done, 1 failed.**" in report
+    assert "**76 done, 1 failed.**" in report
     assert "| `granularity` | `pixel` |" in report  # the protocol
     assert "lower is better" in report and "higher is better" in report
     # ROAR ranking table: gradient first, with its AUC and interval; random last, Δ random 0. Every seed
@@ -225,9 +226,12 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     assert f"| 1 | `gradient` | {auc:.4f} [{auc - 0.009:.4f}, {auc + 0.009:.4f}] | {delta:+.4f} [{delta:+.4f}, {delta:+.4f}] | better than random | 1: 100% | 4 |" in roar_section
     assert "| 3 | `random` | " in roar_section and "+0.0000 [+0.0000, +0.0000] | – |" in roar_section
     assert "0.550 [0.540, 0.560] (3)" in roar_section  # gradient at 0.5, the 95% interval of 3 seeds: their range
-    # one warning: noretrain has one seed; roar and kar have 3 (no seed warning) and the reference is 1 point from the base model
-    [warning] = [line for line in report.split("## Warnings")[1].split("\n## ")[0].splitlines() if line.startswith("- ")]
-    assert "`noretrain (channel_mean)` on digits/small_cnn evaluates the one base model once" in warning
+    # two warnings: the no-retrain curves (both orders) have one seed; roar and kar have 3 (no seed
+    # warning) and the reference is 1 point from the base model
+    warnings = [line for line in report.split("## Warnings")[1].split("\n## ")[0].splitlines() if line.startswith("- ")]
+    assert len(warnings) == 2
+    assert "`noretrain (channel_mean)` on digits/small_cnn evaluates the one base model once" in warnings[0]
+    assert "`noretrain_kar (channel_mean)` on digits/small_cnn evaluates the one base model once" in warnings[1]
     assert "![roar curves](roar.png)" in report and "![kar curves](kar.png)" in report
     failures = report.split("## Failures")[1]
     assert "`roar/gradient/t0.500/s3/digits/small_cnn`" in failures and "RuntimeError: CUDA out of memory" in failures

@@ -33,7 +33,13 @@ class Protocol:
     Attributes:
         granularity: ``element`` ranks every channel value (the ROAR code), ``pixel`` whole pixels.
         score: the ranked quantity: ``abs`` of the attribution (default), ``square`` or ``raw``.
-        fill: ``channel_mean`` of the training set (the paper) or each ``image_mean``.
+        fill: ``channel_mean`` of the training set (the paper), each ``image_mean``, ROAD's
+            ``noisy_linear`` imputation (Rong, Leemann et al., ICML 2022) or a ``blur`` control
+            (:mod:`roar.data.imputation`).
+        fill_sigma: ``blur``: the Gaussian's std in pixels (> 0).
+        fill_noise_std: ``noisy_linear``: std of the noise on imputed values (the ROAD code's 0.01).
+        fill_tol: ``noisy_linear``: max abs residual its linear system is solved to (pixel units).
+        fill_max_iter: ``noisy_linear``: conjugate gradient steps at most (a run that needs more fails, naming the residual).
         random_mask: ``fixed`` seeded mask per image (default) or ``fresh`` at every read (ROAR code).
         target: the class explained: ``predicted`` by the base model (ROAR code) or the true ``label`` (ROAD code).
         tie_seed: seed of the rank tie-breaking.
@@ -41,10 +47,32 @@ class Protocol:
 
     granularity: Literal["element", "pixel"] = "element"
     score: Literal["abs", "square", "raw"] = "abs"
-    fill: Literal["channel_mean", "image_mean"] = "channel_mean"
+    fill: Literal["channel_mean", "image_mean", "noisy_linear", "blur"] = "channel_mean"
     random_mask: Literal["fixed", "fresh"] = "fixed"
     target: Literal["predicted", "label"] = "predicted"
     tie_seed: int = 0
+    fill_sigma: float = 2.0
+    fill_noise_std: float = 0.01
+    fill_tol: float = 1e-5
+    fill_max_iter: int = 1000
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that move results: a fill's own settings only with that fill (so the
+        fingerprints of constant-fill grids stay what they were before the imputing fills)."""
+        from roar.data.roar import fill_options
+
+        fields = {k: v for k, v in asdict(self).items() if not k.startswith("fill_")}
+        options = fill_options(self.fill, sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter, seed=self.tie_seed)
+        return {**fields, **{f"fill_{k}": v for k, v in options.items() if k != "seed"}}
+
+    def validate(self) -> None:
+        """Unknown fills and impossible fill settings fail here, naming the value, before any training."""
+        from roar.data.imputation import check_imputation_settings
+        from roar.data.roar import FILLS
+
+        if self.fill not in FILLS:
+            raise ValueError(f"unknown protocol.fill {self.fill!r}; valid choices: {', '.join(FILLS)}")
+        check_imputation_settings(sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter)
 
 
 @dataclass
@@ -88,9 +116,12 @@ class BenchmarkConfig:
         thresholds: fractions of features removed (ROAR) or kept (KAR), in (0, 1); the unmasked
             reference (0 removed / everything kept) is always run.
         seeds: number of retraining seeds (0..n-1), or the list of seeds.
-        modes: ``roar`` and/or ``kar``.
+        modes: ``roar`` and/or ``kar`` (retrained); ``noretrain`` / ``noretrain_kar`` alone run
+            only the no-retrain evaluations in ROAR / KAR order (ROAD's MoRF / LeRF with
+            ``protocol.fill: noisy_linear``), training nothing but the base model.
         noretrain: also evaluate the base model on masked test data without retraining
-            (confounded by distribution shift; reported for comparison).
+            (confounded by distribution shift; reported for comparison): ROAR order, and KAR
+            order too when ``kar`` is among the modes.
         protocol: the protocol choices, see :class:`Protocol`.
         attribution_batch_size: images per attribution call.
         attribution_device: ``auto``, ``cpu`` or ``cuda``.
@@ -114,7 +145,7 @@ class BenchmarkConfig:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     seeds: int | list[int] = 5
-    modes: list[Literal["roar", "kar"]] = field(default_factory=lambda: ["roar"])
+    modes: list[Literal["roar", "kar", "noretrain", "noretrain_kar"]] = field(default_factory=lambda: ["roar"])
     noretrain: bool = True
     protocol: Protocol = field(default_factory=Protocol)
     attribution_batch_size: int = 256
@@ -168,6 +199,7 @@ class BenchmarkConfig:
     def validate(self) -> BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
         from roar.attribution.registry import resolved_params
+        from roar.benchmark.plan import MODES as PLAN_MODES
         from roar.benchmark.plan import _check_seeds, _check_thresholds
         from roar.data.sources import SOURCES
         from roar.models.factory import check_arch
@@ -190,15 +222,16 @@ class BenchmarkConfig:
         if len(set(self.thresholds)) != len(self.thresholds):
             raise ValueError(f"thresholds has duplicates: {self.thresholds}")
         if not self.modes:
-            raise ValueError("modes is empty; valid modes: roar, kar")
+            raise ValueError(f"modes is empty; valid modes: {', '.join(PLAN_MODES)}")
         for mode in self.modes:
-            if mode not in ("roar", "kar"):
-                raise ValueError(f"unknown mode {mode!r}; valid modes: roar, kar")
+            if mode not in PLAN_MODES:
+                raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(PLAN_MODES)}")
         _check_seeds(self.seeds)  # negative or repeated seeds fail here, before the base model and ranks
         _check_thresholds(self.thresholds)
         if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
             raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
         self._check_trainer_entries()
+        self.protocol.validate()
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))

@@ -5,7 +5,9 @@ A ROAR run at threshold ``t`` replaces the ``round(t * F)`` most important featu
 ranking) with an uninformative value and retrains from scratch; a KAR run keeps those features and
 replaces all the others, so for KAR a larger ``t`` keeps more. ``noretrain`` evaluates the base
 model on the ROAR-masked test set without retraining (the paper's Figure 3 shows why that is
-confounded by distribution shift; it is reported for comparison).
+confounded by distribution shift; it is reported for comparison); ``noretrain_kar`` does the same
+on the KAR-masked test set, planned when ``kar`` is among the modes. With ``fill: noisy_linear`` the
+two are ROAD's MoRF and LeRF curves (Rong, Leemann et al., ICML 2022: most / least relevant first).
 
 The unmasked reference does not depend on any method, so it is run once and shared:
 
@@ -13,7 +15,8 @@ The unmasked reference does not depend on any method, so it is run once and shar
   on unmasked data, placed by the report on every ROAR curve at fraction removed 0 and on every
   KAR curve at fraction kept 1;
 * ``RunSpec(method="unmasked", mode="noretrain", threshold=0.0, seed=0)``: the base model on the
-  unmasked test set, placed at 0 on every noretrain curve.
+  unmasked test set, placed at 0 on every noretrain curve and at fraction kept 1 on every
+  noretrain_kar curve.
 
 This module is cheap to import (no torch): the report and the command line use it too.
 """
@@ -25,8 +28,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-MODES = ("roar", "kar", "noretrain")
+MODES = ("roar", "kar", "noretrain", "noretrain_kar")
 RETRAIN_MODES = ("roar", "kar")
+NORETRAIN_ORDER = {"noretrain": "roar", "noretrain_kar": "kar"}
+"""The masking order of each no-retrain mode (ROAD's MoRF and LeRF with the noisy linear fill)."""
 REFERENCE_MODE = "reference"
 REFERENCE_METHOD = "unmasked"
 SPEC_MODES = (*MODES, REFERENCE_MODE)
@@ -212,7 +217,8 @@ def build_plan(
         thresholds: fractions in (0, 1), unique; the reference supplies 0 (ROAR) and 1 (KAR).
         seeds: a number of seeds (``0..n-1``) or the list of seeds.
         modes: among :data:`MODES`; ``noretrain`` here is the same as ``noretrain=True``.
-        noretrain: add the no-retrain evaluations of the base model (ROAR masking).
+        noretrain: add the no-retrain evaluations of the base model: ROAR masking (``noretrain``)
+            always, and KAR masking (``noretrain_kar``) too when ``kar`` is among the modes.
 
     Returns:
         The run specs, without duplicates.
@@ -228,6 +234,8 @@ def build_plan(
     seeds = _check_seeds(seeds)
     retrain_modes = [m for m in modes if m in RETRAIN_MODES]
     with_noretrain = bool(noretrain) or "noretrain" in modes
+    # KAR order without retraining (ROAD's LeRF) comes with KAR; run ids of the ROAR order are unchanged.
+    with_noretrain_kar = "noretrain_kar" in modes or (bool(noretrain) and "kar" in modes)
 
     plan: list[RunSpec] = []
     if retrain_modes:
@@ -235,6 +243,10 @@ def build_plan(
     if with_noretrain:
         plan.append(RunSpec(dataset, model, REFERENCE_METHOD, "noretrain", 0.0, 0))
         plan += [RunSpec(dataset, model, method, "noretrain", t, 0) for t in thresholds for method in methods]
+    if with_noretrain_kar:
+        if not with_noretrain:  # its curve starts from the same unmasked evaluation of the base model
+            plan.append(RunSpec(dataset, model, REFERENCE_METHOD, "noretrain", 0.0, 0))
+        plan += [RunSpec(dataset, model, method, "noretrain_kar", t, 0) for t in thresholds for method in methods]
     for seed in seeds:
         for mode in retrain_modes:
             plan += [RunSpec(dataset, model, method, mode, t, seed) for t in thresholds for method in methods]

@@ -17,7 +17,7 @@ A benchmark folder is resumed, never mixed (DESIGN.md, "Fingerprints"; README, "
 from __future__ import annotations
 
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from roar.benchmark.config import BenchmarkConfig
@@ -88,7 +88,7 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
 def grid_settings(cfg: BenchmarkConfig, base_checkpoint_sha256: str | None = None) -> dict[str, Any]:
     """The settings every run of the grid shares; a given base checkpoint stands for its training."""
     settings = base_training(cfg)
-    settings["protocol"] = jsonable(asdict(cfg.protocol))
+    settings["protocol"] = jsonable(cfg.protocol.fingerprint())
     if cfg.base.checkpoint:  # a user's checkpoint: its bytes (sha256), not our training, define it
         settings["base"] = {"checkpoint_sha256": base_checkpoint_sha256}
     return settings

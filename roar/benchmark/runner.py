@@ -30,7 +30,7 @@ from roar.attribution.store import checkpoint_sha256
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
-from roar.benchmark.plan import RunSpec, build_plan, format_threshold
+from roar.benchmark.plan import NORETRAIN_ORDER, RunSpec, build_plan, format_threshold
 from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
@@ -154,9 +154,11 @@ def _finish_loggers(loggers: list[Any]) -> None:
 def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str) -> ImageDataModule:
     if method is None or threshold == 0:
         return ImageDataModule(**cfg.data)
+    p = cfg.protocol
     return RoarDataModule(
-        **cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=mode,
-        fill=cfg.protocol.fill, ranks_progress=False,
+        **cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=mode, ranks_progress=False,
+        fill=p.fill, fill_sigma=p.fill_sigma, fill_noise_std=p.fill_noise_std, fill_tol=p.fill_tol,
+        fill_max_iter=p.fill_max_iter, fill_seed=p.tie_seed,
     )  # fmt: skip
 
 
@@ -322,13 +324,13 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     run_dir = run_directory(out, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     method = None if spec.method == "unmasked" else spec.method
-    mode = "roar" if spec.mode in ("noretrain", "reference") else spec.mode
+    mode = NORETRAIN_ORDER.get(spec.mode, "roar" if spec.mode == "reference" else spec.mode)
     seed_everything(spec.seed, workers=True, verbose=False)
     dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
     loggers = _loggers(cfg, out, run_dir, spec.name, spec.mode, run_config(cfg, spec))
     checkpoint = None
     try:
-        if spec.mode == "noretrain":
+        if spec.mode in NORETRAIN_ORDER:
             model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=cfg.model.get("arch", "small_cnn"))
             trainer = _trainer(cfg, run_dir, logger=loggers, progress=progress)
             epochs = 0
@@ -339,7 +341,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
             epochs = trainer.current_epoch
         # Scored at the last epoch: picking the best epoch on the test set would leak it into the result.
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
-        if cfg.save_checkpoints and spec.mode != "noretrain":
+        if cfg.save_checkpoints and spec.mode not in NORETRAIN_ORDER:
             checkpoint = str(run_dir / "last.ckpt")
             trainer.save_checkpoint(checkpoint, weights_only=False)
     finally:

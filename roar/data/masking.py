@@ -14,7 +14,9 @@ The contract (see DESIGN.md, "Ranks"):
 * rank 0 is the most important feature; ties are broken by a seeded hash of
   ``(seed, sample index, feature)``, never by position, so the order of equal scores does not
   depend on the batch a sample arrives in;
-* the replacement value is the training per-channel mean (the paper) or each image's own mean.
+* the replacement value is the training per-channel mean (the paper) or each image's own mean;
+  or it is imputed from the image itself (:mod:`roar.data.imputation`): ROAD's ``noisy_linear``
+  (Rong, Leemann et al., ICML 2022) or a Gaussian ``blur`` control.
 
 Everything here is device-agnostic and vectorised over the batch: :func:`mask_images` runs on the
 accelerator for every training batch, so it is a comparison, a reshape and a ``torch.where``.
@@ -23,6 +25,7 @@ accelerator for every training batch, so it is a comparison, a reshape and a ``t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from decimal import ROUND_HALF_UP, Decimal
 
 import torch
@@ -30,7 +33,8 @@ import torch
 GRANULARITIES = ("element", "pixel")
 SCORES = ("abs", "square", "raw")
 MODES = ("roar", "kar")
-FILLS = ("image_mean",)
+FILLS = ("image_mean", "noisy_linear", "blur")
+IMPUTING_FILLS = ("noisy_linear", "blur")
 
 _MASK64 = (1 << 64) - 1
 # splitmix64 constants (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
@@ -244,15 +248,22 @@ def apply_mask(
     mask: torch.Tensor,
     fill: torch.Tensor | Sequence[float] | str,
     granularity: str = "element",
+    *,
+    indices: torch.Tensor | None = None,
+    fill_options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Replace the masked features of each image with a fill value.
 
     Args:
         images: ``(B, C, H, W)`` images.
         mask: ``(B, F)`` bool, True where a feature is replaced (``F`` as for ``granularity``).
-        fill: a ``(C,)`` per-channel value (the training mean, as in Hooker et al.) or
-            ``"image_mean"`` for each image's own per-channel mean.
+        fill: a ``(C,)`` per-channel value (the training mean, as in Hooker et al.),
+            ``"image_mean"`` for each image's own per-channel mean, ``"noisy_linear"`` (ROAD's
+            imputation) or ``"blur"`` (a Gaussian-blurred copy of the image).
         granularity: ``element`` (one value per feature) or ``pixel`` (all channels of a pixel).
+        indices: ``(B,)`` global sample indices; they seed ``noisy_linear``'s noise per image.
+        fill_options: for ``noisy_linear``: ``noise_std``, ``seed``, ``tol``, ``max_iter``; for
+            ``blur``: ``sigma`` (see :mod:`roar.data.imputation`).
 
     Returns:
         A new ``(B, C, H, W)`` tensor; ``images`` is not modified.
@@ -268,6 +279,13 @@ def apply_mask(
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     # A (B, 1, H, W) pixel mask broadcasts over channels, so a pixel is replaced as a whole.
     mask = mask.view(b, c, h, w) if granularity == "element" else mask.view(b, 1, h, w)
+    if isinstance(fill, str) and fill in IMPUTING_FILLS:
+        from roar.data.imputation import blur_fill, noisy_linear_impute
+
+        options = dict(fill_options or {})
+        if fill == "blur":
+            return blur_fill(images, mask, **options)
+        return noisy_linear_impute(images, mask, indices=indices, **options)
     return torch.where(mask, _fill_value(images, fill), images)
 
 
@@ -278,6 +296,9 @@ def mask_images(
     mode: str = "roar",
     fill: torch.Tensor | Sequence[float] | str | None = None,
     granularity: str = "element",
+    *,
+    indices: torch.Tensor | None = None,
+    fill_options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """ROAR/KAR-modify a batch: ``x~ = fill where the feature is replaced, else x``.
 
@@ -290,18 +311,20 @@ def mask_images(
         ranks: ``(B, F)`` integer ranks of the same images, 0 = most important.
         threshold: fraction in ``[0, 1)``.
         mode: ``roar`` or ``kar``.
-        fill: ``(C,)`` training per-channel mean, or ``"image_mean"``. Required.
+        fill: ``(C,)`` training per-channel mean, or one of :data:`FILLS`. Required.
         granularity: ``element`` or ``pixel``; must match how ``ranks`` were computed.
+        indices, fill_options: for the imputing fills, see :func:`apply_mask`.
 
     Returns:
         The modified batch (a new tensor).
     """
-    return apply_mask(images, feature_mask(ranks, threshold, mode), fill, granularity)
+    return apply_mask(images, feature_mask(ranks, threshold, mode), fill, granularity, indices=indices, fill_options=fill_options)
 
 
 __all__ = [
     "FILLS",
     "GRANULARITIES",
+    "IMPUTING_FILLS",
     "MODES",
     "SCORES",
     "apply_mask",

@@ -20,10 +20,20 @@ import numpy as np
 import torch
 
 from roar.data.datamodule import ImageDataModule, SourceName
+from roar.data.imputation import DEFAULT_MAX_ITER, DEFAULT_NOISE_STD, DEFAULT_SIGMA, DEFAULT_TOL, check_imputation_settings
 from roar.data.masking import check_mode, mask_images
 from roar.data.ranks import RankProvider
 
-FILLS = ("channel_mean", "image_mean")
+FILLS = ("channel_mean", "image_mean", "noisy_linear", "blur")
+
+
+def fill_options(fill: str, *, sigma: float, noise_std: float, tol: float, max_iter: int, seed: int) -> dict[str, Any]:
+    """The settings of an imputing fill that move its values (empty for the constant fills)."""
+    if fill == "blur":
+        return {"sigma": float(sigma)}
+    if fill == "noisy_linear":
+        return {"noise_std": float(noise_std), "tol": float(tol), "max_iter": int(max_iter), "seed": int(seed)}
+    return {}
 
 
 class RoarDataModule(ImageDataModule):
@@ -36,7 +46,16 @@ class RoarDataModule(ImageDataModule):
             Required when ``threshold > 0``.
         threshold: fraction of features in ``[0, 1)``; 0 is the unmasked data.
         mode: ``roar`` (replace the top-t features) or ``kar`` (keep the top-t, replace the rest).
-        fill: ``channel_mean`` (the training per-channel mean, as the paper) or ``image_mean``.
+        fill: ``channel_mean`` (the training per-channel mean, as the paper), ``image_mean``,
+            ``noisy_linear`` (ROAD's imputation, Rong, Leemann et al. ICML 2022) or ``blur``
+            (a Gaussian-blurred copy of the image); see :mod:`roar.data.imputation`.
+        fill_sigma: the ``blur`` fill's Gaussian std, in pixels (> 0).
+        fill_noise_std: std of the noise ``noisy_linear`` adds to imputed values (ROAD: 0.01);
+            seeded by ``fill_seed`` and each image's global index.
+        fill_tol: ``noisy_linear`` solves its linear system to this max abs residual (pixel units).
+        fill_max_iter: ``noisy_linear``'s conjugate gradient steps at most; a batch not solved to
+            ``fill_tol`` by then stops the run with the residual named.
+        fill_seed: seed of ``noisy_linear``'s noise (the benchmark passes its ``tie_seed``).
         max_device_ranks_bytes: rank tables up to this size are held on the device (one index
             per batch); larger ones (ImageNet) stay memory-mapped and each batch reads its rows.
         ranks_progress: progress bars and reuse messages while ranks are computed or found.
@@ -62,7 +81,12 @@ class RoarDataModule(ImageDataModule):
         ranks: RankProvider | None = None,
         threshold: float = 0.0,
         mode: Literal["roar", "kar"] = "roar",
-        fill: Literal["channel_mean", "image_mean"] = "channel_mean",
+        fill: Literal["channel_mean", "image_mean", "noisy_linear", "blur"] = "channel_mean",
+        fill_sigma: float = DEFAULT_SIGMA,
+        fill_noise_std: float = DEFAULT_NOISE_STD,
+        fill_tol: float = DEFAULT_TOL,
+        fill_max_iter: int = DEFAULT_MAX_ITER,
+        fill_seed: int = 0,
         max_device_ranks_bytes: int = 2 << 30,
         ranks_progress: bool = True,
     ) -> None:
@@ -76,6 +100,7 @@ class RoarDataModule(ImageDataModule):
         check_mode(mode)
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; valid choices: {', '.join(FILLS)}")
+        check_imputation_settings(sigma=fill_sigma, noise_std=fill_noise_std, tol=fill_tol, max_iter=fill_max_iter)
         super().__init__(
             source=source, root=root, download=download, image_size=image_size, batch_size=batch_size,
             val_fraction=val_fraction, num_workers=num_workers, augment=augment, crop_padding=crop_padding,
@@ -89,6 +114,7 @@ class RoarDataModule(ImageDataModule):
         self.threshold = float(threshold)
         self.mode = mode
         self.fill = fill
+        self.fill_options = fill_options(fill, sigma=fill_sigma, noise_std=fill_noise_std, tol=fill_tol, max_iter=fill_max_iter, seed=fill_seed)
         self.max_device_ranks_bytes = max_device_ranks_bytes
         self.ranks_progress = ranks_progress
         self.rank_table: torch.Tensor | None = None
@@ -109,7 +135,10 @@ class RoarDataModule(ImageDataModule):
     def protocol(self) -> dict[str, Any]:
         """The protocol choices that move results: recorded with every run."""
         ranking = self.rank_provider.describe() if self.rank_provider is not None else {"method": "unmasked"}
-        return {**ranking, "threshold": self.threshold, "mode": self.mode, "fill": self.fill}
+        return {
+            **ranking, "threshold": self.threshold, "mode": self.mode, "fill": self.fill,
+            **{f"fill_{k}": v for k, v in self.fill_options.items()},
+        }  # fmt: skip
 
     @property
     def masks_fresh(self) -> bool:
@@ -169,5 +198,5 @@ class RoarDataModule(ImageDataModule):
                 ranks = self._rows_from_memmaps(indices).to(images.device, non_blocking=True)
             else:
                 ranks = self._ranks_on(images.device)[indices]
-        fill = "image_mean" if self.fill == "image_mean" else self._fill.to(images.device, images.dtype)
-        return mask_images(images, ranks, self.threshold, self.mode, fill, self.granularity)
+        fill = self.fill if self.fill != "channel_mean" else self._fill.to(images.device, images.dtype)
+        return mask_images(images, ranks, self.threshold, self.mode, fill, self.granularity, indices=indices, fill_options=self.fill_options)
