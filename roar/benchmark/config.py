@@ -109,6 +109,9 @@ class BenchmarkConfig:
         wandb_offline: log offline under the output folder; ``wandb sync`` uploads later.
         save_checkpoints: keep each retrain's final checkpoint.
         retries: how many times a crashed run is retried before it is recorded as failed.
+        stack: retrains trained together as one batched model (:mod:`roar.benchmark.stacked_runner`):
+            1 (one at a time), N, or ``auto`` (the number of seeds for small models). Results equal
+            separate training within float tolerance; recorded in every row's config, not in fingerprints.
     """
 
     name: str = "benchmark"
@@ -131,6 +134,7 @@ class BenchmarkConfig:
     wandb_offline: bool = True
     save_checkpoints: bool = True
     retries: int = 0
+    stack: int | Literal["auto"] = 1
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
@@ -210,4 +214,8 @@ class BenchmarkConfig:
         check_arch(self.model.get("arch", "small_cnn"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason
+
+        if check_stack_setting(self.stack) not in (1, "auto") and unstackable_reason(self):
+            raise ValueError(f"benchmark.stack={self.stack}: {unstackable_reason(self)}; use stack: 1 (or auto, which falls back to one by one)")
         return self

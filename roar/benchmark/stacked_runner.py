@@ -276,3 +276,38 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path) ->
             _finish_loggers(member_loggers)
     share = (time.perf_counter() - start) / len(specs)
     return [{**o, "seconds": share} for o in outcomes]
+
+
+def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: Any = None) -> list[RunSpec]:
+    """Train and record the stackable runs of ``todo`` in stacks of ``benchmark.stack``; return the rest, in order.
+
+    Each member is recorded as its own row, with the fingerprint a separate run would have (the
+    stack changes how fast, not what). A stack that fails leaves its runs to the one-by-one path,
+    which retries and records them as usual.
+    """
+    from roar.benchmark.runner import record_outcome
+
+    size = resolve_stack(cfg)
+    if size == 1:
+        return todo
+    reason = unstackable_reason(cfg)
+    if reason:
+        log.info("benchmark.stack=%s: running one by one, since %s", cfg.stack, reason)
+        return todo
+    done: set[str] = set()
+    for group in stack_groups(todo, size):
+        if len(group) == 1:
+            continue  # a lone run gains nothing from a stack
+        if bar is not None:
+            bar.set_postfix_str(f"{len(group)} stacked: {group[0].name} [{group[0].mode}]")
+        try:
+            outcomes = execute_stack(group, cfg, out, base_ckpt)
+        except Exception as err:  # the members run one by one instead, with the usual retries and records
+            log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
+            continue
+        for spec, outcome in zip(group, outcomes, strict=True):
+            record_outcome(results, spec, cfg, {"status": "done", **outcome}, provenance)
+            done.add(spec.run_id)
+            if bar is not None:
+                bar.update(1)
+    return [spec for spec in todo if spec.run_id not in done]

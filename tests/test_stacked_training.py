@@ -1,0 +1,148 @@
+"""Stacked training (benchmark.stack) equals separate training, member by member.
+
+Each member of a stack must be the run that ``execute_run`` makes of its spec alone (Hooker et
+al. 2019 retrain every cell from scratch with its own seed): same initialisation, data order,
+masks, augmentation and optimiser steps. Only the floating-point order of batched kernels may
+differ, so weights agree to float tolerance and test accuracies to within one image.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.plan import RunSpec
+from roar.benchmark.runner import execute_run, run_benchmark
+from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups
+from roar.models.checkpoint import load_checkpoint
+from roar.models.factory import build_model
+from roar.models.stacked import StackedNetworks
+
+DATA = {"source": "digits", "image_size": 8, "batch_size": 32, "val_fraction": 0.5, "seed": 0}
+
+
+def config(**overrides) -> BenchmarkConfig:
+    fields = dict(
+        data=DATA, model={"arch": "small_cnn", "lr": 0.05, "warmup_epochs": 0}, trainer={"max_epochs": 2, "accelerator": "cpu"},
+        logger="none", methods=["random"], thresholds=[0.5], seeds=2, modes=["roar"],
+    )  # fmt: skip
+    fields.update(overrides)
+    return BenchmarkConfig.from_dict(fields)
+
+
+def spec(method: str, mode: str, threshold: float, seed: int) -> RunSpec:
+    return RunSpec("digits", "small_cnn", method, mode, threshold, seed)
+
+
+def weights(outcome: dict) -> dict[str, torch.Tensor]:
+    return load_checkpoint(outcome["checkpoint"])["state_dict"]
+
+
+def assert_same_run(separate: dict, stacked: dict, test_images: int) -> None:
+    a, b = weights(separate), weights(stacked)
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = max(1.0, float(a[name].abs().max()))
+        # float tolerance: a grouped convolution sums in another order than N single ones
+        assert torch.allclose(a[name], b[name], rtol=0, atol=2e-3 * scale), (name, float((a[name] - b[name]).abs().max()))
+    assert abs(separate["test_acc"] - stacked["test_acc"]) <= 1.0 / test_images + 1e-9
+    assert separate["epochs"] == stacked["epochs"] == 2
+
+
+@pytest.fixture(scope="module")
+def separate_and_stacked(tmp_path_factory):
+    """Three cells (the reference, a ROAR and a KAR cell: three mask sets), each with its own seed,
+    trained one by one by the normal path and as one stack."""
+    out = tmp_path_factory.mktemp("stack")
+    cfg = config(modes=["roar", "kar"])
+    specs = [spec("unmasked", "reference", 0.0, 0), spec("random", "roar", 0.5, 1), spec("random", "kar", 0.5, 2)]
+    base = out / "base.ckpt"  # random ranks need no base model
+    separate = [execute_run(s, cfg, out / "separate", base, progress=False) for s in specs]
+    stacked = execute_stack(specs, cfg, out / "stacked", base)
+    return cfg, specs, separate, stacked, out
+
+
+def test_stacked_cells_equal_separate_runs(separate_and_stacked):
+    cfg, specs, separate, stacked, _ = separate_and_stacked
+    from roar.data.datamodule import ImageDataModule
+
+    test_images = len(ImageDataModule(**cfg.data).source.test)
+    for one, together in zip(separate, stacked, strict=True):
+        assert_same_run(one, together, test_images)
+    # the cells learnt different things (masks, seeds): equality above is not three copies of one run
+    accs = [o["test_acc"] for o in separate]
+    assert len({round(a, 6) for a in accs}) == 3, accs
+    assert max(accs) > 0.2, accs  # learning happened (chance is 0.1)
+
+
+def test_a_member_does_not_depend_on_the_others(separate_and_stacked):
+    cfg, specs, separate, _, out = separate_and_stacked
+    # the same first member beside another seed: its result is unchanged, the changed member's is not
+    other = [specs[0], spec("random", "roar", 0.5, 7)]
+    stacked = execute_stack(other, cfg, out / "other", out / "base.ckpt")
+    for name, value in weights(separate[0]).items():
+        assert torch.allclose(value, weights(stacked[0])[name], rtol=0, atol=2e-3 * max(1.0, float(value.abs().max()))), name
+    changed = weights(stacked[1])["net.conv1.weight"]
+    assert (changed - weights(separate[1])["net.conv1.weight"]).abs().max() > 0.05
+
+
+def test_stacked_networks_compute_each_member_alone():
+    torch.manual_seed(0)
+    nets = [build_model("small_cnn", num_classes=10, in_chans=1, image_size=8) for _ in range(3)]
+    x = torch.rand(3, 5, 1, 8, 8)
+    stacked = StackedNetworks(nets)
+    out = stacked(x)
+    for i, net in enumerate(nets):
+        assert torch.allclose(out[i], net(x[i]), atol=1e-5)
+    state = stacked.member_state(1)
+    assert all(torch.equal(state[k], v) for k, v in nets[1].state_dict().items())
+    with pytest.raises(ValueError, match="inputs stack 2 batches for 3 networks"):
+        stacked(x[:2])
+    with pytest.raises(ValueError, match="only networks of one architecture"):
+        StackedNetworks([nets[0], build_model("mlp", num_classes=10, in_chans=1, image_size=8)])
+
+
+def test_batchnorm_statistics_are_per_member():
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten()) for _ in range(2)]
+    x = torch.stack([torch.rand(6, 1, 5, 5), 3 + 2 * torch.rand(6, 1, 5, 5)])
+    stacked = StackedNetworks(nets)
+    out = stacked(x)  # training mode: batch statistics, running statistics updated in place per member
+    for i, net in enumerate(nets):
+        net.train()
+        assert torch.allclose(out[i], net(x[i]), atol=1e-5)
+        for name, value in net.state_dict().items():
+            assert torch.allclose(stacked.member_state(i)[name].to(value.dtype), value, atol=1e-6), (i, name)
+    assert not torch.allclose(stacked.buffers["1.running_mean"][0], stacked.buffers["1.running_mean"][1])
+
+
+def test_stack_setting_is_checked_and_resolved():
+    with pytest.raises(ValueError, match="benchmark.stack must be a positive integer or 'auto', got 0"):
+        config(stack=0).validate()
+    with pytest.raises(ValueError, match="gradient_clip_val are not reproduced by stacked training"):
+        config(stack=2, trainer={"max_epochs": 1, "gradient_clip_val": 1.0}).validate()
+    config(stack="auto", trainer={"max_epochs": 1, "gradient_clip_val": 1.0}).validate()  # auto falls back to one by one
+    assert resolve_stack(config(stack="auto", seeds=3), num_parameters=10_000) == 3
+    assert resolve_stack(config(stack="auto", seeds=3), num_parameters=50_000_000) == 1
+    specs = [spec("random", "roar", 0.5, s) for s in (1, 0)] + [spec("unmasked", "noretrain", 0.0, 0), spec("random", "kar", 0.5, 0)]
+    # retrains only, the seeds of one cell side by side; noretrain evaluations are left to the one-by-one path
+    assert stack_groups(specs, 2) == [[specs[3], specs[1]], [specs[0]]]
+
+
+def test_stacked_benchmark_records_the_same_experiment(tmp_path):
+    """A grid with stack: 2 records one row per member, each with the fingerprint (and, within
+    float tolerance, the accuracy) of the same grid run one by one, and the stack in its config."""
+    common = dict(base={"max_epochs": 2, "seed": 0, "min_accuracy": 0.0}, noretrain=False, save_checkpoints=False)
+    rows = {}
+    for stack in (1, 2):
+        results = run_benchmark(config(stack=stack, **common), tmp_path / f"stack{stack}", progress=False, report=False)
+        rows[stack] = {r["run_id"]: r for r in results.rows()}
+    assert rows[1].keys() == rows[2].keys() and len(rows[1]) == 4  # 2 references + 2 roar runs
+    for run_id, one in rows[1].items():
+        together = rows[2][run_id]
+        assert together["status"] == "done"
+        assert together["fingerprint"] == one["fingerprint"]
+        assert one["config"]["benchmark"]["stack"] == 1 and together["config"]["benchmark"]["stack"] == 2
+        assert abs(together["test_acc"] - one["test_acc"]) <= 0.01, run_id
+    assert Path(tmp_path / "stack2" / "runs" / "roar" / "random").is_dir()
