@@ -22,6 +22,15 @@ from roar.models.stacked import StackedNetworks
 DATA = {"source": "digits", "image_size": 8, "batch_size": 32, "val_fraction": 0.5, "seed": 0}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # small models on a shared machine: one thread each is fastest (threads contending stall every step)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def config(**overrides) -> BenchmarkConfig:
     fields = dict(
         data=DATA, model={"arch": "small_cnn", "lr": 0.05, "warmup_epochs": 0}, trainer={"max_epochs": 2, "accelerator": "cpu"},
@@ -39,13 +48,30 @@ def weights(outcome: dict) -> dict[str, torch.Tensor]:
     return load_checkpoint(outcome["checkpoint"])["state_dict"]
 
 
-def assert_same_run(separate: dict, stacked: dict, test_images: int) -> None:
+def initial_weights(cfg: BenchmarkConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The weights a run of this seed starts from (execute_run seeds, then builds the classifier)."""
+    from lightning.pytorch import seed_everything
+
+    from roar.benchmark.runner import _classifier
+    from roar.data.datamodule import ImageDataModule
+
+    seed_everything(seed, verbose=False)
+    return _classifier(cfg, ImageDataModule(**cfg.data)).state_dict()
+
+
+def relative_difference(a: dict, b: dict, start: dict) -> float:
+    """|a - b| over how far training moved the weights, |a - start|, across every parameter."""
+    names = [k for k in a if k.startswith("net.")]
+    apart = sum(float((a[k] - b[k]).pow(2).sum()) for k in names) ** 0.5
+    moved = sum(float((a[k] - start[k]).pow(2).sum()) for k in names) ** 0.5
+    return apart / moved
+
+
+def assert_same_run(separate: dict, stacked: dict, start: dict, test_images: int) -> None:
     a, b = weights(separate), weights(stacked)
     assert a.keys() == b.keys()
-    for name in a:
-        scale = max(1.0, float(a[name].abs().max()))
-        # float tolerance: a grouped convolution sums in another order than N single ones
-        assert torch.allclose(a[name], b[name], rtol=0, atol=2e-3 * scale), (name, float((a[name] - b[name]).abs().max()))
+    # float tolerance: a grouped convolution sums in another order than N single ones
+    assert relative_difference(a, b, start) < 1e-2
     assert abs(separate["test_acc"] - stacked["test_acc"]) <= 1.0 / test_images + 1e-9
     assert separate["epochs"] == stacked["epochs"] == 2
 
@@ -68,8 +94,8 @@ def test_stacked_cells_equal_separate_runs(separate_and_stacked):
     from roar.data.datamodule import ImageDataModule
 
     test_images = len(ImageDataModule(**cfg.data).source.test)
-    for one, together in zip(separate, stacked, strict=True):
-        assert_same_run(one, together, test_images)
+    for s, one, together in zip(specs, separate, stacked, strict=True):
+        assert_same_run(one, together, initial_weights(cfg, s.seed), test_images)
     # the cells learnt different things (masks, seeds): equality above is not three copies of one run
     accs = [o["test_acc"] for o in separate]
     assert len({round(a, 6) for a in accs}) == 3, accs
@@ -81,10 +107,8 @@ def test_a_member_does_not_depend_on_the_others(separate_and_stacked):
     # the same first member beside another seed: its result is unchanged, the changed member's is not
     other = [specs[0], spec("random", "roar", 0.5, 7)]
     stacked = execute_stack(other, cfg, out / "other", out / "base.ckpt")
-    for name, value in weights(separate[0]).items():
-        assert torch.allclose(value, weights(stacked[0])[name], rtol=0, atol=2e-3 * max(1.0, float(value.abs().max()))), name
-    changed = weights(stacked[1])["net.conv1.weight"]
-    assert (changed - weights(separate[1])["net.conv1.weight"]).abs().max() > 0.05
+    assert relative_difference(weights(separate[0]), weights(stacked[0]), initial_weights(cfg, specs[0].seed)) < 1e-2
+    assert relative_difference(weights(separate[1]), weights(stacked[1]), initial_weights(cfg, specs[1].seed)) > 0.5
 
 
 def test_stacked_networks_compute_each_member_alone():
@@ -130,6 +154,7 @@ def test_stack_setting_is_checked_and_resolved():
     assert stack_groups(specs, 2) == [[specs[3], specs[1]], [specs[0]]]
 
 
+@pytest.mark.slow
 def test_stacked_benchmark_records_the_same_experiment(tmp_path):
     """A grid with stack: 2 records one row per member, each with the fingerprint (and, within
     float tolerance, the accuracy) of the same grid run one by one, and the stack in its config."""
