@@ -6,8 +6,9 @@ trains N cells as one ``vmap``'d model (:class:`~roar.models.stacked.StackedNetw
 measurements, the same work on both sides (N models, the same batches, the same steps):
 
 - *train steps*: N plain training steps (forward, backward, SGD) of N separate networks against
-  one step of the stacked networks, on random batches of the case's shape, interleaved rounds.
-  This is the batching gain alone;
+  one step of the stacked networks, on random batches of the case's shape, interleaved rounds:
+  both ways a stack runs (``vmap``'s batched kernels, and a loop over the members' slices) and
+  the device's default (``vmap`` on CUDA, the loop on CPU) as the verdict;
 - *grid runs* (small_cnn on the embedded digits only): ``execute_run`` of N reference cells one
   after another (each its own Trainer) against ``execute_stack`` of the same N cells: what a
   grid with ``stack: N`` gains, fixed per-run costs included.
@@ -70,9 +71,9 @@ def train_step_speeds(case: Case, settings: Settings, cfg: Config) -> dict[str, 
     """Seconds per ``cfg.steps`` steps of N separate networks and of their stack, interleaved."""
     device = settings.device
     nets = _networks(case, device)
-    stack = StackedNetworks(nets).to(device)
+    stacks = {way: StackedNetworks(nets, vectorize=way == "vmap").to(device) for way in ("vmap", "loop")}
     separate_opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, nesterov=True) for n in nets]
-    stacked_opt = torch.optim.SGD(list(stack.params.values()), lr=0.01, momentum=0.9, nesterov=True)
+    stacked_opts = {way: torch.optim.SGD(list(stack.params.values()), lr=0.01, momentum=0.9, nesterov=True) for way, stack in stacks.items()}
     x = torch.rand(case.members, case.batch_size, case.in_chans, case.image_size, case.image_size, device=device)
     y = torch.randint(0, 10, (case.members, case.batch_size), device=device)
 
@@ -83,14 +84,14 @@ def train_step_speeds(case: Case, settings: Settings, cfg: Config) -> dict[str, 
                 F.cross_entropy(net(x[i]), y[i]).backward()
                 opt.step()
 
-    def stacked() -> None:
+    def stacked(way: str) -> None:
         for _ in range(cfg.steps):
-            stacked_opt.zero_grad(set_to_none=True)
-            logits = stack(x)
+            stacked_opts[way].zero_grad(set_to_none=True)
+            logits = stacks[way](x)
             sum(F.cross_entropy(logits[i], y[i]) for i in range(case.members)).backward()
-            stacked_opt.step()
+            stacked_opts[way].step()
 
-    return interleaved({"separate": separate, "stacked": stacked}, settings.repeats, device)
+    return interleaved({"separate": separate, "vmap": lambda: stacked("vmap"), "loop": lambda: stacked("loop")}, settings.repeats, device)
 
 
 def grid_run_speeds(settings: Settings, cfg: Config) -> dict[str, dict[str, float]]:
@@ -124,6 +125,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     cfg = cfg or PRESETS[settings.preset]
     clock = settings.clock
     rows = []
+    default = "vmap" if settings.device.type == "cuda" else "loop"  # what StackedNetworks picks on this device
     for case in cfg.cases:
         print(f"  [stacked] {case.arch} {case.in_chans}x{case.image_size}px x{case.members}", file=sys.stderr, flush=True)
         times = train_step_speeds(case, settings, cfg)
@@ -132,9 +134,11 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         rows.append({
             "what": "train steps", "arch": case.arch, "shape": f"{case.in_chans}x{case.image_size}x{case.image_size}",
             "members": case.members, "batch_size": case.batch_size,
-            "separate_images_per_s": speed["separate"][clock], "stacked_images_per_s": speed["stacked"][clock],
-            "speedup": ratio(speed["stacked"][clock], speed["separate"][clock]),
-            "speedup_wall": ratio(speed["stacked"]["wall"], speed["separate"]["wall"]),
+            "separate_images_per_s": speed["separate"][clock], "stacked_images_per_s": speed[default][clock],
+            "speedup": ratio(speed[default][clock], speed["separate"][clock]),
+            "speedup_wall": ratio(speed[default]["wall"], speed["separate"]["wall"]),
+            "speedup_vmap": ratio(speed["vmap"][clock], speed["separate"][clock]),
+            "speedup_loop": ratio(speed["loop"][clock], speed["separate"][clock]),
         })  # fmt: skip
     if cfg.grid_members > 1:
         print(f"  [stacked] digits grid runs x{cfg.grid_members}", file=sys.stderr, flush=True)
@@ -160,5 +164,6 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
             ("what", "measured"), ("arch", "model"), ("shape", "image"), ("members", "N"), ("batch_size", "B"),
             ("separate_images_per_s", f"separate img/s ({clock})"), ("stacked_images_per_s", f"stacked img/s ({clock})"),
             ("speedup", f"speed-up ({clock})"), ("speedup_wall", "speed-up (wall)"),
+            ("speedup_vmap", f"vmap ({clock})"), ("speedup_loop", f"loop ({clock})"),
         ],
     }

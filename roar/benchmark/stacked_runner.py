@@ -16,8 +16,10 @@ with :class:`~roar.models.stacked.StackedNetworks`, and each member reproduces t
   tensors is elementwise, so per member) and the same warm-up + cosine schedule
   (:func:`~roar.models.classifier.build_optimizer`), and BatchNorm statistics per member.
 
-Only the floating-point order of the batched kernels differs, so results equal separate
-training within float tolerance (``tests/test_stacked_training.py``). Trainer settings whose
+With ``vmap`` (CUDA) only the floating-point order of the batched kernels differs, so results
+equal separate training within float tolerance; on CPU the members run their own kernels in
+one loop and one optimiser step, and equal separate training to the last bit in our tests
+(``tests/test_stacked_training.py``). Trainer settings whose
 effect is not reproduced here (gradient clipping, accumulation, callbacks...) make the grid run
 one by one, with the reason logged. Stacked members log their per-epoch training loss and final
 test accuracy, not Lightning's per-step curves.
@@ -183,15 +185,20 @@ def _consume(passes: list[Iterator[Any]]) -> None:
             pass
 
 
-def train_stack(members: list[Member], cfg: Any, on_epoch: Callable[[int, list[float]], None] | None = None) -> tuple[StackedNetworks, int]:
-    """Train the members together, as each would be trained by ``Trainer.fit`` alone; returns the stack and the epochs."""
+def train_stack(
+    members: list[Member], cfg: Any, on_epoch: Callable[[int, list[float]], None] | None = None, vectorize: bool | None = None
+) -> tuple[StackedNetworks, int]:
+    """Train the members together, as each would be trained by ``Trainer.fit`` alone; returns the stack and the epochs.
+
+    ``vectorize``: see :class:`~roar.models.stacked.StackedNetworks` (None: ``vmap`` on CUDA, a loop on CPU).
+    """
     from roar.benchmark.provenance import TRAINER_DEFAULTS
     from roar.models.classifier import build_optimizer
 
     device = members[0].device
     hp = members[0].model.hparams
     normalize = members[0].model.normalize.to(device)  # one split, one statistic: equal for every member
-    stack = StackedNetworks([m.model.net for m in members]).to(device)
+    stack = StackedNetworks([m.model.net for m in members], vectorize=vectorize).to(device)
     epochs = int(cfg.trainer.get("max_epochs") or TRAINER_DEFAULTS["max_epochs"])
     batches = len(members[0].dm.train_dataloader())
     optimizer, scheduler = build_optimizer(stack.named_parameters(), hp, batches * epochs, epochs, member_dims=1)
@@ -233,7 +240,7 @@ def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float
     return (correct.double() / max(1, total)).tolist()
 
 
-def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path) -> list[dict[str, Any]]:
+def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, vectorize: bool | None = None) -> list[dict[str, Any]]:
     """Train and test the specs' cells as one stack; one :func:`~roar.benchmark.runner.execute_run`-like outcome per spec.
 
     ``seconds`` of each outcome is its share of the stack's wall time.
@@ -258,7 +265,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path) ->
                 for logger in member_loggers:
                     logger.log_metrics({"train/loss": loss, "epoch": epoch}, step=epoch)
 
-        stack, epochs = train_stack(members, cfg, on_epoch)
+        stack, epochs = train_stack(members, cfg, on_epoch, vectorize)
         accuracies = test_accuracies(stack, members)
         outcomes = []
         for i, (member, folder, member_loggers) in enumerate(zip(members, folders, loggers, strict=True)):

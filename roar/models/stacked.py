@@ -5,7 +5,8 @@ mostly idle, and the ROAR grid (Hooker et al., NeurIPS 2019) retrains the same a
 times: every seed of every (method, threshold, mode) cell. :class:`StackedNetworks` holds the
 parameters and buffers of N such networks stacked along a leading member dimension
 (``torch.func.stack_module_state``) and runs them with ``vmap`` over ``functional_call``: one
-call, N independent networks, each on its own batch.
+call, N independent networks, each on its own batch (or, where batched kernels do not pay, a
+loop of ``functional_call`` over the members' slices: one optimiser step and one loop still).
 
 Why this is exact: member ``i``'s output depends only on member ``i``'s parameters and input, so
 the gradient of the summed loss with respect to member ``i``'s slice is that member's own
@@ -34,13 +35,17 @@ class StackedNetworks:
     Args:
         networks: the members, built alike (same parameter and buffer names and shapes); their
             current values become the stacked ones (they are copied, not shared).
+        vectorize: one ``vmap``'d call for all members (batched kernels: fills a GPU), or a loop
+            of ``functional_call`` over member slices (each member's own kernels, as trained
+            alone: on one CPU thread a grouped convolution is slower than N single ones, see
+            ``benchmarks/stacked_training.py``). None: ``vmap`` on CUDA, the loop elsewhere.
 
     Attributes:
         params: ``{name: (N, *shape) leaf tensor requiring grad}``, in ``named_parameters`` order.
         buffers: ``{name: (N, *shape) tensor}`` (BatchNorm running statistics, per member).
     """
 
-    def __init__(self, networks: Sequence[nn.Module]) -> None:
+    def __init__(self, networks: Sequence[nn.Module], vectorize: bool | None = None) -> None:
         networks = list(networks)
         if not networks:
             raise ValueError("a stack needs at least one network")
@@ -55,7 +60,8 @@ class StackedNetworks:
         self.size = len(networks)
         # The structure without storage: functional_call supplies each member's tensors.
         self.skeleton = copy.deepcopy(networks[0]).to("meta")
-        self._forward = vmap(self._member_forward, in_dims=(0, 0, 0), randomness="error")
+        self.vectorize = vectorize
+        self._vmapped = vmap(self._member_forward, in_dims=(0, 0, 0), randomness="error")
 
     def _member_forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.skeleton, (params, buffers), (x,))
@@ -64,7 +70,14 @@ class StackedNetworks:
         """``(N, B, ...)`` inputs, member ``i`` on ``x[i]`` -> ``(N, B, num_classes)`` logits."""
         if x.shape[0] != self.size:
             raise ValueError(f"inputs stack {x.shape[0]} batches for {self.size} networks")
-        return self._forward(self.params, self.buffers, x)
+        vectorize = self.vectorize if self.vectorize is not None else x.device.type == "cuda"
+        if vectorize:
+            return self._vmapped(self.params, self.buffers, x)
+        # Slices are views: gradients reach the stacked leaves, BatchNorm updates the stacked buffers in place.
+        return torch.stack([
+            self._member_forward({k: v[i] for k, v in self.params.items()}, {k: v[i] for k, v in self.buffers.items()}, x[i])
+            for i in range(self.size)
+        ])  # fmt: skip
 
     def train(self, mode: bool = True) -> StackedNetworks:
         """Training or evaluation behaviour (BatchNorm batch statistics, and their running update)."""
