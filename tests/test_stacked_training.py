@@ -15,7 +15,7 @@ from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.runner import execute_run, run_benchmark
 from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups
-from roar.models.checkpoint import load_checkpoint
+from roar.models.checkpoint import load_checkpoint, load_classifier
 from roar.models.factory import build_model
 from roar.models.stacked import StackedNetworks
 
@@ -164,7 +164,7 @@ def test_stack_setting_is_checked_and_resolved():
 def test_stacked_benchmark_records_the_same_experiment(tmp_path):
     """A grid with stack: 2 records one row per member, each with the fingerprint (and, within
     float tolerance, the accuracy) of the same grid run one by one, and the stack in its config."""
-    common = dict(base={"max_epochs": 2, "seed": 0, "min_accuracy": 0.0}, noretrain=False, save_checkpoints=False)
+    common = dict(base={"max_epochs": 2, "seed": 0, "min_accuracy": 0.0}, noretrain=False)
     rows = {}
     for stack in (1, 2):
         results = run_benchmark(config(stack=stack, **common), tmp_path / f"stack{stack}", progress=False, report=False)
@@ -176,4 +176,6 @@ def test_stacked_benchmark_records_the_same_experiment(tmp_path):
         assert together["fingerprint"] == one["fingerprint"]
         assert one["config"]["benchmark"]["stack"] == 1 and together["config"]["benchmark"]["stack"] == 2
         assert abs(together["test_acc"] - one["test_acc"]) <= 0.01, run_id
-    assert Path(tmp_path / "stack2" / "runs" / "roar" / "random").is_dir()
+        assert load_checkpoint(together["checkpoint"]).get("stacked") == 2  # trained in a stack of two
+        load_classifier(together["checkpoint"], arch="small_cnn")  # a checkpoint like any other run's
+    assert (tmp_path / "stack2" / "runs" / "roar" / "random" / "t0.500-s1").is_dir()

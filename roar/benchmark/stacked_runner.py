@@ -273,7 +273,8 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
             checkpoint = None
             if cfg.save_checkpoints:
                 checkpoint = str(folder / "last.ckpt")
-                torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs - 1, "stacked": len(members)}, checkpoint)
+                steps = epochs * len(member.dm.train_dataloader())  # the fields Trainer.save_checkpoint writes after fit
+                torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": steps, "stacked": len(members)}, checkpoint)
             for logger in member_loggers:
                 logger.log_metrics({"test/acc": accuracies[i]}, step=epochs)
                 logger.save()
