@@ -6,7 +6,6 @@ masks, augmentation and optimiser steps. Only the floating-point order of batche
 differ, so weights agree to float tolerance and test accuracies to within one image.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
