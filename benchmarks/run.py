@@ -12,8 +12,9 @@ Examples::
 Figures: 1 ``attribution`` (method cost against its floor), 2 ``masked`` (ROAR training
 against unmasked), 3 ``overhead`` (Lightning against a plain loop), 4 ``store`` (rank store
 throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch), 6 ``grid``
-(digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``road`` (ROAD imputation against
-a ResNet50 forward pass and Quantus). See benchmarks/README.md.
+(digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``mprt`` (the cascade against
+Quantus's MPRT), 8 ``road`` (ROAD imputation against a ResNet50 forward pass and Quantus), 9 ``stacked``
+(N cells as one stacked model against one by one). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ FIGURES: dict[str, tuple[int, str]] = {
     "grid": (6, "benchmarks.grid"),
     "mprt": (7, "benchmarks.sanity_mprt"),
     "road": (8, "benchmarks.road_imputation"),
+    "stacked": (9, "benchmarks.stacked_training"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}

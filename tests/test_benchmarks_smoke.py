@@ -40,6 +40,10 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert [row["way"] for row in results["figures"]["overhead"]["rows"]] == ["train.py fit", "Trainer.fit", "plain loop"]
     assert {row["callback"] for row in results["figures"]["sanity"]["rows"]} == {"ModelRandomizationCheck()", "DataRandomizationCheck(reference)"}
 
+    stacked = results["figures"]["stacked"]["rows"]
+    assert [row["what"] for row in stacked] == ["train steps", "grid runs (execute_run vs execute_stack)"]
+    assert all(row["members"] == 2 and row["stacked_images_per_s"] > 0 and row["separate_images_per_s"] > 0 for row in stacked)
+
     demo, epoch = results["figures"]["grid"]["rows"]
     assert demo["status"].startswith("not run")
     assert epoch["status"] == "extrapolated" and epoch["epoch_s"] > 0

@@ -133,6 +133,9 @@ class BenchmarkConfig:
         confidence_level: the level of every interval in the report (0.95: 95%); report only,
             in no fingerprint.
         bootstrap_resamples: resamples per bootstrap interval (seeded; report only).
+        stack: retrains trained together as one batched model (:mod:`roar.benchmark.stacked_runner`):
+            1 (one at a time), N, or ``auto`` (the number of seeds for small models). Results equal
+            separate training within float tolerance; recorded in every row's config, not in fingerprints.
     """
 
     name: str = "benchmark"
@@ -157,6 +160,7 @@ class BenchmarkConfig:
     retries: int = 0
     confidence_level: float = 0.95
     bootstrap_resamples: int = 2000
+    stack: int | Literal["auto"] = 1
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
@@ -242,4 +246,8 @@ class BenchmarkConfig:
 
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
+        from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason
+
+        if check_stack_setting(self.stack) not in (1, "auto") and unstackable_reason(self):
+            raise ValueError(f"benchmark.stack={self.stack}: {unstackable_reason(self)}; use stack: 1 (or auto, which falls back to one by one)")
         return self

@@ -33,6 +33,7 @@ from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import NORETRAIN_ORDER, RunSpec, build_plan, format_threshold
 from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
+from roar.benchmark.stacked_runner import run_stacks
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
 from roar.data.ranks import FreshRandomRanks, RankProvider
@@ -477,6 +478,7 @@ def run_benchmark(
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
         with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
             if not launch.parallel:
+                todo = run_stacks(todo, cfg, out, base_ckpt, results, provenance, bar)  # benchmark.stack: cells trained together
                 for spec in todo:
                     if bar is not None:
                         bar.set_postfix_str(spec.name + f" [{spec.mode}]")

@@ -153,25 +153,35 @@ class ImageClassifier(LightningModule):
         return self(batch[0]).argmax(dim=1)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.net.named_parameters():
-            # Weight decay on biases and norm scales only hurts (Goyal et al. 2017).
-            (no_decay if param.ndim <= 1 else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(hp.warmup_epochs * total / epochs)))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = build_optimizer(self.net.named_parameters(), self.hparams, total, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_optimizer(named_parameters, hp: Any, total_steps: int, max_epochs: int | None, member_dims: int = 0):
+    """The optimiser and per-step warm-up + cosine schedule of every training (one definition).
+
+    ``member_dims`` leading dimensions of each parameter index stacked models
+    (:mod:`roar.models.stacked`): a parameter's own rank decides its weight decay group, so a
+    stack of models gets exactly the groups, and (elementwise SGD/AdamW) the updates, of each alone.
+    """
+    decay, no_decay = [], []
+    for name, param in named_parameters:
+        # Weight decay on biases and norm scales only hurts (Goyal et al. 2017).
+        (no_decay if param.ndim - member_dims <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if hp.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+    total = max(1, int(total_steps))
+    epochs = max(1, max_epochs or 1)
+    warmup = min(total - 1, int(round(hp.warmup_epochs * total / epochs)))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,0 +1,321 @@
+"""Train several cells of the ROAR grid at once, as one stacked model (``benchmark.stack``).
+
+Hooker et al. (NeurIPS 2019) retrain one architecture for every (method, threshold, seed, mode)
+cell. A small network leaves the device idle, so ``benchmark.stack: N`` trains N cells together
+with :class:`~roar.models.stacked.StackedNetworks`, and each member reproduces the run that
+:func:`roar.benchmark.runner.execute_run` would make of it alone:
+
+* its own initialisation: ``seed_everything(seed)``, then the datamodule and the classifier are
+  built exactly as ``execute_run`` builds them;
+* its own random stream: the global generator's state after that is kept per member and swapped
+  in for every draw the separate run's Trainer makes, in the same order: each epoch's train
+  loader iterator (its base seed) and ``RandomSampler`` (its data order), fresh random masks and
+  the augmentation of each batch, every validation's and the test's loader iterator (one draw
+  each) and fresh masks; the sanity check draws nothing (Lightning runs it under ``isolate_rng``);
+* its own masks (its datamodule's ``mask``), optimiser state (one SGD/AdamW over the stacked
+  tensors is elementwise, so per member) and the same warm-up + cosine schedule
+  (:func:`~roar.models.classifier.build_optimizer`), and BatchNorm statistics per member.
+
+With ``vmap`` (CUDA) only the floating-point order of the batched kernels differs, so results
+equal separate training within float tolerance; on CPU the members run their own kernels in
+one loop and one optimiser step, and equal separate training to the last bit in our tests
+(``tests/test_stacked_training.py``). Trainer settings whose
+effect is not reproduced here (gradient clipping, accumulation, callbacks...) make the grid run
+one by one, with the reason logged. Stacked members log their per-epoch training loss and final
+test accuracy, not Lightning's per-step curves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import seed_everything
+
+from roar.benchmark.plan import RunSpec
+from roar.models.stacked import StackedNetworks
+
+log = logging.getLogger(__name__)
+
+STACK_CHOICES = "a positive integer or 'auto'"
+STACKED_MODES = ("reference", "roar", "kar")
+AUTO_MAX_PARAMETERS = 5_000_000
+"""``auto`` stacks models up to this many parameters (small CNNs, ResNet18); larger ones fill a device alone."""
+AUTO_MAX_STACK = 8
+# Trainer settings a stacked loop reproduces; any other one (gradient clipping, accumulation,
+# limits, precision, callbacks...) changes training in a way this loop does not, so it is refused.
+SUPPORTED_TRAINER = {
+    "max_epochs", "accelerator", "devices", "log_every_n_steps", "enable_progress_bar", "enable_model_summary",
+    "enable_checkpointing", "logger", "default_root_dir", "profiler", "benchmark", "deterministic",
+    "num_sanity_val_steps", "check_val_every_n_epoch", "barebones",
+}  # fmt: skip
+
+
+def check_stack_setting(value: Any) -> int | str:
+    """``benchmark.stack``: a positive integer or ``auto``; anything else is refused by name."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"benchmark.stack must be {STACK_CHOICES}, got {value!r}")
+
+
+def unstackable_reason(cfg: Any) -> str | None:
+    """Why this config's retrains cannot be stacked exactly, or None when they can."""
+    unsupported = sorted(k for k, v in cfg.trainer.items() if k not in SUPPORTED_TRAINER and v is not None)
+    if unsupported:
+        return f"trainer setting(s) {', '.join(unsupported)} are not reproduced by stacked training (supported: {', '.join(sorted(SUPPORTED_TRAINER))})"
+    if cfg.trainer.get("devices", 1) not in (1, "1", None):
+        return f"trainer.devices={cfg.trainer['devices']!r}: a stack trains on one device"
+    if cfg.trainer.get("accelerator", "auto") not in ("auto", "cpu", "gpu", "cuda"):
+        return f"trainer.accelerator={cfg.trainer['accelerator']!r}: a stack runs on cpu or cuda"
+    return None
+
+
+def resolve_stack(cfg: Any, num_parameters: int | None = None) -> int:
+    """The number of members per stack: ``benchmark.stack``, or for ``auto`` the number of seeds
+    (at most :data:`AUTO_MAX_STACK`) when the model is small, else 1."""
+    value = check_stack_setting(getattr(cfg, "stack", 1))
+    if value != "auto":
+        return int(value)
+    if num_parameters is None:
+        from roar.benchmark.runner import _classifier
+        from roar.data.datamodule import ImageDataModule
+
+        dm = ImageDataModule(**cfg.data)
+        num_parameters = sum(p.numel() for p in _classifier(cfg, dm).net.parameters())
+    return max(1, min(len(cfg.seed_list), AUTO_MAX_STACK)) if num_parameters <= AUTO_MAX_PARAMETERS else 1
+
+
+def stack_groups(specs: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """Retrain specs in groups of ``size``: the seeds of one (mode, method, threshold) cell side by side."""
+    order = sorted((s for s in specs if s.mode in STACKED_MODES), key=lambda s: (s.mode, s.method, s.threshold, s.seed))
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _device(cfg: Any) -> torch.device:
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    return torch.device("cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+class MemberRandom:
+    """One member's global random state (CPU, and CUDA when used), swapped in around its draws."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
+        self.device = device
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        outer_cpu = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(self.device) if self.cuda else None
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+        try:
+            yield
+        finally:
+            self.cpu_state = torch.get_rng_state()
+            torch.set_rng_state(outer_cpu)
+            if self.cuda:
+                self.cuda_state = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(outer_cuda, self.device)
+
+
+class Member:
+    """One cell of the stack: its spec, datamodule, classifier (for its hyperparameters and checkpoint) and random state."""
+
+    def __init__(self, spec: RunSpec, cfg: Any, out: Path, base_ckpt: Path, device: torch.device) -> None:
+        from roar.benchmark.runner import _classifier, _datamodule
+
+        self.spec = spec
+        method = None if spec.method == "unmasked" else spec.method
+        mode = "roar" if spec.mode == "reference" else spec.mode
+        # Exactly execute_run's sequence of draws: seed, datamodule, classifier (the initialisation).
+        seed_everything(spec.seed, workers=True, verbose=False)
+        self.dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
+        self.model = _classifier(cfg, self.dm)
+        self.dm.prepare_data()  # what Trainer.fit calls first: ranks are read, nothing is drawn
+        self.dm.setup("fit")
+        self.random = MemberRandom(device)
+        self.device = device
+
+    def eval_pass(self, split: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A Trainer's pass over an evaluation split, in the member's random stream: masked batches."""
+        loader = getattr(self.dm, f"{split}_dataloader")()
+        with self.random.active():
+            batches = iter(loader)  # the DataLoader iterator draws its base seed, as under the Trainer
+        for k, (images, labels, indices) in enumerate(batches):
+            if limit is not None and k >= limit:
+                break
+            with self.random.active():
+                images = self.dm.mask(images.to(self.device), indices.to(self.device))
+            yield images, labels.to(self.device)
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One training epoch in the member's random stream: its data order, masks and augmentation."""
+        with self.random.active():
+            batches = iter(self.dm.train_dataloader())
+        while True:
+            with self.random.active():
+                batch = next(batches, None)  # the first draws RandomSampler's seed: the epoch's order
+                if batch is None:
+                    return
+                images, labels, indices = batch
+                images = self.dm.mask(images.to(self.device), indices.to(self.device))
+                images = self.dm.augment_batch(images)
+            yield images, labels.to(self.device)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, hp: Any) -> torch.Tensor:
+    if hp.loss == "least_squares":
+        return F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
+    return F.cross_entropy(logits, labels, label_smoothing=hp.label_smoothing)
+
+
+def _consume(passes: list[Iterator[Any]]) -> None:
+    for batches in passes:
+        for _ in batches:
+            pass
+
+
+def train_stack(
+    members: list[Member], cfg: Any, on_epoch: Callable[[int, list[float]], None] | None = None, vectorize: bool | None = None
+) -> tuple[StackedNetworks, int]:
+    """Train the members together, as each would be trained by ``Trainer.fit`` alone; returns the stack and the epochs.
+
+    ``vectorize``: see :class:`~roar.models.stacked.StackedNetworks` (None: ``vmap`` on CUDA, a loop on CPU).
+    """
+    from roar.benchmark.provenance import TRAINER_DEFAULTS
+    from roar.models.classifier import build_optimizer
+
+    device = members[0].device
+    hp = members[0].model.hparams
+    normalize = members[0].model.normalize.to(device)  # one split, one statistic: equal for every member
+    stack = StackedNetworks([m.model.net for m in members], vectorize=vectorize).to(device)
+    epochs = int(cfg.trainer.get("max_epochs") or TRAINER_DEFAULTS["max_epochs"])
+    batches = len(members[0].dm.train_dataloader())
+    optimizer, scheduler = build_optimizer(stack.named_parameters(), hp, batches * epochs, epochs, member_dims=1)
+    # Lightning's sanity check runs under isolate_rng (Trainer._run_stage): it draws nothing from the stream.
+    every = cfg.trainer.get("check_val_every_n_epoch", 1) or 1
+    has_val = len(members[0].dm.val_indices) > 0
+    for epoch in range(epochs):
+        stack.train()
+        losses = torch.zeros(len(members), device=device)
+        for step_batches in zip(*(m.train_batches() for m in members), strict=True):
+            images = torch.stack([normalize(x) for x, _ in step_batches])
+            labels = [y for _, y in step_batches]
+            logits = stack(images)
+            per_member = torch.stack([_loss(logits[i], labels[i], hp) for i in range(len(members))])
+            optimizer.zero_grad(set_to_none=True)
+            per_member.sum().backward()  # member i's gradient is its own loss's: the others do not depend on it
+            optimizer.step()
+            scheduler.step()
+            losses += per_member.detach()
+        if on_epoch is not None:
+            on_epoch(epoch, (losses / batches).tolist())
+        if has_val and (epoch + 1) % every == 0:
+            _consume([m.eval_pass("val") for m in members])
+    return stack, epochs
+
+
+@torch.no_grad()
+def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float]:
+    """Each member's accuracy on its own masked test split (``Trainer.test``'s draws, in its stream)."""
+    stack.eval()
+    normalize = members[0].model.normalize.to(members[0].device)
+    correct = torch.zeros(len(members), dtype=torch.long)
+    total = 0
+    for step_batches in zip(*(m.eval_pass("test") for m in members), strict=True):
+        logits = stack(torch.stack([normalize(x) for x, _ in step_batches]))
+        for i, (_, labels) in enumerate(step_batches):
+            correct[i] += int((logits[i].argmax(dim=1) == labels).sum())
+        total += len(step_batches[0][1])
+    return (correct.double() / max(1, total)).tolist()
+
+
+def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, vectorize: bool | None = None) -> list[dict[str, Any]]:
+    """Train and test the specs' cells as one stack; one :func:`~roar.benchmark.runner.execute_run`-like outcome per spec.
+
+    ``seconds`` of each outcome is its share of the stack's wall time.
+    """
+    from roar.benchmark.runner import _finish_loggers, _loggers, run_config, run_directory
+
+    reason = unstackable_reason(cfg)
+    if reason:
+        raise ValueError(f"these runs cannot be stacked: {reason}")
+    start = time.perf_counter()
+    device = _device(cfg)
+    members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
+    folders = [run_directory(out, s) for s in specs]
+    loggers = []
+    for spec, folder in zip(specs, folders, strict=True):
+        folder.mkdir(parents=True, exist_ok=True)
+        loggers.append(_loggers(cfg, out, folder, spec.name, spec.mode, run_config(cfg, spec)))
+    try:
+
+        def on_epoch(epoch: int, losses: list[float]) -> None:
+            for member_loggers, loss in zip(loggers, losses, strict=True):
+                for logger in member_loggers:
+                    logger.log_metrics({"train/loss": loss, "epoch": epoch}, step=epoch)
+
+        stack, epochs = train_stack(members, cfg, on_epoch, vectorize)
+        accuracies = test_accuracies(stack, members)
+        outcomes = []
+        for i, (member, folder, member_loggers) in enumerate(zip(members, folders, loggers, strict=True)):
+            member.model.net.load_state_dict(stack.member_state(i))
+            checkpoint = None
+            if cfg.save_checkpoints:
+                checkpoint = str(folder / "last.ckpt")
+                steps = epochs * len(member.dm.train_dataloader())  # the fields Trainer.save_checkpoint writes after fit
+                torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": steps, "stacked": len(members)}, checkpoint)
+            for logger in member_loggers:
+                logger.log_metrics({"test/acc": accuracies[i]}, step=epochs)
+                logger.save()
+            outcomes.append({"test_acc": accuracies[i], "epochs": epochs, "checkpoint": checkpoint})
+    finally:
+        for member_loggers in loggers:
+            _finish_loggers(member_loggers)
+    share = (time.perf_counter() - start) / len(specs)
+    return [{**o, "seconds": share} for o in outcomes]
+
+
+def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: Any = None) -> list[RunSpec]:
+    """Train and record the stackable runs of ``todo`` in stacks of ``benchmark.stack``; return the rest, in order.
+
+    Each member is recorded as its own row, with the fingerprint a separate run would have (the
+    stack changes how fast, not what). A stack that fails leaves its runs to the one-by-one path,
+    which retries and records them as usual.
+    """
+    from roar.benchmark.runner import record_outcome
+
+    size = resolve_stack(cfg)
+    if size == 1:
+        return todo
+    reason = unstackable_reason(cfg)
+    if reason:
+        log.info("benchmark.stack=%s: running one by one, since %s", cfg.stack, reason)
+        return todo
+    done: set[str] = set()
+    for group in stack_groups(todo, size):
+        if len(group) == 1:
+            continue  # a lone run gains nothing from a stack
+        if bar is not None:
+            bar.set_postfix_str(f"{len(group)} stacked: {group[0].name} [{group[0].mode}]")
+        try:
+            outcomes = execute_stack(group, cfg, out, base_ckpt)
+        except Exception as err:  # the members run one by one instead, with the usual retries and records
+            log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
+            continue
+        for spec, outcome in zip(group, outcomes, strict=True):
+            record_outcome(results, spec, cfg, {"status": "done", **outcome}, provenance)
+            done.add(spec.run_id)
+            if bar is not None:
+                bar.update(1)
+    return [spec for spec in todo if spec.run_id not in done]
