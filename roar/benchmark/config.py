@@ -133,6 +133,11 @@ class BenchmarkConfig:
         confidence_level: the level of every interval in the report (0.95: 95%); report only,
             in no fingerprint.
         bootstrap_resamples: resamples per bootstrap interval (seeded; report only).
+        leakage: after the grid, the mask-leakage probe (Rong, Leemann et al., ICML 2022): per
+            method, threshold and order, the same classifier trained on the 0/1 masks alone;
+            above chance, the mask's shape carries the class (``leakage.csv`` and a report
+            section; see :mod:`roar.benchmark.leakage`).
+        leakage_seed: the training seed of every leakage probe.
     """
 
     name: str = "benchmark"
@@ -157,6 +162,8 @@ class BenchmarkConfig:
     retries: int = 0
     confidence_level: float = 0.95
     bootstrap_resamples: int = 2000
+    leakage: bool = False
+    leakage_seed: int = 0
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
@@ -242,4 +249,8 @@ class BenchmarkConfig:
 
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
+        if not isinstance(self.leakage, bool):
+            raise ValueError(f"leakage must be true or false, got {self.leakage!r}")
+        if isinstance(self.leakage_seed, bool) or not isinstance(self.leakage_seed, int) or self.leakage_seed < 0:
+            raise ValueError(f"leakage_seed must be a non-negative integer, got {self.leakage_seed!r}")
         return self
