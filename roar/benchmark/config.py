@@ -136,6 +136,11 @@ class BenchmarkConfig:
         stack: retrains trained together as one batched model (:mod:`roar.benchmark.stacked_runner`):
             1 (one at a time), N, or ``auto`` (the number of seeds for small models). Results equal
             separate training within float tolerance; recorded in every row's config, not in fingerprints.
+        leakage: after the grid, the mask-leakage probe (Rong, Leemann et al., ICML 2022): per
+            method, threshold and order, the same classifier trained on the 0/1 masks alone;
+            above chance, the mask's shape carries the class (``leakage.csv`` and a report
+            section; see :mod:`roar.benchmark.leakage`).
+        leakage_seed: the training seed of every leakage probe.
     """
 
     name: str = "benchmark"
@@ -161,6 +166,8 @@ class BenchmarkConfig:
     confidence_level: float = 0.95
     bootstrap_resamples: int = 2000
     stack: int | Literal["auto"] = 1
+    leakage: bool = False
+    leakage_seed: int = 0
 
     def __post_init__(self) -> None:
         import_modules(self.imports)
@@ -250,4 +257,8 @@ class BenchmarkConfig:
 
         if check_stack_setting(self.stack) not in (1, "auto") and unstackable_reason(self):
             raise ValueError(f"benchmark.stack={self.stack}: {unstackable_reason(self)}; use stack: 1 (or auto, which falls back to one by one)")
+        if not isinstance(self.leakage, bool):
+            raise ValueError(f"leakage must be true or false, got {self.leakage!r}")
+        if isinstance(self.leakage_seed, bool) or not isinstance(self.leakage_seed, int) or self.leakage_seed < 0:
+            raise ValueError(f"leakage_seed must be a non-negative integer, got {self.leakage_seed!r}")
         return self

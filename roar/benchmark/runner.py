@@ -501,6 +501,10 @@ def run_benchmark(
                     )  # fmt: skip
         if report:
             write_benchmark_report(cfg, out, results)
+        if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv, report section)
+            from roar.benchmark.leakage import run_leakage_probe
+
+            run_leakage_probe(cfg, out, base_ckpt, provenance, progress=progress, report=report)
     return results
 
 

@@ -187,16 +187,18 @@ class RoarDataModule(ImageDataModule):
             self._device_ranks[device] = self.rank_table.to(device)
         return self._device_ranks[device]
 
+    def batch_ranks(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The ``(B, F)`` ranks of a batch, on its device, looked up by global sample index."""
+        if self.masks_fresh:
+            return self.rank_provider.batch_ranks(images, indices)
+        self.setup()
+        if self._memmaps is not None:
+            return self._rows_from_memmaps(indices).to(images.device, non_blocking=True)
+        return self._ranks_on(images.device)[indices]
+
     def mask(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if self.threshold == 0:
             return images
-        if self.masks_fresh:
-            ranks = self.rank_provider.batch_ranks(images, indices)
-        else:
-            self.setup()
-            if self._memmaps is not None:
-                ranks = self._rows_from_memmaps(indices).to(images.device, non_blocking=True)
-            else:
-                ranks = self._ranks_on(images.device)[indices]
+        ranks = self.batch_ranks(images, indices)
         fill = self.fill if self.fill != "channel_mean" else self._fill.to(images.device, images.dtype)
         return mask_images(images, ranks, self.threshold, self.mode, fill, self.granularity, indices=indices, fill_options=self.fill_options)

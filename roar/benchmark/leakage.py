@@ -1,0 +1,159 @@
+"""The mask-leakage probe: can a model tell the class from the ROAR mask alone?
+
+Rong, Leemann et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods"
+(ICML 2022) point out that ROAR's retrained model sees *where* features were removed: when the
+shape of the mask depends on the class (a saliency map outlines the object), the mask itself is
+a feature, and a retrained model can score above chance on images with every informative pixel
+removed. That inflates the accuracy a ROAR curve keeps (the ranking looks worse than it is) or,
+for KAR, flatters it.
+
+The probe measures this directly: for each method, threshold and masking order, the same kind of
+classifier is trained (same model and trainer settings as the retrains) on the 0/1 masks alone, the
+image replaced by the mask of its removed features. Its test accuracy above chance is the class
+information the mask shape carries. ``random`` is the reference: its masks are drawn independently
+of the image, so its probe stays at chance. ROAR and KAR masks of one threshold are complements,
+so they carry the same information; both are probed so each curve has its own number.
+
+Written as ``leakage.csv`` beside the report and as a section of ``report.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from roar.benchmark.plan import NORETRAIN_ORDER, RETRAIN_MODES, RunSpec
+from roar.data.masking import feature_mask
+from roar.data.roar import RoarDataModule
+from roar.fingerprint import fingerprint_key
+
+LEAKAGE_CSV = "leakage.csv"
+LEAKAGE_TITLE = "Mask leakage: a model trained on the masks alone (chance = no leakage)"
+COLUMNS = ("dataset", "model", "method", "order", "threshold", "seed", "test_acc", "chance", "epochs", "seconds", "fingerprint")
+
+
+class MaskOnlyDataModule(RoarDataModule):
+    """A :class:`RoarDataModule` whose images are replaced by their masks: 1 where a feature is removed, else 0.
+
+    The ranks, threshold and order (``mode``) are those of the ROAR/KAR retrain the probe stands
+    beside; the fill is irrelevant (nothing of the image is left). A pixel-granularity mask is
+    broadcast over the channels, so the input has the image's shape and any model of the
+    benchmark takes it unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.threshold == 0:
+            raise ValueError("threshold 0 removes nothing, so every mask is empty; give a threshold in (0, 1)")
+        # The classifier standardises its input with these: a 0/1 mask is centred at 0.5 whatever the images' statistics.
+        self.channel_mean = [0.5] * self.in_chans
+        self.channel_std = [0.5] * self.in_chans
+
+    def mask(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        removed = feature_mask(self.batch_ranks(images, indices), self.threshold, self.mode)
+        b, c, h, w = images.shape
+        shape = (b, c, h, w) if self.granularity == "element" else (b, 1, h, w)
+        return removed.view(shape).expand(b, c, h, w).to(images.dtype).contiguous()
+
+
+def probe_accuracy(dm: MaskOnlyDataModule, model: torch.nn.Module, trainer: Any) -> float:
+    """Train ``model`` on the masks of ``dm`` and return its test accuracy (scored at the last epoch, as the retrains)."""
+    trainer.fit(model, datamodule=dm)
+    return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def probe_orders(modes: list[str]) -> list[str]:
+    """The masking orders whose curves the benchmark draws: ``roar`` and/or ``kar`` (no-retrain modes mask in their order)."""
+    orders = {mode if mode in RETRAIN_MODES else NORETRAIN_ORDER[mode] for mode in modes}
+    return [order for order in RETRAIN_MODES if order in orders]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)  # atomic: an interrupted probe never leaves a half-written table
+    return path
+
+
+def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, progress: bool = True, report: bool = True) -> list[dict[str, Any]]:
+    """One probe per (method, threshold, order) with ``cfg.leakage_seed``; ``<out>/leakage.csv``, and a report section.
+
+    A probe already in ``leakage.csv`` with the same fingerprint (that of the retrain it stands
+    beside: settings, base model, ranks) is kept, so a rerun trains only what is missing.
+    """
+    from lightning.pytorch import seed_everything
+
+    from roar.benchmark.runner import RUNS_DIR, _classifier, _trainer, rank_provider
+
+    path = out / LEAKAGE_CSV
+    done = {row["fingerprint"]: row for row in read_rows(path)}
+    # the names of the grid's run ids (runner.pending_runs): the probe's fingerprint is its retrain's
+    dataset, model_name = cfg.data.get("source", "digits"), str(cfg.model.get("arch", "small_cnn")).replace("/", ":")
+    seed = cfg.leakage_seed
+    rows = []
+    for order in probe_orders(list(cfg.modes)):
+        for threshold in sorted(cfg.thresholds):
+            for method in cfg.methods:
+                spec = RunSpec(dataset, model_name, method, order, threshold, seed)
+                key = fingerprint_key({"leakage": provenance.for_run(spec)})
+                if key in done:
+                    rows.append(done[key])
+                    continue
+                start = time.perf_counter()
+                seed_everything(seed, workers=True, verbose=False)
+                dm = MaskOnlyDataModule(**cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=order, ranks_progress=False)
+                run_dir = out / RUNS_DIR / "leakage" / order / method / f"t{threshold:g}-s{seed}"
+                trainer = _trainer(cfg, run_dir, logger=[], progress=progress)
+                acc = probe_accuracy(dm, _classifier(cfg, dm), trainer)
+                rows.append({
+                    "dataset": dataset, "model": model_name, "method": method, "order": order, "threshold": threshold, "seed": seed,
+                    "test_acc": acc, "chance": 1.0 / dm.num_classes, "epochs": trainer.current_epoch,
+                    "seconds": time.perf_counter() - start, "fingerprint": key,
+                })  # fmt: skip
+                write_rows(rows, path)  # after every probe: an interrupted run keeps what it trained
+    write_rows(rows, path)
+    if report and (out / "report.md").is_file():
+        with (out / "report.md").open("a") as f:
+            f.write("\n" + "\n".join(leakage_section(rows)) + "\n")
+    return rows
+
+
+def leakage_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's markdown section: probe test accuracy per method (rows) and threshold (columns), per order."""
+    lines = [f"## {LEAKAGE_TITLE}", ""]
+    if not rows:
+        return lines + ["No leakage probes.", ""]
+    chance = float(rows[0]["chance"])
+    lines += [
+        f"Test accuracy of the benchmark's classifier trained on the 0/1 masks alone (seed {rows[0]['seed']}); chance is {chance:.3f}. "
+        "Well above chance, the mask's shape tells the class: a retrained ROAR/KAR model can use it, so that method's curve "
+        "measures the mask as well as the features (Rong, Leemann et al., ICML 2022). `random` is the reference.",
+        "",
+    ]
+    for order in sorted({str(r["order"]) for r in rows}):
+        mine = [r for r in rows if str(r["order"]) == order]
+        thresholds = sorted({float(r["threshold"]) for r in mine})
+        cells = {(str(r["method"]), float(r["threshold"])): float(r["test_acc"]) for r in mine}
+        lines += [f"**{order.upper()} masks** (fraction {'removed' if order == 'roar' else 'kept'})", ""]
+        lines += ["| method | " + " | ".join(f"{t:g}" for t in thresholds) + " |", "|---" * (len(thresholds) + 1) + "|"]
+        for method in dict.fromkeys(str(r["method"]) for r in mine):
+            lines.append(f"| {method} | " + " | ".join(f"{cells[(method, t)]:.3f}" if (method, t) in cells else "" for t in thresholds) + " |")
+        lines.append("")
+    return lines
+
+
+__all__ = ["LEAKAGE_CSV", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "run_leakage_probe"]
