@@ -182,7 +182,8 @@ def benchmark_main(argv: list[str]) -> int:
                         help="discard the results (and a base model) of other settings in --out and run the grid afresh")  # fmt: skip
     parser.add_argument("--allow_failures", "--allow-failures", type=bool, default=False,
                         help="exit 0 even when runs failed (they are listed and recorded either way)")  # fmt: skip
-    parser.add_argument("--progress", type=bool, default=True, help="progress bars")
+    parser.add_argument("--progress", type=bool, default=True, help="the grid's progress bar and one line per finished run")
+    parser.add_argument("--verbose", type=bool, default=False, help="also each run's progress bars and Lightning's banners and logs")
     _add_launch_arguments(parser)
     cfg, out, args = _config(parser, _list_arguments(argv))
     try:
@@ -191,7 +192,7 @@ def benchmark_main(argv: list[str]) -> int:
         parser.error(str(err))
     config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:
-        results = run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch, config_yaml=config_yaml)
+        results = run_benchmark(cfg, out, force=args.force, progress=args.progress, verbose=args.verbose, launch=launch, config_yaml=config_yaml)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130
@@ -212,18 +213,20 @@ def benchmark_main(argv: list[str]) -> int:
 def attribute_main(argv: list[str]) -> int:
     from roar.benchmark.lock import FolderLock
     from roar.benchmark.runner import BASE_CHECKPOINT, prepare_ranks
+    from roar.quiet import quiet_third_party, say
 
     parser = _parser("attribute", "Rank every feature of every train/test image with each method, into the attribution store. "
                      "Entries with the same checkpoint, method, resolved parameters and data are reused.")  # fmt: skip
     parser.add_argument("--ckpt", type=str, default=None, help=f"the base checkpoint (default: <out>/{BASE_CHECKPOINT})")
-    parser.add_argument("--progress", type=bool, default=True)
+    parser.add_argument("--progress", type=bool, default=True, help="progress bars (in a terminal) and one line per method")
+    parser.add_argument("--verbose", type=bool, default=False, help="also Lightning's and other libraries' banners and warnings")
     cfg, out, args = _config(parser, _list_arguments(argv))
     ckpt = Path(args.ckpt) if args.ckpt else out / BASE_CHECKPOINT
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")
     try:
-        with FolderLock(out, "attribute"):
-            prepare_ranks(cfg, out, ckpt, progress=args.progress)
+        with FolderLock(out, "attribute"), quiet_third_party(args.verbose):
+            prepare_ranks(cfg, out, ckpt, progress=args.progress, say=say if args.progress else None)
     except _expected_errors() as err:
         return _fail(err)
     print(f"ranks of {', '.join(cfg.methods)} are in {out / 'attributions'}")

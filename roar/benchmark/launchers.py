@@ -54,7 +54,8 @@ LAUNCHERS.add("ray", "one Ray task per run on a Ray cluster")
 RAY_INSTALL = "pip install 'roar[ray]'"
 GPU_ACCELERATORS = ("gpu", "cuda")
 
-OnFinished = Callable[[RunSpec, bool], None]
+OnFinished = Callable[[RunSpec, dict[str, Any]], None]
+"""Called in the driver as each run ends, with its outcome (``status`` ``done`` or ``failed``, then the run's fields or ``error``)."""
 
 
 @dataclass
@@ -119,9 +120,10 @@ def _quiet_worker(threads: int) -> None:
     """Torch threads and log levels of a worker process (the driver's bar is the only progress)."""
     import torch
 
+    from roar.quiet import silence_third_party
+
     torch.set_num_threads(max(1, int(threads)))
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    silence_third_party()
 
 
 def _worker_config(cfg_dict: dict[str, Any]) -> BenchmarkConfig:
@@ -168,14 +170,14 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
     _quiet_worker(threads)
 
 
-def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> bool:
-    """One run in a worker process; it records its own row, with its fingerprint. True when done."""
+def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> dict[str, Any]:
+    """One run in a worker process; it records its own row, with its fingerprint, and returns its outcome."""
     from roar.benchmark.runner import attempt_run, record_outcome
 
     spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
     outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
     record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome, provenance)
-    return outcome["status"] == "done"
+    return outcome
 
 
 class _Slot:
@@ -235,7 +237,7 @@ def run_local_pool(
         results: the driver's results store; workers write rows into the same file.
         workers: worker processes.
         worker_retries: reruns of a run whose worker died, before it is recorded as failed.
-        on_finished: called in the driver with ``(spec, done)`` as each run ends.
+        on_finished: called in the driver with ``(spec, outcome)`` as each run ends.
         provenance: the grid's :class:`~roar.benchmark.provenance.GridProvenance`: each row records its fingerprint.
     """
     from roar.benchmark.runner import run_config
@@ -245,7 +247,7 @@ def run_local_pool(
     queue, deaths = deque(todo), Counter()
     running: dict[Future, tuple[_Slot, RunSpec]] = {}
     cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(out), str(base_ckpt)
-    finished = on_finished or (lambda spec, ok: None)
+    finished = on_finished or (lambda spec, outcome: None)
     clean = False
     try:
         while queue or running:
@@ -259,11 +261,11 @@ def run_local_pool(
                 slot, spec = running.pop(future)
                 error = future.exception()
                 if error is None:
-                    finished(spec, bool(future.result()))
+                    finished(spec, future.result())
                 elif isinstance(error, BrokenProcessPool):
                     slot.restart()
                     if spec.run_id in results.finished_ids():  # it died after recording: nothing lost
-                        finished(spec, True)
+                        finished(spec, {"status": "done", "note": "recorded before its worker died"})
                         continue
                     deaths[spec.run_id] += 1
                     message = _death_message(spec, deaths[spec.run_id])
@@ -273,12 +275,12 @@ def run_local_pool(
                     else:
                         log.warning(message)
                         results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
-                        finished(spec, False)
+                        finished(spec, {"status": "failed", "error": message})
                 else:  # the worker survived but could not run or record the spec (e.g. the db was unwritable)
                     text = "".join(traceback.format_exception(error))
                     log.warning("run %s could not be run by its worker:\n%s", spec.run_id, text)
                     results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
-                    finished(spec, False)
+                    finished(spec, {"status": "failed", "error": text})
         clean = True
     finally:
         # On Ctrl-C the workers got the same SIGINT (same process group); do not wait for them.
@@ -358,7 +360,7 @@ def run_ray(
         cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(Path(out).resolve()), str(Path(base_ckpt).resolve())
         pending = {task.remote(spec.to_dict(), cfg_dict, out_s, ckpt_s, threads): spec for spec in todo}
         log.info("submitted %d runs to Ray (%s per task)", len(pending), resources)
-        finished = on_finished or (lambda spec, ok: None)
+        finished = on_finished or (lambda spec, outcome: None)
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -370,10 +372,10 @@ def run_ray(
                         text = f"the Ray task of {spec.run_id} failed: {err}"
                         log.warning(text)
                         results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
-                        finished(spec, False)
+                        finished(spec, {"status": "failed", "error": text})
                         continue
                     record_outcome(results, spec, cfg, outcome, provenance)
-                    finished(spec, outcome["status"] == "done")
+                    finished(spec, outcome)
         except BaseException:
             for ref in pending:  # Ctrl-C: do not leave the cluster busy with runs nobody records
                 ray.cancel(ref, force=True)

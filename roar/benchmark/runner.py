@@ -10,13 +10,14 @@ running the same command again.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
 import os
+import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan, format_threshold
+from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
@@ -38,6 +40,7 @@ from roar.data.roar import RoarDataModule
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 from roar.models.classifier import ImageClassifier
+from roar.quiet import quiet_third_party, say
 from roar.registry import import_object
 
 log = logging.getLogger(__name__)
@@ -110,7 +113,7 @@ def _trainer(cfg: BenchmarkConfig, run_dir: Path, *, logger: Any, max_epochs: in
         kwargs["max_epochs"] = max_epochs
     # The user's callbacks are kept (fresh instances per run), the framework's progress bar added.
     callbacks = [instantiate(c, "trainer.callbacks") for c in _as_list(cfg.trainer.get("callbacks"))]
-    if progress:  # the grid's overall bar sits at position 0; each run's bars below it
+    if progress:  # --verbose: each run's bars below the grid's
         callbacks.append(TQDMProgressBar(process_position=1, leave=False))
     kwargs.update(
         default_root_dir=str(run_dir),
@@ -134,12 +137,13 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(
-                name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, save_dir=str(out),
-                offline=cfg.wandb_offline, config=config, reinit=True,
-            )  # fmt: skip
-        )
+        wandb_logger = WandbLogger(
+            name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, save_dir=str(out),
+            offline=cfg.wandb_offline, config=config, reinit=True,
+        )  # fmt: skip
+        # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every first run; we never set it.
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 
@@ -190,13 +194,14 @@ def _check_base_model(model: torch.nn.Module, accuracy: float, cfg: BenchmarkCon
         )
 
 
-def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False) -> Path:
+def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """Train the base model, or reuse a checkpoint made by exactly these settings; return its path.
 
     ``<out>/base.ckpt`` records the fingerprint of its training (:func:`base_training`) inside
     itself: it is reused only when that matches, refused otherwise (``force`` retrains it). A
     ``base.checkpoint`` of the user's is checked against the config's architecture and the data.
-    A base model that diverged or stayed near chance is never kept.
+    A base model that diverged or stayed near chance is never kept. ``progress``: Lightning's
+    bars; ``say``: where the one line saying what happened goes (nowhere by default).
 
     Raises:
         ConfigChangedError: ``<out>/base.ckpt`` was trained with other settings (and not ``force``).
@@ -217,12 +222,13 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
         recorded = (provenance(path) or {}).get("training")
         if recorded == expected:
             load_classifier(path, **fits)
-            log.info("reusing base checkpoint %s (same settings)", path)
+            (say or log.info)(f"base model: reusing {path} (same settings)")
             return path
         if not force:
             changes = differences(recorded, expected) if isinstance(recorded, dict) else ["the checkpoint records no fingerprint (not written by this roar)"]
             raise refusal("the base model", str(path), changes)
         log.info("retraining the base model: %s was trained with other settings", path)
+    start = time.perf_counter()
     seed_everything(cfg.base.seed, workers=True, verbose=False)
     model = _classifier(cfg, dm)
     run_dir = out / RUNS_DIR / "base"
@@ -241,7 +247,7 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     checkpoint[PROVENANCE_KEY] = {"training": expected, "arch": arch, "dataset": dm.dataset_id, "test_acc": accuracy}
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written base model that looks usable
-    log.info("base model: test/acc %.4f -> %s", accuracy, path)
+    (say or log.info)(f"base model: test acc {accuracy:.3f} after {trainer.current_epoch} epochs ({time.perf_counter() - start:.1f} s) -> {path}")
     return path
 
 
@@ -261,8 +267,12 @@ def check_store_matches(store_dir: Path, dm: ImageDataModule) -> None:
             )
 
 
-def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True) -> dict[str, dict[str, str]]:
+def prepare_ranks(
+    cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True, say: Callable[[str], None] | None = None
+) -> dict[str, dict[str, str]]:
     """Compute (or reuse) every method's ranks of every train and test image, once.
+
+    ``progress``: the store's bars (in a terminal); ``say``: one line per method when it is ready.
 
     Returns:
         ``{method: {split: store key}}`` of the entries (``{"fresh": "drawn at every read"}`` for
@@ -280,6 +290,7 @@ def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: lis
         if method == "random" and p.random_mask == "fresh":
             keys[method] = {"fresh": "drawn at every read"}
             continue  # drawn afresh at every read: nothing to store
+        start = time.perf_counter()
         keys[method] = rank_entry_keys(
             dm, method, checkpoint_sha=sha, method_params=cfg.method_params.get(method, {}), granularity=p.granularity,
             score=p.score, target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
@@ -288,8 +299,10 @@ def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: lis
             dm, method, out / STORE_DIR, checkpoint=base_ckpt, model=model,
             method_params=cfg.method_params.get(method, {}), granularity=p.granularity, score=p.score,
             target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
-            device=cfg.attribution_device, progress=progress,
+            device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
         )  # fmt: skip
+        if say is not None:
+            say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s)")
     return keys
 
 
@@ -402,20 +415,13 @@ def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunS
     return plan, [spec for spec in plan if spec.run_id not in done]
 
 
-def _overall_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="ROAR grid", unit="run", position=0, leave=True, dynamic_ncols=True)
-
-
 def run_benchmark(
     cfg: BenchmarkConfig,
     out: str | Path,
     *,
     force: bool = False,
     progress: bool = True,
+    verbose: bool = False,
     report: bool = True,
     launch: LaunchOptions | None = None,
     config_yaml: str | None = None,
@@ -427,7 +433,8 @@ def run_benchmark(
         out: the output folder; held under a lock while this runs (:mod:`roar.benchmark.lock`).
         force: forget the recorded results and retrain a base model made with other settings
             (ranks are keyed by fingerprint, so stale ones are simply not used).
-        progress: progress bars.
+        progress: the grid's progress bar and one line per finished run (:mod:`roar.benchmark.progress`).
+        verbose: each run's own progress bars and Lightning's banners too (off: :mod:`roar.quiet`).
         report: write the report at the end.
         launch: where the runs go (:class:`~roar.benchmark.launchers.LaunchOptions`): this
             process (the default), ``workers`` local processes, or a Ray cluster. The base model
@@ -443,7 +450,7 @@ def run_benchmark(
     launch = (launch or LaunchOptions()).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "benchmark"):
+    with FolderLock(out, "benchmark"), quiet_third_party(verbose):
         results = ResultsStore(out / "results.db")
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
@@ -457,34 +464,27 @@ def run_benchmark(
         # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.
         seed_everything(cfg.base.seed, workers=True, verbose=False)
         probe_methods(dm, cfg.methods, cfg.method_params, model=_classifier(cfg, dm))
-        base_ckpt = train_base(cfg, out, progress=progress, force=force)
-        provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress))
+        tell = say if progress else None
+        base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
+        provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too
         plan, todo = pending_runs(cfg, results)
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
+        with GridProgress(len(plan), len(plan) - len(todo), progress) as bar:
             if not launch.parallel:
                 for spec in todo:
-                    if bar is not None:
-                        bar.set_postfix_str(spec.name + f" [{spec.mode}]")
-                    execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress, provenance=provenance)
-                    if bar is not None:
-                        bar.update(1)
-            elif todo:  # a finished grid starts no workers and joins no cluster
-
-                def on_finished(spec: RunSpec, done: bool) -> None:
-                    if bar is not None:
-                        bar.set_postfix_str(f"{'done' if done else 'FAILED'}: {spec.name} [{spec.mode}]")
-                        bar.update(1)
-
-                if launch.launcher == "ray":
-                    run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=on_finished, provenance=provenance)
-                else:
-                    run_local_pool(
-                        todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
-                        on_finished=on_finished, provenance=provenance,
-                    )  # fmt: skip
+                    bar.started(spec)
+                    outcome = attempt_run(spec, cfg, out, base_ckpt, progress=verbose)
+                    record_outcome(results, spec, cfg, outcome, provenance)
+                    bar.finished(spec, outcome)
+            elif launch.launcher == "ray" and todo:  # a finished grid joins no cluster
+                run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=bar.finished, provenance=provenance)
+            elif todo:  # ... and starts no workers
+                run_local_pool(
+                    todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
+                    on_finished=bar.finished, provenance=provenance,
+                )  # fmt: skip
         if report:
             write_benchmark_report(cfg, out, results)
     return results

@@ -112,7 +112,8 @@ class SanityReportConfig:
         permuted_checkpoint: a permuted-label checkpoint to use instead of training one.
         retrain: train again even if ``<out>`` holds matching checkpoints.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
-        progress: show Lightning's progress bars.
+        progress: show progress; Lightning's per-epoch bars need ``verbose`` too.
+        verbose: Lightning's bars, banners and known third-party warnings (:mod:`roar.quiet`); off by default.
     """
 
     data: dict[str, Any] = field(default_factory=dict)
@@ -135,6 +136,7 @@ class SanityReportConfig:
     retrain: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
+    verbose: bool = False
 
     def validate(self) -> None:
         """Check every choice before anything is computed.
@@ -215,7 +217,7 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
         devices=1,
         logger=CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
         enable_checkpointing=False,
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=cfg.progress and cfg.verbose,
         enable_model_summary=False,
         log_every_n_steps=10,
     )
@@ -553,7 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_report(cfg, out, Console(), datamodule)
+    from roar.quiet import quiet_third_party
+
+    with quiet_third_party(cfg.verbose):
+        run_report(cfg, out, Console(), datamodule)
     return 0
 
 
