@@ -3,7 +3,7 @@
 Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks" (NeurIPS 2019)
 retrain a ResNet-50 hundreds of times (method x threshold x seed x mode): one machine, one run at a
 time, is too slow. Every run is a pure function of the benchmark config, its :class:`RunSpec` and
-paths on disk (:func:`roar.benchmark.runner.execute_run`), so the grid parallelises without
+paths on disk (:func:`roar.benchmark.cell.execute_run`), so the grid parallelises without
 shipping models or tensors: a worker gets the config as a dict, the spec as a dict and the paths,
 rebuilds the data module from the config, reads the ranks from the attribution store and trains.
 The driver (``run_benchmark``) trains the base model and computes every method's ranks *before*
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from roar.benchmark.cell import attempt_run, config_from_dict, record_outcome, run_config
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
@@ -128,8 +129,6 @@ def _quiet_worker(threads: int) -> None:
 
 def _worker_config(cfg_dict: dict[str, Any]) -> BenchmarkConfig:
     """The config a worker runs with: one device per run (the one the worker is pinned to)."""
-    from roar.benchmark.runner import config_from_dict
-
     cfg = config_from_dict(cfg_dict)
     cfg.trainer = {**cfg.trainer, "devices": 1}
     return cfg
@@ -172,8 +171,6 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
 
 def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> dict[str, Any]:
     """One run in a worker process; it records its own row, with its fingerprint, and returns its outcome."""
-    from roar.benchmark.runner import attempt_run, record_outcome
-
     spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
     outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
     record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome, provenance)
@@ -240,8 +237,6 @@ def run_local_pool(
         on_finished: called in the driver with ``(spec, outcome)`` as each run ends.
         provenance: the grid's :class:`~roar.benchmark.provenance.GridProvenance`: each row records its fingerprint.
     """
-    from roar.benchmark.runner import run_config
-
     threads = max(1, available_cores() // workers)
     slots = [_Slot(device, threads) for device in worker_devices(cfg, workers)]
     queue, deaths = deque(todo), Counter()
@@ -291,8 +286,6 @@ def run_local_pool(
 # --------------------------------------------------------------------------- Ray
 def _ray_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, threads: int) -> dict[str, Any]:
     """One run as a Ray task: rebuilt from the config and paths on shared storage; returns the outcome."""
-    from roar.benchmark.runner import attempt_run
-
     _quiet_worker(threads)
     if not Path(base_ckpt).is_file():
         import socket
@@ -349,8 +342,6 @@ def run_ray(
     ``options.worker_retries`` times (``max_retries``); exceptions inside a run are retried by the
     task itself (``cfg.retries``) and come back as a failed outcome.
     """
-    from roar.benchmark.runner import record_outcome, run_config
-
     ray = require_ray()
     started = _connect_ray(ray, options.ray_address)
     try:
