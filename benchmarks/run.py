@@ -12,7 +12,8 @@ Examples::
 Figures: 1 ``attribution`` (method cost against its floor), 2 ``masked`` (ROAR training
 against unmasked), 3 ``overhead`` (Lightning against a plain loop), 4 ``store`` (rank store
 throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch), 6 ``grid``
-(digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated). See benchmarks/README.md.
+(digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``per_run`` (a grid cell's
+fixed cost against a digits-demo run). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ FIGURES: dict[str, tuple[int, str]] = {
     "store": (4, "benchmarks.store_memory"),
     "sanity": (5, "benchmarks.sanity_cost"),
     "grid": (6, "benchmarks.grid"),
+    "per_run": (7, "benchmarks.run_overhead"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
