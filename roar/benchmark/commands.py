@@ -126,8 +126,9 @@ def _add_launch_arguments(parser: ConfigParser) -> None:
     group = parser.add_argument_group("scale", "run the grid in parallel (docs/scale.md)")
     group.add_argument("--launcher", type=Literal["local", "ray"], default=default.launcher,
                        help="local: this machine (--workers processes); ray: one Ray task per run on a Ray cluster")  # fmt: skip
-    group.add_argument("--workers", type=int, default=default.workers,
-                       help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process")  # fmt: skip
+    group.add_argument("--workers", type=Union[int, Literal["auto"]], default=default.workers,
+                       help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process; "
+                            "auto: from the cores and the model's size (one thread per small model)")  # fmt: skip
     group.add_argument("--worker_retries", "--worker-retries", type=int, default=default.worker_retries,
                        help="reruns of a run whose worker process died (OOM kill, preemption) before it is recorded as failed")  # fmt: skip
     group.add_argument("--ray_address", "--ray-address", type=Optional[str], default=default.ray_address,

@@ -65,7 +65,10 @@ class LaunchOptions:
 
     Attributes:
         launcher: ``local`` (this machine) or ``ray`` (a Ray cluster).
-        workers: local worker processes, one device each; 1 runs the grid in this process.
+        workers: local worker processes, one device each; 1 runs the grid in this process;
+            ``auto`` picks them, and the threads of each, from the cores and the model's size
+            (:mod:`roar.benchmark.auto_workers`).
+        threads: torch threads of each local worker; None: ``cores // workers``.
         worker_retries: how many times a run whose worker *process died* is rerun in a fresh one
             before it is recorded as failed (a Python exception in a run is ``retries`` of the
             benchmark config instead).
@@ -78,7 +81,8 @@ class LaunchOptions:
     """
 
     launcher: Literal["local", "ray"] = "local"
-    workers: int = 1
+    workers: int | Literal["auto"] = 1
+    threads: int | None = None
     worker_retries: int = 1
     ray_address: str | None = None
     ray_cpus_per_task: float = 1.0
@@ -88,8 +92,10 @@ class LaunchOptions:
         """Fail before any training on options that cannot work, naming the value and the choices."""
         if self.launcher not in LAUNCHERS:
             raise ValueError(LAUNCHERS.unknown(self.launcher))
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer or auto, got {self.workers!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
         if self.launcher == "ray" and self.workers != 1:
             raise ValueError(f"workers={self.workers} is for the local launcher; with Ray every run is a task placed by its resources (see ray_cpus_per_task)")
         if isinstance(self.worker_retries, bool) or not isinstance(self.worker_retries, int) or self.worker_retries < 0:
@@ -104,7 +110,7 @@ class LaunchOptions:
 
     @property
     def parallel(self) -> bool:
-        return self.launcher == "ray" or self.workers > 1
+        return self.launcher == "ray" or self.workers == "auto" or self.workers > 1
 
 
 def require_ray():
@@ -223,6 +229,7 @@ def run_local_pool(
     worker_retries: int = 1,
     on_finished: OnFinished | None = None,
     provenance: Any = None,
+    threads: int | None = None,
 ) -> None:
     """Run ``todo`` on ``workers`` worker processes of this machine, one run per process at a time.
 
@@ -236,8 +243,9 @@ def run_local_pool(
         worker_retries: reruns of a run whose worker died, before it is recorded as failed.
         on_finished: called in the driver with ``(spec, outcome)`` as each run ends.
         provenance: the grid's :class:`~roar.benchmark.provenance.GridProvenance`: each row records its fingerprint.
+        threads: torch threads per worker (default: the cores shared out).
     """
-    threads = max(1, available_cores() // workers)
+    threads = threads or max(1, available_cores() // workers)
     slots = [_Slot(device, threads) for device in worker_devices(cfg, workers)]
     queue, deaths = deque(todo), Counter()
     running: dict[Future, tuple[_Slot, RunSpec]] = {}

@@ -24,6 +24,7 @@ from lightning.pytorch import seed_everything
 
 from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_keys
 from roar.attribution.store import checkpoint_sha256
+from roar.benchmark.auto_workers import resolve_workers
 from roar.benchmark.cell import (
     RUNS_DIR, STORE_DIR, _classifier, _finish_loggers, _loggers, _trainer, attempt_run, config_from_dict, execute_and_record,
     execute_run, record_outcome, run_config,
@@ -267,15 +268,19 @@ def run_benchmark(
         check_store_matches(out / STORE_DIR, dm)
         # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.
         seed_everything(cfg.base.seed, workers=True, verbose=False)
-        probe_methods(dm, cfg.methods, cfg.method_params, model=_classifier(cfg, dm))
+        blank = _classifier(cfg, dm)
+        probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
         tell = say if progress else None
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too
         plan, todo = pending_runs(cfg, results)
+        launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
         with GridProgress(len(plan), len(plan) - len(todo), progress) as bar:
+            if not launch.parallel and launch.threads:
+                torch.set_num_threads(launch.threads)
             if not launch.parallel:
                 for spec in todo:
                     bar.started(spec)
@@ -287,7 +292,7 @@ def run_benchmark(
             elif todo:  # ... and starts no workers
                 run_local_pool(
                     todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
-                    on_finished=bar.finished, provenance=provenance,
+                    on_finished=bar.finished, provenance=provenance, threads=launch.threads,
                 )  # fmt: skip
         if report:
             write_benchmark_report(cfg, out, results)
