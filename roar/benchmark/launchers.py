@@ -173,6 +173,10 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     _quiet_worker(threads)
+    from roar.data.sources import reuse_loaded_sources
+
+    # for the worker's life: its runs read the dataset it loaded for the first one
+    reuse_loaded_sources().__enter__()
 
 
 def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> dict[str, Any]:

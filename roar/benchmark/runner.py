@@ -38,6 +38,7 @@ from roar.benchmark.provenance import GridProvenance, base_training, check_recor
 from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
+from roar.data.sources import reuse_loaded_sources
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 from roar.quiet import quiet_third_party, say
@@ -255,7 +256,8 @@ def run_benchmark(
     launch = (launch or LaunchOptions()).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "benchmark"), quiet_third_party(verbose):
+    # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
+    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources():
         results = ResultsStore(out / "results.db")
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
