@@ -22,6 +22,8 @@ LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # torch 2.10 deprecated LeafSpec; Lightning's _pytree still uses it (not ours to fix)
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # an epoch shorter than log_every_n_steps (a first look on data.limit_train): harmless, and said every run
+    (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
 )
 """Third-party warnings that say nothing about the user's run (message regex, category)."""
 
