@@ -14,7 +14,8 @@ against unmasked), 3 ``overhead`` (Lightning against a plain loop), 4 ``store`` 
 throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch), 6 ``grid``
 (digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``mprt`` (the cascade against
 Quantus's MPRT), 8 ``road`` (ROAD imputation against a ResNet50 forward pass and Quantus), 9 ``stacked``
-(N cells as one stacked model against one by one). See benchmarks/README.md.
+(N cells as one stacked model against one by one), 10 ``per_run`` (a grid cell's fixed cost
+against a digits-demo run). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ FIGURES: dict[str, tuple[int, str]] = {
     "mprt": (7, "benchmarks.sanity_mprt"),
     "road": (8, "benchmarks.road_imputation"),
     "stacked": (9, "benchmarks.stacked_training"),
+    "per_run": (10, "benchmarks.run_overhead"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}

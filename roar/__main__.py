@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}; valid commands: {', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[command]
+    from roar.quiet import wide_tables_in_logs
+
+    wide_tables_in_logs()  # a report's tables in a log file are not cut at 80 columns
     result = getattr(importlib.import_module(module), function)(rest)
     return int(result or 0)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from jsonargparse import Namespace
 
@@ -50,8 +50,9 @@ def _add_launch_arguments(parser: ConfigParser) -> None:
     group = parser.add_argument_group("scale", "run the grid in parallel (docs/scale.md)")
     group.add_argument("--launcher", type=Literal["local", "ray"], default=default.launcher,
                        help="local: this machine (--workers processes); ray: one Ray task per run on a Ray cluster")  # fmt: skip
-    group.add_argument("--workers", type=int, default=default.workers,
-                       help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process")  # fmt: skip
+    group.add_argument("--workers", type=Union[int, Literal["auto"]], default=default.workers,
+                       help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process; "
+                            "auto: from the cores and the model's size (one thread per small model)")  # fmt: skip
     group.add_argument("--worker_retries", "--worker-retries", type=int, default=default.worker_retries,
                        help="reruns of a run whose worker process died (OOM kill, preemption) before it is recorded as failed")  # fmt: skip
     group.add_argument("--ray_address", "--ray-address", type=Optional[str], default=default.ray_address,
@@ -106,7 +107,8 @@ def benchmark_main(argv: list[str]) -> int:
                         help="discard the results (and a base model) of other settings in --out and run the grid afresh")  # fmt: skip
     parser.add_argument("--allow_failures", "--allow-failures", type=bool, default=False,
                         help="exit 0 even when runs failed (they are listed and recorded either way)")  # fmt: skip
-    parser.add_argument("--progress", type=bool, default=True, help="progress bars")
+    parser.add_argument("--progress", type=bool, default=True, help="the grid's progress bar and one line per finished run")
+    parser.add_argument("--verbose", type=bool, default=False, help="also each run's progress bars and Lightning's banners and logs")
     _add_launch_arguments(parser)
     cfg, out, args = _config(parser, _list_arguments(argv))
     try:
@@ -115,7 +117,7 @@ def benchmark_main(argv: list[str]) -> int:
         parser.error(str(err))
     config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:
-        results = run_benchmark(cfg, out, force=args.force, progress=args.progress, launch=launch, config_yaml=config_yaml)
+        results = run_benchmark(cfg, out, force=args.force, progress=args.progress, verbose=args.verbose, launch=launch, config_yaml=config_yaml)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130
@@ -136,18 +138,20 @@ def benchmark_main(argv: list[str]) -> int:
 def attribute_main(argv: list[str]) -> int:
     from roar.benchmark.lock import FolderLock
     from roar.benchmark.runner import BASE_CHECKPOINT, prepare_ranks
+    from roar.quiet import quiet_third_party, say
 
     parser = _parser("attribute", "Rank every feature of every train/test image with each method, into the attribution store. "
                      "Entries with the same checkpoint, method, resolved parameters and data are reused.")  # fmt: skip
     parser.add_argument("--ckpt", type=str, default=None, help=f"the base checkpoint (default: <out>/{BASE_CHECKPOINT})")
-    parser.add_argument("--progress", type=bool, default=True)
+    parser.add_argument("--progress", type=bool, default=True, help="progress bars (in a terminal) and one line per method")
+    parser.add_argument("--verbose", type=bool, default=False, help="also Lightning's and other libraries' banners and warnings")
     cfg, out, args = _config(parser, _list_arguments(argv))
     ckpt = Path(args.ckpt) if args.ckpt else out / BASE_CHECKPOINT
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")
     try:
-        with FolderLock(out, "attribute"):
-            prepare_ranks(cfg, out, ckpt, progress=args.progress)
+        with FolderLock(out, "attribute"), quiet_third_party(args.verbose):
+            prepare_ranks(cfg, out, ckpt, progress=args.progress, say=say if args.progress else None)
     except _expected_errors() as err:
         return _fail(err)
     print(f"ranks of {', '.join(cfg.methods)} are in {out / 'attributions'}")

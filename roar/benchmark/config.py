@@ -193,7 +193,7 @@ class BenchmarkConfig:
 
     def _check_trainer_entries(self) -> None:
         """The trainer's own callbacks and loggers (``class_path`` entries) must import, before any training."""
-        from roar.benchmark.runner import import_class
+        from roar.registry import import_object
 
         for key in ("callbacks", "logger"):
             entries = self.trainer.get(key)
@@ -201,7 +201,7 @@ class BenchmarkConfig:
                 if isinstance(entry, dict):
                     if "class_path" not in entry:
                         raise ValueError(f"trainer.{key} entries need a class_path (and optional init_args), got {entry!r}")
-                    import_class(entry["class_path"], f"trainer.{key}")
+                    import_object(entry["class_path"], f"trainer.{key} class_path")
 
     @property
     def seed_list(self) -> list[int]:

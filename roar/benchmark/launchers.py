@@ -3,7 +3,7 @@
 Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks" (NeurIPS 2019)
 retrain a ResNet-50 hundreds of times (method x threshold x seed x mode): one machine, one run at a
 time, is too slow. Every run is a pure function of the benchmark config, its :class:`RunSpec` and
-paths on disk (:func:`roar.benchmark.runner.execute_run`), so the grid parallelises without
+paths on disk (:func:`roar.benchmark.cell.execute_run`), so the grid parallelises without
 shipping models or tensors: a worker gets the config as a dict, the spec as a dict and the paths,
 rebuilds the data module from the config, reads the ranks from the attribution store and trains.
 The driver (``run_benchmark``) trains the base model and computes every method's ranks *before*
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from roar.benchmark.cell import attempt_run, config_from_dict, record_outcome, run_config
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
@@ -54,7 +55,8 @@ LAUNCHERS.add("ray", "one Ray task per run on a Ray cluster")
 RAY_INSTALL = "pip install 'roar[ray]'"
 GPU_ACCELERATORS = ("gpu", "cuda")
 
-OnFinished = Callable[[RunSpec, bool], None]
+OnFinished = Callable[[RunSpec, dict[str, Any]], None]
+"""Called in the driver as each run ends, with its outcome (``status`` ``done`` or ``failed``, then the run's fields or ``error``)."""
 
 
 @dataclass
@@ -63,7 +65,10 @@ class LaunchOptions:
 
     Attributes:
         launcher: ``local`` (this machine) or ``ray`` (a Ray cluster).
-        workers: local worker processes, one device each; 1 runs the grid in this process.
+        workers: local worker processes, one device each; 1 runs the grid in this process;
+            ``auto`` picks them, and the threads of each, from the cores and the model's size
+            (:mod:`roar.benchmark.auto_workers`).
+        threads: torch threads of each local worker; None: ``cores // workers``.
         worker_retries: how many times a run whose worker *process died* is rerun in a fresh one
             before it is recorded as failed (a Python exception in a run is ``retries`` of the
             benchmark config instead).
@@ -76,7 +81,8 @@ class LaunchOptions:
     """
 
     launcher: Literal["local", "ray"] = "local"
-    workers: int = 1
+    workers: int | Literal["auto"] = 1
+    threads: int | None = None
     worker_retries: int = 1
     ray_address: str | None = None
     ray_cpus_per_task: float = 1.0
@@ -86,8 +92,10 @@ class LaunchOptions:
         """Fail before any training on options that cannot work, naming the value and the choices."""
         if self.launcher not in LAUNCHERS:
             raise ValueError(LAUNCHERS.unknown(self.launcher))
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer or auto, got {self.workers!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
         if self.launcher == "ray" and self.workers != 1:
             raise ValueError(f"workers={self.workers} is for the local launcher; with Ray every run is a task placed by its resources (see ray_cpus_per_task)")
         if isinstance(self.worker_retries, bool) or not isinstance(self.worker_retries, int) or self.worker_retries < 0:
@@ -102,7 +110,7 @@ class LaunchOptions:
 
     @property
     def parallel(self) -> bool:
-        return self.launcher == "ray" or self.workers > 1
+        return self.launcher == "ray" or self.workers == "auto" or self.workers > 1
 
 
 def require_ray():
@@ -119,15 +127,14 @@ def _quiet_worker(threads: int) -> None:
     """Torch threads and log levels of a worker process (the driver's bar is the only progress)."""
     import torch
 
+    from roar.quiet import silence_third_party
+
     torch.set_num_threads(max(1, int(threads)))
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    silence_third_party()
 
 
 def _worker_config(cfg_dict: dict[str, Any]) -> BenchmarkConfig:
     """The config a worker runs with: one device per run (the one the worker is pinned to)."""
-    from roar.benchmark.runner import config_from_dict
-
     cfg = config_from_dict(cfg_dict)
     cfg.trainer = {**cfg.trainer, "devices": 1}
     return cfg
@@ -166,16 +173,18 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     _quiet_worker(threads)
+    from roar.data.sources import reuse_loaded_sources
+
+    # for the worker's life: its runs read the dataset it loaded for the first one
+    reuse_loaded_sources().__enter__()
 
 
-def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> bool:
-    """One run in a worker process; it records its own row, with its fingerprint. True when done."""
-    from roar.benchmark.runner import attempt_run, record_outcome
-
+def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> dict[str, Any]:
+    """One run in a worker process; it records its own row, with its fingerprint, and returns its outcome."""
     spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
     outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
     record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome, provenance)
-    return outcome["status"] == "done"
+    return outcome
 
 
 class _Slot:
@@ -224,6 +233,7 @@ def run_local_pool(
     worker_retries: int = 1,
     on_finished: OnFinished | None = None,
     provenance: Any = None,
+    threads: int | None = None,
 ) -> None:
     """Run ``todo`` on ``workers`` worker processes of this machine, one run per process at a time.
 
@@ -235,17 +245,16 @@ def run_local_pool(
         results: the driver's results store; workers write rows into the same file.
         workers: worker processes.
         worker_retries: reruns of a run whose worker died, before it is recorded as failed.
-        on_finished: called in the driver with ``(spec, done)`` as each run ends.
+        on_finished: called in the driver with ``(spec, outcome)`` as each run ends.
         provenance: the grid's :class:`~roar.benchmark.provenance.GridProvenance`: each row records its fingerprint.
+        threads: torch threads per worker (default: the cores shared out).
     """
-    from roar.benchmark.runner import run_config
-
-    threads = max(1, available_cores() // workers)
+    threads = threads or max(1, available_cores() // workers)
     slots = [_Slot(device, threads) for device in worker_devices(cfg, workers)]
     queue, deaths = deque(todo), Counter()
     running: dict[Future, tuple[_Slot, RunSpec]] = {}
     cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(out), str(base_ckpt)
-    finished = on_finished or (lambda spec, ok: None)
+    finished = on_finished or (lambda spec, outcome: None)
     clean = False
     try:
         while queue or running:
@@ -259,11 +268,11 @@ def run_local_pool(
                 slot, spec = running.pop(future)
                 error = future.exception()
                 if error is None:
-                    finished(spec, bool(future.result()))
+                    finished(spec, future.result())
                 elif isinstance(error, BrokenProcessPool):
                     slot.restart()
                     if spec.run_id in results.finished_ids():  # it died after recording: nothing lost
-                        finished(spec, True)
+                        finished(spec, {"status": "done", "note": "recorded before its worker died"})
                         continue
                     deaths[spec.run_id] += 1
                     message = _death_message(spec, deaths[spec.run_id])
@@ -273,12 +282,12 @@ def run_local_pool(
                     else:
                         log.warning(message)
                         results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
-                        finished(spec, False)
+                        finished(spec, {"status": "failed", "error": message})
                 else:  # the worker survived but could not run or record the spec (e.g. the db was unwritable)
                     text = "".join(traceback.format_exception(error))
                     log.warning("run %s could not be run by its worker:\n%s", spec.run_id, text)
                     results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
-                    finished(spec, False)
+                    finished(spec, {"status": "failed", "error": text})
         clean = True
     finally:
         # On Ctrl-C the workers got the same SIGINT (same process group); do not wait for them.
@@ -289,8 +298,6 @@ def run_local_pool(
 # --------------------------------------------------------------------------- Ray
 def _ray_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, threads: int) -> dict[str, Any]:
     """One run as a Ray task: rebuilt from the config and paths on shared storage; returns the outcome."""
-    from roar.benchmark.runner import attempt_run
-
     _quiet_worker(threads)
     if not Path(base_ckpt).is_file():
         import socket
@@ -347,8 +354,6 @@ def run_ray(
     ``options.worker_retries`` times (``max_retries``); exceptions inside a run are retried by the
     task itself (``cfg.retries``) and come back as a failed outcome.
     """
-    from roar.benchmark.runner import record_outcome, run_config
-
     ray = require_ray()
     started = _connect_ray(ray, options.ray_address)
     try:
@@ -358,7 +363,7 @@ def run_ray(
         cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(Path(out).resolve()), str(Path(base_ckpt).resolve())
         pending = {task.remote(spec.to_dict(), cfg_dict, out_s, ckpt_s, threads): spec for spec in todo}
         log.info("submitted %d runs to Ray (%s per task)", len(pending), resources)
-        finished = on_finished or (lambda spec, ok: None)
+        finished = on_finished or (lambda spec, outcome: None)
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -370,10 +375,10 @@ def run_ray(
                         text = f"the Ray task of {spec.run_id} failed: {err}"
                         log.warning(text)
                         results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
-                        finished(spec, False)
+                        finished(spec, {"status": "failed", "error": text})
                         continue
                     record_outcome(results, spec, cfg, outcome, provenance)
-                    finished(spec, outcome["status"] == "done")
+                    finished(spec, outcome)
         except BaseException:
             for ref in pending:  # Ctrl-C: do not leave the cluster busy with runs nobody records
                 ray.cancel(ref, force=True)

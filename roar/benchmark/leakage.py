@@ -97,7 +97,7 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     """
     from lightning.pytorch import seed_everything
 
-    from roar.benchmark.runner import RUNS_DIR, _classifier, _trainer, rank_provider
+    from roar.benchmark.cell import RUNS_DIR, _classifier, _trainer, rank_provider
 
     path = out / LEAKAGE_CSV
     done = {row["fingerprint"]: row for row in read_rows(path)}

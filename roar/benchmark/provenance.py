@@ -71,6 +71,9 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
 
         model["weights_sha256"] = checkpoint_sha256(model["weights"])
     data = _section(_signature_defaults(ImageDataModule), cfg.data, IGNORED["data"])
+    for key in ("limit_train", "limit_test"):  # the whole data, as before limits existed: earlier fingerprints hold
+        if data.get(key) is None:
+            data.pop(key, None)
     if data.get("source") == "lightning":  # a user's datamodule: editing its code changes the data
         from roar.fingerprint import source_sha256
         from roar.registry import import_object

@@ -10,49 +10,46 @@ running the same command again.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import math
 import os
+import sys
 import time
-import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch import seed_everything
 
 from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_keys
-from roar.attribution.ranks import StoreRanks
 from roar.attribution.store import checkpoint_sha256
+from roar.benchmark.auto_workers import resolve_workers
+from roar.benchmark.cell import (
+    RUNS_DIR, STORE_DIR, _classifier, _finish_loggers, _loggers, _trainer, attempt_run, config_from_dict, execute_and_record,
+    execute_run, record_outcome, run_config,
+)  # fmt: skip
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
-from roar.benchmark.plan import NORETRAIN_ORDER, RunSpec, build_plan, format_threshold
-from roar.benchmark.provenance import TRAINER_DEFAULTS, GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
+from roar.benchmark.plan import RunSpec, build_plan
+from roar.benchmark.progress import GridProgress
+from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_runner import run_stacks
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
-from roar.data.ranks import FreshRandomRanks, RankProvider
-from roar.data.roar import RoarDataModule
+from roar.data.sources import reuse_loaded_sources
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
-from roar.models.classifier import ImageClassifier
-from roar.registry import import_object
+from roar.quiet import quiet_third_party, say
 
 log = logging.getLogger(__name__)
 
 BASE_CHECKPOINT = "base.ckpt"
-STORE_DIR = "attributions"
-RUNS_DIR = "runs"
-
-
-def config_from_dict(data: dict[str, Any]) -> BenchmarkConfig:
-    """Rebuild a :class:`BenchmarkConfig` from ``to_dict()``: how workers and Ray tasks receive it."""
-    return BenchmarkConfig.from_dict(data)
+__all__ = [  # execute_run and friends live in roar.benchmark.cell; named here too for existing callers
+    "attempt_run", "config_from_dict", "execute_and_record", "execute_run", "record_outcome", "run_benchmark", "run_config",
+]  # fmt: skip
 
 
 def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
@@ -61,125 +58,6 @@ def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
 
 class BaseModelError(RuntimeError):
     """The base model diverged or stayed at chance: nothing can be ranked with it."""
-
-
-def instantiate(value: Any, what: str) -> Any:
-    """An object from a ``{class_path, init_args}`` config entry (objects pass through)."""
-    if not (isinstance(value, dict) and "class_path" in value):
-        return value
-    cls = import_class(value["class_path"], what)
-    init_args = dict(value.get("init_args") or {})
-    try:
-        return cls(**init_args)
-    except TypeError as err:
-        raise ValueError(f"{what} {value['class_path']} does not take {sorted(init_args)}: {err}") from None
-
-
-def import_class(path: str, what: str) -> Any:
-    """The class at a config's ``class_path`` (one import helper for every config entry: :func:`roar.registry.import_object`)."""
-    return import_object(path, f"{what} class_path")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None or value is False:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _user_loggers(cfg: BenchmarkConfig, run_dir: Path) -> list[Any]:
-    """The config's own ``trainer.logger`` entries, one fresh instance per run, under the run's folder
-    (a relative ``save_dir`` is taken from the run's folder, as ``train.py`` takes it from ``default_root_dir``)."""
-    loggers = []
-    for entry in _as_list(cfg.trainer.get("logger")):
-        if entry is True:
-            continue  # Lightning's default logger: ours (cfg.logger) stand in for it
-        if isinstance(entry, dict) and "class_path" in entry:
-            cls = import_class(entry["class_path"], "trainer.logger")
-            init_args = dict(entry.get("init_args") or {})
-            if "save_dir" in inspect.signature(cls.__init__).parameters:
-                # each run logs under its own folder: a relative save_dir is taken from there (an absolute one is kept)
-                save_dir = init_args.get("save_dir")
-                if save_dir is None or not Path(str(save_dir)).is_absolute():
-                    init_args["save_dir"] = str(run_dir / (save_dir or ""))
-            entry = {"class_path": entry["class_path"], "init_args": init_args}
-        loggers.append(instantiate(entry, "trainer.logger"))
-    return loggers
-
-
-def _trainer(cfg: BenchmarkConfig, run_dir: Path, *, logger: Any, max_epochs: int | None = None, progress: bool = True) -> Trainer:
-    kwargs: dict[str, Any] = dict(TRAINER_DEFAULTS)
-    kwargs.update({k: v for k, v in cfg.trainer.items() if k not in ("callbacks", "logger")})
-    if max_epochs is not None:
-        kwargs["max_epochs"] = max_epochs
-    # The user's callbacks are kept (fresh instances per run), the framework's progress bar added.
-    callbacks = [instantiate(c, "trainer.callbacks") for c in _as_list(cfg.trainer.get("callbacks"))]
-    if progress:  # the grid's overall bar sits at position 0; each run's bars below it
-        callbacks.append(TQDMProgressBar(process_position=1, leave=False))
-    kwargs.update(
-        default_root_dir=str(run_dir),
-        logger=[*logger, *_user_loggers(cfg, run_dir)],
-        enable_checkpointing=any(c.__class__.__name__ == "ModelCheckpoint" for c in callbacks),
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        callbacks=callbacks,
-    )
-    return Trainer(**kwargs)
-
-
-def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type: str, config: dict[str, Any]) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list[Any] = []
-    if cfg.logger == "none":
-        return loggers
-    loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
-    if cfg.logger == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(
-                name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, save_dir=str(out),
-                offline=cfg.wandb_offline, config=config, reinit=True,
-            )  # fmt: skip
-        )
-    return loggers
-
-
-def _finish_loggers(loggers: list[Any]) -> None:
-    for logger in loggers:
-        if logger.__class__.__name__ == "WandbLogger":
-            logger.experiment.finish()
-
-
-def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str) -> ImageDataModule:
-    if method is None or threshold == 0:
-        return ImageDataModule(**cfg.data)
-    p = cfg.protocol
-    return RoarDataModule(
-        **cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=mode, ranks_progress=False,
-        fill=p.fill, fill_sigma=p.fill_sigma, fill_noise_std=p.fill_noise_std, fill_tol=p.fill_tol,
-        fill_max_iter=p.fill_max_iter, fill_seed=p.tie_seed,
-    )  # fmt: skip
-
-
-def rank_provider(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, method: str) -> RankProvider:
-    """Where a retrain's masks come from: the method's stored ranks, or random ranks drawn at every read."""
-    p = cfg.protocol
-    if method == "random" and p.random_mask == "fresh":
-        return FreshRandomRanks(granularity=p.granularity, tie_seed=p.tie_seed)
-    return StoreRanks(
-        method, store=str(out / STORE_DIR), base_checkpoint=str(base_ckpt), method_params=cfg.method_params.get(method, {}),
-        granularity=p.granularity, score=p.score, target=p.target, tie_seed=p.tie_seed,
-        batch_size=cfg.attribution_batch_size, device=cfg.attribution_device,
-    )  # fmt: skip
-
-
-def _classifier(cfg: BenchmarkConfig, dm: ImageDataModule) -> ImageClassifier:
-    return ImageClassifier(
-        **cfg.model, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size,
-        channel_mean=dm.channel_mean, channel_std=dm.channel_std,
-    )  # fmt: skip
 
 
 def min_base_accuracy(cfg: BenchmarkConfig, num_classes: int) -> float:
@@ -203,13 +81,14 @@ def _check_base_model(model: torch.nn.Module, accuracy: float, cfg: BenchmarkCon
         )
 
 
-def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False) -> Path:
+def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """Train the base model, or reuse a checkpoint made by exactly these settings; return its path.
 
     ``<out>/base.ckpt`` records the fingerprint of its training (:func:`base_training`) inside
     itself: it is reused only when that matches, refused otherwise (``force`` retrains it). A
     ``base.checkpoint`` of the user's is checked against the config's architecture and the data.
-    A base model that diverged or stayed near chance is never kept.
+    A base model that diverged or stayed near chance is never kept. ``progress``: Lightning's
+    bars; ``say``: where the one line saying what happened goes (nowhere by default).
 
     Raises:
         ConfigChangedError: ``<out>/base.ckpt`` was trained with other settings (and not ``force``).
@@ -230,12 +109,13 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
         recorded = (provenance(path) or {}).get("training")
         if recorded == expected:
             load_classifier(path, **fits)
-            log.info("reusing base checkpoint %s (same settings)", path)
+            (say or log.info)(f"base model: reusing {path} (same settings)")
             return path
         if not force:
             changes = differences(recorded, expected) if isinstance(recorded, dict) else ["the checkpoint records no fingerprint (not written by this roar)"]
             raise refusal("the base model", str(path), changes)
         log.info("retraining the base model: %s was trained with other settings", path)
+    start = time.perf_counter()
     seed_everything(cfg.base.seed, workers=True, verbose=False)
     model = _classifier(cfg, dm)
     run_dir = out / RUNS_DIR / "base"
@@ -254,7 +134,7 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     checkpoint[PROVENANCE_KEY] = {"training": expected, "arch": arch, "dataset": dm.dataset_id, "test_acc": accuracy}
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written base model that looks usable
-    log.info("base model: test/acc %.4f -> %s", accuracy, path)
+    (say or log.info)(f"base model: test acc {accuracy:.3f} after {trainer.current_epoch} epochs ({time.perf_counter() - start:.1f} s) -> {path}")
     return path
 
 
@@ -274,8 +154,12 @@ def check_store_matches(store_dir: Path, dm: ImageDataModule) -> None:
             )
 
 
-def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True) -> dict[str, dict[str, str]]:
+def prepare_ranks(
+    cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: list[str] | None = None, progress: bool = True, say: Callable[[str], None] | None = None
+) -> dict[str, dict[str, str]]:
     """Compute (or reuse) every method's ranks of every train and test image, once.
+
+    ``progress``: the store's bars (in a terminal); ``say``: one line per method when it is ready.
 
     Returns:
         ``{method: {split: store key}}`` of the entries (``{"fresh": "drawn at every read"}`` for
@@ -293,6 +177,7 @@ def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: lis
         if method == "random" and p.random_mask == "fresh":
             keys[method] = {"fresh": "drawn at every read"}
             continue  # drawn afresh at every read: nothing to store
+        start = time.perf_counter()
         keys[method] = rank_entry_keys(
             dm, method, checkpoint_sha=sha, method_params=cfg.method_params.get(method, {}), granularity=p.granularity,
             score=p.score, target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
@@ -301,89 +186,11 @@ def prepare_ranks(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, methods: lis
             dm, method, out / STORE_DIR, checkpoint=base_ckpt, model=model,
             method_params=cfg.method_params.get(method, {}), granularity=p.granularity, score=p.score,
             target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
-            device=cfg.attribution_device, progress=progress,
+            device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
         )  # fmt: skip
+        if say is not None:
+            say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s)")
     return keys
-
-
-def run_directory(out: Path, spec: RunSpec) -> Path:
-    return out / RUNS_DIR / spec.mode / spec.method / f"t{format_threshold(spec.threshold)}-s{spec.seed}"
-
-
-def run_config(cfg: BenchmarkConfig, spec: RunSpec) -> dict[str, Any]:
-    """The full configuration a result row records: protocol choices move results."""
-    return {**spec.to_dict(), "benchmark": cfg.to_dict()}
-
-
-def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, progress: bool = True) -> dict[str, Any]:
-    """One cell of the grid: a retrain from scratch (reference, roar, kar) or a no-retrain evaluation.
-
-    Returns:
-        ``test_acc``, ``epochs``, ``seconds`` and ``checkpoint`` (None unless kept).
-    """
-    start = time.perf_counter()
-    run_dir = run_directory(out, spec)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    method = None if spec.method == "unmasked" else spec.method
-    mode = NORETRAIN_ORDER.get(spec.mode, "roar" if spec.mode == "reference" else spec.mode)
-    seed_everything(spec.seed, workers=True, verbose=False)
-    dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
-    loggers = _loggers(cfg, out, run_dir, spec.name, spec.mode, run_config(cfg, spec))
-    checkpoint = None
-    try:
-        if spec.mode in NORETRAIN_ORDER:
-            model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=cfg.model.get("arch", "small_cnn"))
-            trainer = _trainer(cfg, run_dir, logger=loggers, progress=progress)
-            epochs = 0
-        else:
-            model = _classifier(cfg, dm)
-            trainer = _trainer(cfg, run_dir, logger=loggers, progress=progress)
-            trainer.fit(model, datamodule=dm)
-            epochs = trainer.current_epoch
-        # Scored at the last epoch: picking the best epoch on the test set would leak it into the result.
-        metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
-        if cfg.save_checkpoints and spec.mode not in NORETRAIN_ORDER:
-            checkpoint = str(run_dir / "last.ckpt")
-            trainer.save_checkpoint(checkpoint, weights_only=False)
-    finally:
-        _finish_loggers(loggers)
-    return {"test_acc": float(metrics["test/acc"]), "epochs": epochs, "seconds": time.perf_counter() - start, "checkpoint": checkpoint}
-
-
-def attempt_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, progress: bool = True) -> dict[str, Any]:
-    """Run one spec with ``cfg.retries`` retries of a crashing run; record nothing.
-
-    Returns:
-        The outcome: ``status`` (``done`` or ``failed``), then :func:`execute_run`'s fields when
-        done or ``error`` (the last traceback) when failed. Plain data, so a worker process or a
-        Ray task can return it to the driver.
-    """
-    error = None
-    for attempt in range(cfg.retries + 1):
-        try:
-            outcome = execute_run(spec, cfg, out, base_ckpt, progress=progress)
-        except Exception:  # a crashed run is recorded and the grid goes on; Ctrl-C still stops it
-            error = traceback.format_exc(limit=20)
-            log.warning("run %s failed (attempt %d/%d):\n%s", spec.run_id, attempt + 1, cfg.retries + 1, error)
-            continue
-        return {"status": "done", **outcome}
-    return {"status": "failed", "error": error}
-
-
-def record_outcome(results: ResultsStore, spec: RunSpec, cfg: BenchmarkConfig, outcome: dict[str, Any], provenance: GridProvenance | None = None) -> None:
-    """Record an :func:`attempt_run` outcome as one row (one transaction), with its fingerprint."""
-    fields = {k: v for k, v in outcome.items() if k != "status"}
-    fingerprint = provenance.for_run(spec) if provenance is not None else None
-    results.record(spec, status=outcome["status"], config=run_config(cfg, spec), provenance=fingerprint, **fields)
-
-
-def execute_and_record(
-    spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path, results: ResultsStore, progress: bool = True, provenance: GridProvenance | None = None
-) -> bool:
-    """Run one spec with retries and record it as done or failed; True when done."""
-    outcome = attempt_run(spec, cfg, out, base_ckpt, progress=progress)
-    record_outcome(results, spec, cfg, outcome, provenance)
-    return outcome["status"] == "done"
 
 
 def grid_provenance(cfg: BenchmarkConfig, base_ckpt: Path, rank_keys: dict[str, dict[str, str]]) -> GridProvenance:
@@ -415,20 +222,13 @@ def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunS
     return plan, [spec for spec in plan if spec.run_id not in done]
 
 
-def _overall_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="ROAR grid", unit="run", position=0, leave=True, dynamic_ncols=True)
-
-
 def run_benchmark(
     cfg: BenchmarkConfig,
     out: str | Path,
     *,
     force: bool = False,
     progress: bool = True,
+    verbose: bool = False,
     report: bool = True,
     launch: LaunchOptions | None = None,
     config_yaml: str | None = None,
@@ -440,7 +240,8 @@ def run_benchmark(
         out: the output folder; held under a lock while this runs (:mod:`roar.benchmark.lock`).
         force: forget the recorded results and retrain a base model made with other settings
             (ranks are keyed by fingerprint, so stale ones are simply not used).
-        progress: progress bars.
+        progress: the grid's progress bar and one line per finished run (:mod:`roar.benchmark.progress`).
+        verbose: each run's own progress bars and Lightning's banners too (off: :mod:`roar.quiet`).
         report: write the report at the end.
         launch: where the runs go (:class:`~roar.benchmark.launchers.LaunchOptions`): this
             process (the default), ``workers`` local processes, or a Ray cluster. The base model
@@ -456,7 +257,8 @@ def run_benchmark(
     launch = (launch or LaunchOptions()).validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "benchmark"):
+    # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
+    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources():
         results = ResultsStore(out / "results.db")
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
@@ -469,36 +271,33 @@ def run_benchmark(
         check_store_matches(out / STORE_DIR, dm)
         # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.
         seed_everything(cfg.base.seed, workers=True, verbose=False)
-        probe_methods(dm, cfg.methods, cfg.method_params, model=_classifier(cfg, dm))
-        base_ckpt = train_base(cfg, out, progress=progress, force=force)
-        provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress))
+        blank = _classifier(cfg, dm)
+        probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
+        tell = say if progress else None
+        base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
+        provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too
         plan, todo = pending_runs(cfg, results)
+        launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        with _overall_bar(len(plan), len(plan) - len(todo), progress) as bar:
+        with GridProgress(len(plan), len(plan) - len(todo), progress) as bar:
+            if not launch.parallel and launch.threads:
+                torch.set_num_threads(launch.threads)
             if not launch.parallel:
                 todo = run_stacks(todo, cfg, out, base_ckpt, results, provenance, bar)  # benchmark.stack: cells trained together
                 for spec in todo:
-                    if bar is not None:
-                        bar.set_postfix_str(spec.name + f" [{spec.mode}]")
-                    execute_and_record(spec, cfg, out, base_ckpt, results, progress=progress, provenance=provenance)
-                    if bar is not None:
-                        bar.update(1)
-            elif todo:  # a finished grid starts no workers and joins no cluster
-
-                def on_finished(spec: RunSpec, done: bool) -> None:
-                    if bar is not None:
-                        bar.set_postfix_str(f"{'done' if done else 'FAILED'}: {spec.name} [{spec.mode}]")
-                        bar.update(1)
-
-                if launch.launcher == "ray":
-                    run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=on_finished, provenance=provenance)
-                else:
-                    run_local_pool(
-                        todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
-                        on_finished=on_finished, provenance=provenance,
-                    )  # fmt: skip
+                    bar.started(spec)
+                    outcome = attempt_run(spec, cfg, out, base_ckpt, progress=verbose)
+                    record_outcome(results, spec, cfg, outcome, provenance)
+                    bar.finished(spec, outcome)
+            elif launch.launcher == "ray" and todo:  # a finished grid joins no cluster
+                run_ray(todo, cfg, out, base_ckpt, results, options=launch, on_finished=bar.finished, provenance=provenance)
+            elif todo:  # ... and starts no workers
+                run_local_pool(
+                    todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
+                    on_finished=bar.finished, provenance=provenance, threads=launch.threads,
+                )  # fmt: skip
         if report:
             write_benchmark_report(cfg, out, results)
         if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv, report section)

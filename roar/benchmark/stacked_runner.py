@@ -83,7 +83,7 @@ def resolve_stack(cfg: Any, num_parameters: int | None = None) -> int:
     if value != "auto":
         return int(value)
     if num_parameters is None:
-        from roar.benchmark.runner import _classifier
+        from roar.benchmark.cell import _classifier
         from roar.data.datamodule import ImageDataModule
 
         dm = ImageDataModule(**cfg.data)
@@ -132,7 +132,7 @@ class Member:
     """One cell of the stack: its spec, datamodule, classifier (for its hyperparameters and checkpoint) and random state."""
 
     def __init__(self, spec: RunSpec, cfg: Any, out: Path, base_ckpt: Path, device: torch.device) -> None:
-        from roar.benchmark.runner import _classifier, _datamodule
+        from roar.benchmark.cell import _classifier, _datamodule
 
         self.spec = spec
         method = None if spec.method == "unmasked" else spec.method
@@ -245,7 +245,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
 
     ``seconds`` of each outcome is its share of the stack's wall time.
     """
-    from roar.benchmark.runner import _finish_loggers, _loggers, run_config, run_directory
+    from roar.benchmark.cell import _finish_loggers, _loggers, run_config, run_directory
 
     reason = unstackable_reason(cfg)
     if reason:
@@ -293,7 +293,7 @@ def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, result
     stack changes how fast, not what). A stack that fails leaves its runs to the one-by-one path,
     which retries and records them as usual.
     """
-    from roar.benchmark.runner import record_outcome
+    from roar.benchmark.cell import record_outcome
 
     size = resolve_stack(cfg)
     if size == 1:

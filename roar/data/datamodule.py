@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from roar.data import lightning_source  # noqa: F401  (registers the "lightning" source)
 from roar.data.sources import SOURCES, ImageSource, TensorImageDataset, load_source
+from roar.data.subset import limit_source
 from roar.registry import import_object
 
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
@@ -150,6 +151,10 @@ class ImageDataModule(LightningDataModule):
             Adebayo et al. 2018). Only the train split (and the validation part of it) is permuted.
         stats_samples: at most this many train images estimate the channel mean and std.
         source_options: extra options for the source (e.g. ``{"seed": 1}`` for ``synthetic_linear``).
+        limit_train: keep only part of the source's train split (validation included), for a
+            first look: a count (int >= 1) or a fraction (float in (0, 1]), chosen by ``seed``
+            and stratified by class (:mod:`roar.data.subset`); recorded in :attr:`dataset_id`.
+        limit_test: the same for the test split.
     """
 
     def __init__(
@@ -167,6 +172,8 @@ class ImageDataModule(LightningDataModule):
         label_permutation: bool = False,
         stats_samples: int = 10_000,
         source_options: dict[str, Any] | None = None,
+        limit_train: int | float | None = None,
+        limit_test: int | float | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -187,6 +194,7 @@ class ImageDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.source: ImageSource = load_source(source, root=root, download=download, image_size=image_size, **(source_options or {}))
+        self.source, self.limit = limit_source(self.source, limit_train, limit_test, seed)
         self.augment = DEFAULT_AUGMENTATION.get(source, "none") if augment == "auto" else augment
         self.crop_padding = crop_padding if crop_padding is not None else max(1, self.image_size // 8)
 
@@ -237,6 +245,8 @@ class ImageDataModule(LightningDataModule):
             "source_options": dict(hp.source_options or {}),
             "num_train": len(self.source.train),
             "num_test": len(self.source.test),
+            # a part of the data (data.limit_train/limit_test): which images, not only how many
+            **({"limit": self.limit} if self.limit else {}),
             # a user's datamodule: its import path, arguments and source hash
             **({"identity": self.source.extras["identity"]} if "identity" in self.source.extras else {}),
         }

@@ -15,10 +15,11 @@ only to *download* (``download=True``), after which the same readers load the fi
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import pickle
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -597,8 +598,30 @@ def list_sources() -> list[str]:
     return SOURCES.names()
 
 
+_LOADED: dict[str, ImageSource] | None = None
+"""Sources already loaded, by their arguments, while :func:`reuse_loaded_sources` is on (else None)."""
+
+
+@contextlib.contextmanager
+def reuse_loaded_sources() -> Iterator[None]:
+    """Within the block, :func:`load_source` loads each dataset once and hands out the same splits.
+
+    A ROAR grid (Hooker et al. 2019) builds a datamodule for each of its hundreds of retrains,
+    all on the same data; reading and resizing it every time (a CIFAR-10 batch file, MNIST IDX)
+    is cost that does not change between runs. The splits are only read, never written (limits,
+    label permutations and masks make their own tensors), so sharing them changes no result.
+    """
+    global _LOADED
+    outer = _LOADED
+    _LOADED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _LOADED = outer
+
+
 def load_source(name: str, root: str | Path | None = None, download: bool = False, image_size: int | None = None, **options: Any) -> ImageSource:
-    """Load a dataset source by name.
+    """Load a dataset source by name (once per set of arguments inside :func:`reuse_loaded_sources`).
 
     Args:
         name: one of :func:`list_sources`.
@@ -610,4 +633,10 @@ def load_source(name: str, root: str | Path | None = None, download: bool = Fals
     loader = SOURCES.get(name)  # an unknown name fails here, listing the valid ones
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-    return loader(root=root, download=download, image_size=image_size, **options)
+    if _LOADED is None:
+        return loader(root=root, download=download, image_size=image_size, **options)
+    key = repr((name, str(root) if root is not None else None, image_size, sorted(options.items())))
+    if key not in _LOADED:
+        _LOADED.clear()  # one dataset at a time: a grid has one, and a second would double the memory
+        _LOADED[key] = loader(root=root, download=download, image_size=image_size, **options)
+    return _LOADED[key]

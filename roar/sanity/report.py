@@ -122,7 +122,8 @@ class SanityReportConfig:
         permuted_checkpoint: a permuted-label checkpoint to use instead of training one.
         retrain: train again even if ``<out>`` holds matching checkpoints.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
-        progress: show Lightning's progress bars.
+        progress: show progress; Lightning's per-epoch bars need ``verbose`` too.
+        verbose: Lightning's bars, banners and known third-party warnings (:mod:`roar.quiet`); off by default.
         confidence_level: the level of the bootstrap intervals over images (0.95: 95%).
         batchnorm, normalization, reduction: protocol details, recorded in every row (see
             :mod:`roar.sanity.settings`): ``reset``/``keep_stats``, ``minmax``/``percentile``,
@@ -168,6 +169,7 @@ class SanityReportConfig:
     emprt: bool = False
     emprt_bins: int = 100
     emprt_abs: bool = True
+    verbose: bool = False
 
     def validate(self) -> None:
         """Check every choice before anything is computed.
@@ -261,7 +263,7 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
         "accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": 1, "log_every_n_steps": 10, **settings,
         "max_epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "logger": CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
-        "enable_checkpointing": False, "enable_progress_bar": cfg.progress, "enable_model_summary": False,
+        "enable_checkpointing": False, "enable_progress_bar": cfg.progress and cfg.verbose, "enable_model_summary": False,
     })  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(checkpoint)
@@ -623,7 +625,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_report(cfg, out, Console(), datamodule)
+    from roar.quiet import quiet_third_party
+
+    with quiet_third_party(cfg.verbose):
+        run_report(cfg, out, Console(), datamodule)
     return 0
 
 

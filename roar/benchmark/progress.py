@@ -1,0 +1,79 @@
+"""What a grid prints: one progress bar with an ETA, and one line per finished run.
+
+A ROAR/KAR grid (Hooker et al., NeurIPS 2019) is hundreds of retrains; the user wants to see how
+far it is and what each run scored, not each run's epochs. In a terminal the bar (tqdm, the
+library Lightning's own bars use) stays at the bottom and the run lines scroll above it; in a log
+file there is no bar (it would only add carriage returns) and each line carries the ETA instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from roar.benchmark.plan import RunSpec
+from roar.quiet import say
+
+
+def run_label(spec: RunSpec) -> str:
+    """``roar gradient t=0.5 seed 1``: the cell as a person reads it."""
+    return f"{spec.mode} {spec.method} t={spec.threshold:g} seed {spec.seed}"
+
+
+def outcome_text(outcome: dict[str, Any]) -> str:
+    """``test acc 0.823 (3.1 s)``, or ``FAILED: <the error's last line>``."""
+    if outcome.get("status") == "done" and "test_acc" not in outcome:
+        return f"done ({outcome.get('note', 'recorded')})"
+    if outcome.get("status") == "done":
+        return f"test acc {outcome['test_acc']:.3f} ({outcome['seconds']:.1f} s)"
+    lines = (outcome.get("error") or "").strip().splitlines()
+    return f"FAILED: {lines[-1] if lines else 'no error recorded'}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class GridProgress:
+    """The grid's bar and its run lines: ``[12/78] roar gradient t=0.5 seed 1: test acc 0.823 (3.1 s)``.
+
+    Args:
+        total: runs in the plan.
+        done: runs already recorded (a resumed grid starts there).
+        enabled: print anything at all.
+    """
+
+    def __init__(self, total: int, done: int, enabled: bool = True) -> None:
+        self.total, self.count, self.enabled = total, done, enabled
+        self._start, self._first = time.perf_counter(), done
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=done, desc="ROAR grid", unit="run", leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> GridProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def started(self, spec: RunSpec) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(run_label(spec))
+
+    def finished(self, spec: RunSpec, outcome: dict[str, Any]) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        line = f"[{self.count}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
+        if self._bar is None and self.count < self.total:  # a log file: the ETA the bar would show
+            finished = self.count - self._first
+            left = (time.perf_counter() - self._start) / finished * (self.total - self.count)
+            line += f", eta {_duration(left)}"
+        say(line)
+        if self._bar is not None:
+            self._bar.update(1)
