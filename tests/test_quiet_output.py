@@ -23,7 +23,8 @@ BANNERS = (
     "| Name",  # a model summary
     "Epoch 0",  # a run's own progress bar
 )
-RUN_LINE = re.compile(r"^\[(\d+)/(\d+)\] (roar|kar|noretrain|reference) (\w+) t=[\d.]+ seed \d+: test acc [01]\.\d{3} \([\d.]+ s\)")
+RUN_LINE = re.compile(r"^\[(\d+)/(\d+)\] (roar|kar|reference) (\w+) t=[\d.]+ seed \d+: test acc [01]\.\d{3} \([\d.]+ s\)")
+EVALUATIONS_LINE = re.compile(r"^\[(\d+)/(\d+)\] no retraining: (\d+) evaluations of the base model on masked test data")
 
 
 def _benchmark(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -43,11 +44,16 @@ def test_a_grid_prints_one_line_per_run_and_no_banners(tmp_path):
     for banner in BANNERS:
         assert banner not in text, f"{banner!r} printed:\n{text[-3000:]}"
     run_lines = [m for m in map(RUN_LINE.match, text.splitlines()) if m]
-    # 1 reference + (unmasked + random) noretrain + random roar and kar
-    assert [(int(m.group(1)), int(m.group(2))) for m in run_lines] == [(i, 5) for i in range(1, 6)]
-    assert {m.group(3) for m in run_lines} == {"reference", "noretrain", "roar", "kar"}
-    # the rest: the base model, the ranks, the report's tables; far from a line per epoch or batch
-    assert len(text.splitlines()) < 5 + 40, text
+    evaluation_lines = [m for m in map(EVALUATIONS_LINE.match, text.splitlines()) if m]
+    # 6 runs: 3 retrains (reference, random roar and kar), one line each, and 3 no-retrain
+    # evaluations (unmasked; random in ROAR and KAR order), one line together
+    assert {m.group(3) for m in run_lines} == {"reference", "roar", "kar"} and len(run_lines) == 3
+    [evaluations] = evaluation_lines
+    assert evaluations.group(3) == "3"
+    counts = sorted(int(m.group(1)) for m in [*run_lines, evaluations])
+    assert counts[-1] == 6 and {int(m.group(2)) for m in [*run_lines, evaluations]} == {6}
+    # the rest: the base model, the ranks, the report's table; far from a line per epoch or batch
+    assert len(text.splitlines()) < 4 + 30, text
 
 
 @pytest.mark.slow

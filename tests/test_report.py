@@ -237,7 +237,11 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     assert "`roar/gradient/t0.500/s3/digits/small_cnn`" in failures and "RuntimeError: CUDA out of memory" in failures
 
     printed = capsys.readouterr().out
-    assert "ROAR ranking" in printed and "KAR ranking" in printed and "integrated_gradients" in printed
+    # one compact table: every evaluation's AUC and rank per method, in a handful of lines
+    assert "roar (lower better)" in printed and "kar (higher better)" in printed and "noretrain_kar (higher better)" in printed
+    [gradient_line] = [line for line in printed.splitlines() if line.strip().startswith("gradient")]
+    assert f"{0.855 - 0.8 * 0.405:.4f} (1)" in gradient_line, "gradient's ROAR AUC and rank 1"
+    assert len(printed.strip().splitlines()) <= 12
 
 
 def test_write_report_from_rows_and_partial_grids(tmp_path):

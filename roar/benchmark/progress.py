@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from roar.benchmark.plan import RunSpec
+from roar.benchmark.plan import NORETRAIN_ORDER, RunSpec
 from roar.quiet import say
 
 
@@ -39,15 +39,22 @@ def _duration(seconds: float) -> str:
 class GridProgress:
     """The grid's bar and its run lines: ``[12/78] roar gradient t=0.5 seed 1: test acc 0.823 (3.1 s)``.
 
+    No-retrain evaluations (the base model scored on masked test data: a second each, and dozens of
+    them) get one line together when the last of them finishes; a failed one still gets its own.
+
     Args:
         total: runs in the plan.
         done: runs already recorded (a resumed grid starts there).
         enabled: print anything at all.
+        pending: the runs still to do (to know when the last no-retrain evaluation is in).
     """
 
-    def __init__(self, total: int, done: int, enabled: bool = True) -> None:
+    def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None) -> None:
         self.total, self.count, self.enabled = total, done, enabled
         self._start, self._first = time.perf_counter(), done
+        self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
+        self._evaluations_done = 0
+        self._evaluation_seconds = 0.0
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -70,6 +77,17 @@ class GridProgress:
         if not self.enabled:
             return
         line = f"[{self.count}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
+        if spec.mode in NORETRAIN_ORDER and self._evaluations_left:
+            self._evaluations_left -= 1
+            if outcome.get("status") == "done":
+                self._evaluations_done += 1
+                self._evaluation_seconds += float(outcome.get("seconds") or 0.0)
+                if self._evaluations_left:
+                    if self._bar is not None:
+                        self._bar.update(1)
+                    return
+                line = (f"[{self.count}/{self.total}] no retraining: {self._evaluations_done} evaluations of the base model on "
+                        f"masked test data ({self._evaluation_seconds:.1f} s; accuracies in report.md)")  # fmt: skip
         if self._bar is None and self.count < self.total:  # a log file: the ETA the bar would show
             finished = self.count - self._first
             left = (time.perf_counter() - self._start) / finished * (self.total - self.count)

@@ -325,14 +325,6 @@ def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _accuracy_cells(summary: list[dict[str, Any]], mode: str, dataset: str, model: str) -> tuple[list[float], dict[str, dict[float, str]]]:
-    """Thresholds of a mode and, per method, ``mean ± std (n)`` strings keyed by threshold."""
-    per_method = _curves(summary, mode).get((dataset, model), {})
-    thresholds = sorted({float(r["threshold"]) for pts in per_method.values() for r in pts})
-    cells = {m: {float(r["threshold"]): f"{float(r['mean']):.3f} ± {float(r['std']):.3f} ({int(r['n'])})" for r in pts} for m, pts in per_method.items()}
-    return thresholds, cells
-
-
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     def esc(cell: Any) -> str:
         return str(cell).replace("|", "\\|").replace("\n", " ")
@@ -462,31 +454,41 @@ def _counts_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _print_rankings(summary: list[dict[str, Any]], title: str) -> None:
+    """One compact table per dataset/model: each method's AUC (and rank) under every evaluation.
+
+    The per-threshold accuracies and every interval are in report.md; the terminal (or a log)
+    gets what a person reads first, in as few lines as a grid of a hundred runs deserves.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    ranked = {mode: ranking(summary, mode) for mode in MODES}
+    modes = [m for m in MODES if ranked[m]]
+    pairs = sorted({(e["dataset"], e["model"]) for m in modes for e in ranked[m]})
     console = Console()
-    for mode in MODES:
-        ranked = ranking(summary, mode)
-        if not ranked:
-            continue
-        for dataset, model in sorted({(e["dataset"], e["model"]) for e in ranked}):
-            entries = [e for e in ranked if (e["dataset"], e["model"]) == (dataset, model)]
-            thresholds, cells = _accuracy_cells(summary, mode, dataset, model)
-            better = "lower" if LOWER_IS_BETTER[mode] else "higher"
-            table = Table(title=f"{title}: {mode.upper()} ranking, {dataset}/{model} (AUC, {better} is better)", caption="mean test accuracy over seeds at each fraction (confidence intervals in report.md)" + ("" if all(e["complete"] for e in entries) else "; * incomplete curve, not ranked"))
-            # numbers never wrap or truncate; a long method name folds onto a second line instead
-            table.add_column("rank", justify="right", no_wrap=True, min_width=4)
-            table.add_column("method", overflow="fold", min_width=10)
-            table.add_column("AUC", justify="right", no_wrap=True, min_width=6)
-            table.add_column("Δ random", justify="right", no_wrap=True, min_width=7)
-            for t in thresholds:
-                table.add_column(f"{t:g}", justify="right", no_wrap=True, min_width=5)
-            for e in entries:
-                row_cells = [cells[e["method"]].get(t, "").split(" ")[0] for t in thresholds]
-                rank = str(e["rank"]) if e["rank"] is not None else "–"
-                table.add_row(rank, e["method"] + ("" if e["complete"] else " *"), _fmt(e["auc"], 4), _fmt(e["delta_random"], 4, signed=True), *row_cells)
-            console.print(table)
+    for dataset, model in pairs:
+        entries = {m: {e["method"]: e for e in ranked[m] if (e["dataset"], e["model"]) == (dataset, model)} for m in modes}
+        shown = [m for m in modes if entries[m]]
+        first = entries[shown[0]]
+        methods = sorted(first, key=lambda k: (first[k]["rank"] is None, first[k]["rank"] or 0, k))
+        methods += sorted({k for m in shown for k in entries[m]} - set(methods))
+        incomplete = any(not e["complete"] for m in shown for e in entries[m].values())
+        table = Table(
+            title=f"{title}: {dataset}/{model}, area under the accuracy curve (rank)", box=box.SIMPLE_HEAD,
+            caption="intervals, accuracies and the consistency table in report.md" + ("; * incomplete curve, not ranked" if incomplete else ""),
+        )  # fmt: skip
+        table.add_column("method", overflow="fold", min_width=10)
+        for mode in shown:
+            arrow = "lower better" if LOWER_IS_BETTER[mode] else "higher better"
+            table.add_column(f"{mode} ({arrow})", justify="right", no_wrap=True)
+        for method in methods:
+            cells = []
+            for mode in shown:
+                e = entries[mode].get(method)
+                cells.append("" if e is None else f"{_fmt(e['auc'], 4)} ({e['rank'] if e['rank'] is not None else '–'}){'' if e['complete'] else ' *'}")
+            table.add_row(method, *cells)
+        console.print(table)
 
 
 # ------------------------------------------------------------------------------------------ report

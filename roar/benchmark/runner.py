@@ -281,7 +281,7 @@ def run_benchmark(
         launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        with GridProgress(len(plan), len(plan) - len(todo), progress) as bar:
+        with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo) as bar:
             if not launch.parallel and launch.threads:
                 torch.set_num_threads(launch.threads)
             if not launch.parallel:

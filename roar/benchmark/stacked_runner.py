@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from lightning.pytorch import seed_everything
 
 from roar.benchmark.plan import RunSpec
+from roar.benchmark.progress import GridProgress
 from roar.models.stacked import StackedNetworks
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     return [{**o, "seconds": share} for o in outcomes]
 
 
-def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: Any = None) -> list[RunSpec]:
+def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: GridProgress | None = None) -> list[RunSpec]:
     """Train and record the stackable runs of ``todo`` in stacks of ``benchmark.stack``; return the rest, in order.
 
     Each member is recorded as its own row, with the fingerprint a separate run would have (the
@@ -307,7 +308,7 @@ def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, result
         if len(group) == 1:
             continue  # a lone run gains nothing from a stack
         if bar is not None:
-            bar.set_postfix_str(f"{len(group)} stacked: {group[0].name} [{group[0].mode}]")
+            bar.started(group[0])
         try:
             outcomes = execute_stack(group, cfg, out, base_ckpt)
         except Exception as err:  # the members run one by one instead, with the usual retries and records
@@ -317,5 +318,5 @@ def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, result
             record_outcome(results, spec, cfg, {"status": "done", **outcome}, provenance)
             done.add(spec.run_id)
             if bar is not None:
-                bar.update(1)
+                bar.finished(spec, {"status": "done", **outcome})
     return [spec for spec in todo if spec.run_id not in done]
