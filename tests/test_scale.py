@@ -191,8 +191,8 @@ class MaskProbe(Callback):
         images = torch.cat([dm.source.train.images[: self.FIXED], dm.source.test.images[:8]])
         indices = torch.cat([torch.arange(self.FIXED), dm.num_train_pool + torch.arange(8)])
         store = {
-            str(meta.parent.relative_to(dm.store)): (json.loads(meta.read_text())["created"], (meta.parent / "ranks.npy").stat().st_ino)
-            for meta in Path(dm.store).glob("*/*/meta.json")
+            str(meta.parent.relative_to(dm.rank_provider.store)): (json.loads(meta.read_text())["created"], (meta.parent / "ranks.npy").stat().st_ino)
+            for meta in Path(dm.rank_provider.store).glob("*/*/meta.json")
         }  # fmt: skip
         torch.save(
             {
