@@ -1,0 +1,68 @@
+"""The benchmark's summary as one W&B run: mean curves as line series, the summary and ranking as tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, ranking
+from roar.benchmark.plan import MODES
+
+
+def log_summary_to_wandb(
+    out_dir: str | Path,
+    summary: list[dict[str, Any]],
+    *,
+    group: str,
+    config: dict[str, Any] | None,
+    project: str = "roar",
+    mode: str = "offline",
+) -> Path:
+    """Log the benchmark's summary as one W&B run (``job_type="summary"``) in the benchmark's group.
+
+    Each mode's mean curves become a ``wandb.plot.line_series`` chart (``curves/<mode>``), the
+    summary a ``wandb.Table`` (``summary``), the rankings a table (``ranking``) and each AUC a
+    summary value (``auc/<mode>/<method>``). Offline by default: files under ``out_dir/wandb``,
+    uploaded later with ``wandb sync``.
+
+    Returns:
+        The W&B run's folder.
+    """
+    import wandb
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = dict(project=project, group=group, job_type="summary", name=f"{group}-summary", dir=str(out), config=config or {}, mode=mode)
+    try:
+        run = wandb.init(**kwargs, reinit="create_new")  # never log into a run someone else left open
+    except (TypeError, ValueError):  # wandb < 0.19.10 knows only booleans
+        run = wandb.init(**kwargs, reinit=True)
+    try:
+        run_dir = Path(run.dir).parent
+        rank_rows = []
+        for curve_mode in MODES:
+            curves = _curves(summary, curve_mode)
+            for (dataset, model), per_method in curves.items():
+                # one benchmark folder is one (dataset, model); name the pair only when there are several
+                suffix = "" if len(curves) == 1 else f"/{dataset}/{model}"
+                methods = list(per_method)
+                chart = wandb.plot.line_series(
+                    xs=[[float(r["threshold"]) for r in per_method[m]] for m in methods],
+                    ys=[[float(r["mean"]) for r in per_method[m]] for m in methods],
+                    keys=methods,
+                    title=MODE_TITLE[curve_mode],
+                    xname=AXIS_LABEL[curve_mode],
+                )
+                run.log({f"curves/{curve_mode}{suffix}": chart})
+                for e in ranking([r for pts in per_method.values() for r in pts], curve_mode):
+                    rank_rows.append([curve_mode, dataset, model, e["method"], e["auc"], e["rank"], e["complete"]])
+                    run.summary[f"auc/{curve_mode}/{e['method']}{suffix}"] = e["auc"]
+        run.log(
+            {
+                "summary": wandb.Table(columns=list(SUMMARY_COLUMNS), data=[[row[c] for c in SUMMARY_COLUMNS] for row in summary]),
+                "ranking": wandb.Table(columns=["mode", "dataset", "model", "method", "auc", "rank", "complete"], data=rank_rows),
+            }
+        )
+    finally:
+        run.finish()
+    return run_dir
