@@ -38,6 +38,15 @@ def check_method(name: str, params: dict[str, Any] | None = None) -> str:
     return name
 
 
+def check_ranking(method: str, params: dict[str, Any] | None, *, granularity: str, score: str, target: str) -> None:
+    """A method and how its maps become ranks, checked before any compute (each bad value named with the choices)."""
+    check_method(method, params)
+    check_granularity(granularity)
+    check_score(score)
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+
+
 BATCH_DEPENDENT = ("gradient_shap",)
 """Methods whose default references are the other images of the batch: their maps depend on the
 attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it)."""
@@ -116,11 +125,7 @@ def compute_ranks(
     Returns:
         ``{split: (N, F) memmap of ranks}``.
     """
-    check_method(method, method_params)
-    check_granularity(granularity)
-    check_score(score)
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    check_ranking(method, method_params, granularity=granularity, score=score, target=target)
     store = store if isinstance(store, AttributionStore) else AttributionStore(store)
     params = _with_oracle_weights(datamodule, method, method_params)
     reads_model = needs_model(method, params)

@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from roar.attribution.base import TARGETS
-from roar.attribution.compute import check_method, compute_ranks
-from roar.data.masking import check_granularity, check_score
+from roar.attribution.compute import check_ranking, compute_ranks
 from roar.data.ranks import RankProvider
 
 
@@ -50,11 +48,8 @@ class StoreRanks(RankProvider):
         device: str = "auto",
     ) -> None:
         # Every argument is checked here, when the config is read, not when the first batch is masked.
-        self.method = check_method(method, method_params)
-        self.granularity = check_granularity(granularity)
-        self.score = check_score(score)
-        if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+        check_ranking(method, method_params, granularity=granularity, score=score, target=target)
+        self.method, self.granularity, self.score = method, granularity, score
         self.store = store
         self.base_checkpoint = base_checkpoint
         self.method_params = dict(method_params or {})

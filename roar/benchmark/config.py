@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from roar.attribution.registry import normalize_methods
+from roar.data.imputation import DEFAULT_MAX_ITER, DEFAULT_NOISE_STD, DEFAULT_SIGMA, DEFAULT_TOL, check_imputation_settings
 from roar.fit_config import plain as _plain
 
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -51,10 +52,10 @@ class Protocol:
     random_mask: Literal["fixed", "fresh"] = "fixed"
     target: Literal["predicted", "label"] = "predicted"
     tie_seed: int = 0
-    fill_sigma: float = 2.0
-    fill_noise_std: float = 0.01
-    fill_tol: float = 1e-5
-    fill_max_iter: int = 1000
+    fill_sigma: float = DEFAULT_SIGMA
+    fill_noise_std: float = DEFAULT_NOISE_STD
+    fill_tol: float = DEFAULT_TOL
+    fill_max_iter: int = DEFAULT_MAX_ITER
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that move results: a fill's own settings only with that fill (so the
@@ -67,7 +68,6 @@ class Protocol:
 
     def validate(self) -> None:
         """Unknown fills and impossible fill settings fail here, naming the value, before any training."""
-        from roar.data.imputation import check_imputation_settings
         from roar.data.roar import FILLS
 
         if self.fill not in FILLS:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from roar.benchmark.cell import RUNS_DIR, _classifier, _trainer, rank_provider
 from roar.benchmark.plan import NORETRAIN_ORDER, RETRAIN_MODES, RunSpec
 from roar.data.masking import feature_mask
 from roar.data.roar import RoarDataModule
@@ -96,8 +97,6 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     beside: settings, base model, ranks) is kept, so a rerun trains only what is missing.
     """
     from lightning.pytorch import seed_everything
-
-    from roar.benchmark.cell import RUNS_DIR, _classifier, _trainer, rank_provider
 
     path = out / LEAKAGE_CSV
     done = {row["fingerprint"]: row for row in read_rows(path)}

@@ -38,8 +38,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
 
+from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, record_outcome, run_config, run_directory
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.progress import GridProgress
+from roar.benchmark.provenance import TRAINER_DEFAULTS
+from roar.data.datamodule import ImageDataModule
+from roar.models.classifier import build_optimizer
 from roar.models.stacked import StackedNetworks
 
 log = logging.getLogger(__name__)
@@ -84,9 +88,6 @@ def resolve_stack(cfg: Any, num_parameters: int | None = None) -> int:
     if value != "auto":
         return int(value)
     if num_parameters is None:
-        from roar.benchmark.cell import _classifier
-        from roar.data.datamodule import ImageDataModule
-
         dm = ImageDataModule(**cfg.data)
         num_parameters = sum(p.numel() for p in _classifier(cfg, dm).net.parameters())
     return max(1, min(len(cfg.seed_list), AUTO_MAX_STACK)) if num_parameters <= AUTO_MAX_PARAMETERS else 1
@@ -133,8 +134,6 @@ class Member:
     """One cell of the stack: its spec, datamodule, classifier (for its hyperparameters and checkpoint) and random state."""
 
     def __init__(self, spec: RunSpec, cfg: Any, out: Path, base_ckpt: Path, device: torch.device) -> None:
-        from roar.benchmark.cell import _classifier, _datamodule
-
         self.spec = spec
         method = None if spec.method == "unmasked" else spec.method
         mode = "roar" if spec.mode == "reference" else spec.mode
@@ -193,9 +192,6 @@ def train_stack(
 
     ``vectorize``: see :class:`~roar.models.stacked.StackedNetworks` (None: ``vmap`` on CUDA, a loop on CPU).
     """
-    from roar.benchmark.provenance import TRAINER_DEFAULTS
-    from roar.models.classifier import build_optimizer
-
     device = members[0].device
     hp = members[0].model.hparams
     normalize = members[0].model.normalize.to(device)  # one split, one statistic: equal for every member
@@ -246,8 +242,6 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
 
     ``seconds`` of each outcome is its share of the stack's wall time.
     """
-    from roar.benchmark.cell import _finish_loggers, _loggers, run_config, run_directory
-
     reason = unstackable_reason(cfg)
     if reason:
         raise ValueError(f"these runs cannot be stacked: {reason}")
@@ -294,8 +288,6 @@ def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, result
     stack changes how fast, not what). A stack that fails leaves its runs to the one-by-one path,
     which retries and records them as usual.
     """
-    from roar.benchmark.cell import record_outcome
-
     size = resolve_stack(cfg)
     if size == 1:
         return todo
