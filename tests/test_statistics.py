@@ -72,6 +72,9 @@ def test_binomial_interval_known_values_and_bad_counts():
     five = binomial_interval(5, 10)
     assert (five.estimate, five.n) == (0.5, 10) and (five.low, five.high) == pytest.approx((0.18709, 0.81291), abs=1e-5)
     assert (binomial_interval(1, 2, 0.9).low, binomial_interval(1, 2, 0.9).high) == pytest.approx((0.02532, 0.97468), abs=1e-5)
+    # the definition: each bound is the rate at which the observed count is a 2.5% tail
+    sixty = binomial_interval(60, 500)
+    assert scipy.stats.binom.cdf(60, 500, sixty.high) == pytest.approx(0.025) and scipy.stats.binom.sf(59, 500, sixty.low) == pytest.approx(0.025)
     # the interval narrows as n grows: 95 of 100 and 950 of 1000 are the same rate, not the same certainty
     assert binomial_interval(950, 1000).high - binomial_interval(950, 1000).low < 0.5 * (binomial_interval(95, 100).high - binomial_interval(95, 100).low)
     for bad, n, match in ((11, 10, r"successes an integer in \[0, 10\], got 11"), (-1, 10, "got -1"), (1, 0, "n=0"), (0.5, 10, "got 0.5")):

@@ -298,12 +298,12 @@ def run_benchmark(
                     todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
                     on_finished=bar.finished, provenance=provenance, threads=launch.threads,
                 )  # fmt: skip
-        if report:
-            write_benchmark_report(cfg, out, results)
-        if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv, report section)
+        if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv; the report reads it)
             from roar.benchmark.leakage import run_leakage_probe
 
-            run_leakage_probe(cfg, out, base_ckpt, provenance, progress=progress, report=report)
+            run_leakage_probe(cfg, out, base_ckpt, provenance, progress=progress, verbose=verbose)
+        if report:
+            write_benchmark_report(cfg, out, results)
     return results
 
 
