@@ -8,12 +8,14 @@ far above chance (leaks); 60 of 500 is 0.120 [0.093, 0.152], which holds 0.1 (do
 from __future__ import annotations
 
 import csv
+import json
 
+import pytest
 from test_report import _is_png, _store_with, fake_rows
 
 from roar.benchmark.curves import MODE_TITLE
 from roar.benchmark.leakage_report import COLUMNS, LEAKAGE_CSV, LEAKAGE_TITLE, leakage_caveats, leakage_section, leaks, plot_leakage, read_rows
-from roar.benchmark.report import write_report
+from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
 from roar.statistics import binomial_interval
 
 N_TEST = 500
@@ -100,3 +102,19 @@ def test_report_embeds_the_section_once_after_the_kar_curves(tmp_path):
     both = _is_png(paths["leakage"])
     one = _is_png(plot_leakage([r for r in probe_rows() if r["order"] == "roar"], tmp_path / "roar_only.png"))
     assert both[0] > 1.5 * one[0] and both[1] == one[1]
+
+
+def test_wandb_summary_carries_the_probes_and_the_figure(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    _write(probe_rows(), tmp_path / LEAKAGE_CSV)
+    plot_leakage(probe_rows(), tmp_path / "leakage.png")
+    run_dir = log_summary_to_wandb(tmp_path, summarize(fake_rows()), group="digits-test", config={}, mode="offline")
+    media = run_dir / "files" / "media"
+    [table] = (media / "table").glob("leakage_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == list(COLUMNS) and len(logged["data"]) == len(CORRECT)
+    assert list((media / "images" / "figures").glob("leakage_*.png"))
