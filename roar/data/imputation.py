@@ -40,6 +40,7 @@ DEFAULT_NOISE_STD = 0.01  # the ROAD code's NoisyLinearImputer(noise=0.01), in [
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITER = 1000
 DEFAULT_SIGMA = 2.0
+_NOISE_CHUNK = 64  # images per chunk of noise draws on the CPU
 _NOISE_SALT = 0x5EED_0F_F111  # keeps the noise stream apart from the rank tie-breaking keys of the same seed
 
 
@@ -86,24 +87,26 @@ def blur_fill(images: torch.Tensor, removed: torch.Tensor, sigma: float = DEFAUL
     return torch.where(removed, gaussian_blur(images, sigma), images)
 
 
-def _uniform24(rows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Top 24 bits of :func:`~roar.data.masking.tie_break_keys`' hash at ``(row key, feature)`` pairs, as uniforms in (0, 1).
+def _uniform24_(x: torch.Tensor) -> torch.Tensor:
+    """Finish :func:`~roar.data.masking.tie_break_keys`' hash in place on ``x = row key + feature * gamma``
+    and return its top 24 bits as float32 uniforms in (0, 1).
 
-    The same splitmix64 arithmetic, in place on one buffer (fresh multi-megabyte int64 temporaries
-    cost more than the hashing). Its last step, ``x ^= x >>> 31``, leaves bits 33..63 as they are, so
-    it is skipped: the 24 bits taken are bit for bit those of ``tie_break_keys``.
+    The same splitmix64 arithmetic on one buffer (fresh multi-megabyte int64 temporaries cost more
+    than the hashing). Its last step, ``x ^= x >>> 31``, leaves bits 33..63 as they are, so it is
+    skipped: the 24 bits taken are bit for bit those of ``tie_break_keys``.
     """
-    x = torch.add(rows, features.mul(_signed(_GAMMA_FEATURE)))
     tmp = torch.empty_like(x)
     for bits, multiplier in ((30, _MIX1), (27, _MIX2)):
         torch.bitwise_right_shift(x, bits, out=tmp).bitwise_and_((1 << (64 - bits)) - 1)  # the logical shift
         x.bitwise_xor_(tmp).mul_(_signed(multiplier))
     x.bitwise_right_shift_(40).bitwise_and_(0xFFFFFF)
-    return x.to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))  # in (0, 1), never 0
+    return x.to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))  # never 0
 
 
 def _row_keys(indices: torch.Tensor, seed: int) -> torch.Tensor:
-    seed_state = torch.tensor(_signed(int(seed) + _GAMMA_INDEX), dtype=torch.int64, device=indices.device)
+    if indices.ndim != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be a 1-D integer tensor, got dtype {indices.dtype} and shape {tuple(indices.shape)}")
+    seed_state = torch.tensor(_signed((int(seed) ^ _NOISE_SALT) + _GAMMA_INDEX), dtype=torch.int64, device=indices.device)
     return _mix64(_mix64(seed_state) + indices.to(torch.int64) * _signed(_GAMMA_INDEX))
 
 
@@ -118,23 +121,10 @@ def standard_normal(indices: torch.Tensor, shape: tuple[int, ...], seed: int) ->
     features ``f`` and ``n + f`` (``n`` values per sample), so the draws of an image are the same in
     any batch and on any device.
     """
-    if indices.ndim != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
-        raise ValueError(f"indices must be a 1-D integer tensor, got dtype {indices.dtype} and shape {tuple(indices.shape)}")
     n = math.prod(shape)
-    rows = _row_keys(indices, int(seed) ^ _NOISE_SALT).unsqueeze(1)
-    uniform = _uniform24(rows, torch.arange(2 * n, dtype=torch.int64, device=indices.device))
+    features = torch.arange(2 * n, dtype=torch.int64, device=indices.device).mul_(_signed(_GAMMA_FEATURE))
+    uniform = _uniform24_(_row_keys(indices, seed).unsqueeze(1) + features)
     return _box_muller(uniform[:, :n], uniform[:, n:]).view(len(indices), *shape)
-
-
-def _normal_draws(indices: torch.Tensor, sample: torch.Tensor, feature: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``standard_normal(indices, shape, seed).view(B, n)[sample, feature]``, hashing only those values.
-
-    The imputation needs noise at the removed values alone (half of them at 50% removed).
-    """
-    rows = _row_keys(indices, int(seed) ^ _NOISE_SALT)[sample]
-    uniform = _uniform24(torch.cat([rows, rows]), torch.cat([feature, feature + n]))
-    k = len(feature)
-    return _box_muller(uniform[:k], uniform[k:])
 
 
 def noisy_linear_impute(
@@ -180,10 +170,12 @@ def noisy_linear_impute(
         filled = torch.where(has_kept, filled, kept_mean.view(b, 1, 1, 1).to(dtype))
     if noise_std > 0:
         idx = torch.arange(b, device=images.device) if indices is None else indices.to(images.device)
-        where = removed.reshape(b, -1)
-        sample, feature = where.nonzero(as_tuple=True)
-        noise = _normal_draws(idx, sample, feature, where.shape[1], seed).to(dtype).mul_(noise_std)
-        filled.view(-1).index_add_(0, sample * where.shape[1] + feature, noise)  # filled is a fresh tensor
+        # On the CPU in chunks of images: the int64 hashing is memory bound, a chunk's buffers stay in cache.
+        per_chunk = _NOISE_CHUNK if images.device.type == "cpu" else b
+        for start in range(0, b, per_chunk):
+            chunk = slice(start, start + per_chunk)
+            noise = standard_normal(idx[chunk], tuple(images.shape[1:]), seed).to(dtype).mul_(noise_std)
+            filled[chunk].add_(noise.mul_(removed[chunk]))  # filled is a fresh tensor; kept values get + 0
     return filled.to(images.dtype)
 
 

@@ -68,79 +68,107 @@ class _Stencil:
         self.rows = torch.zeros(n * size, dtype=dtype, device=device)  # its ends are never written: stay 0
 
     def __call__(self, u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        flat, dst, rows, w = u.reshape(-1), out.view(-1), self.rows[: u.numel()], self.row
-        torch.add(flat[:-2], flat[2:], out=rows[1:-1])
-        rows[1:-1].add_(flat[1:-1], alpha=2)
-        torch.add(rows[: -2 * w], rows[2 * w :], out=dst[w:-w])
-        dst[w:-w].add_(rows[w:-w], alpha=2)
+        self.bind(u, out)()
         return out
 
+    def bind(self, u: torch.Tensor, out: torch.Tensor):
+        """The stencil from ``u`` into ``out`` as a call with its slices taken once (they cost as much as small ops)."""
+        flat, dst, rows, w = u.reshape(-1), out.view(-1), self.rows[: u.numel()], self.row
+        left, right, centre, rows_mid = flat[:-2], flat[2:], flat[1:-1], rows[1:-1]
+        up, down, middle, dst_mid = rows[: -2 * w], rows[2 * w :], rows[w:-w], dst[w:-w]
 
-def _max_abs(z: torch.Tensor) -> float:
-    lo, hi = torch.aminmax(z)  # no full-size temporary, unlike z.abs().amax()
-    return max(-float(lo), float(hi))
+        def apply() -> None:
+            torch.add(left, right, out=rows_mid)
+            rows_mid.add_(centre, alpha=2)
+            torch.add(up, down, out=dst_mid)
+            dst_mid.add_(middle, alpha=2)
+
+        return apply
 
 
-def _solve_chunk(images: torch.Tensor, removed: torch.Tensor, has_kept: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, int, float]:
-    """Solve the systems of one chunk; returns the ``(b, c, H, W)`` values, the steps and the true residual."""
-    b, c, h, w = images.shape
-    n, row, size = b * c, w + 2, (h + 2) * (w + 2)
-    dtype, device = images.dtype, images.device
-    ring = (1, 1, 1, 1)
-    x = F.pad(images, ring).reshape(n, size)
-    kept = F.pad((~removed).to(dtype), ring).reshape(n, size)  # 0 on the ring: outside the image
-    unknown = F.pad(removed, ring).reshape(n, size) & has_kept.reshape(n, 1)
-    stencil = _Stencil(n, row, size, dtype, device)
+class _Workspace:
+    """The buffers of the solve, allocated once for the largest chunk and reused by every chunk.
 
-    inside = F.pad(torch.ones(1, 1, h, w, dtype=dtype, device=device), ring).reshape(1, size)
-    diag = stencil(inside, torch.zeros_like(inside)) - 4 * inside  # D_i: 12 inside, 8 on an edge, 5 in a corner
-    diag4 = diag + 4  # D - C = (D + 4) - stencil
-    zero = torch.zeros((), dtype=dtype, device=device)
-    minv = torch.where(unknown, 1.0 / diag.clamp_min(1.0), zero)  # Jacobi, and the mask of the unknowns
+    Each is ``(n, (H+2)(W+2))``: one zero-ringed plane per system. The rings of ``x``, ``kept`` and
+    ``minv`` are never written (they stay 0); the other buffers start at 0 so their rings stay finite.
+    """
 
-    rhs = stencil(x * kept, torch.zeros_like(x))  # C_RK v on the unknowns (the ring and kept rows are masked by minv)
-    weight = stencil(kept, torch.zeros_like(x))  # sum of c over kept neighbours (+4 where kept: masked below)
-    mean = (x * kept).sum(1, keepdim=True) / kept.sum(1, keepdim=True).clamp_min(1.0)
-    # Start from the mean of each unknown's kept neighbours, or of its channel's kept values if it has none.
-    u = torch.where(unknown, torch.where(weight > 0, rhs / weight.clamp_min(1.0), mean), zero)
-    r, z, p, ap, tmp = (torch.zeros_like(x) for _ in range(5))  # zeros: the ring stays finite (NaN * 0 is NaN)
+    def __init__(self, n: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.h, self.w, self.size = h, w, (h + 2) * (w + 2)
+        self.stencil = _Stencil(n, w + 2, self.size, dtype, device)
+        self.bufs = {name: torch.zeros(n, self.size, dtype=dtype, device=device) for name in ("x", "kept", "minv", "rhs", "u", "r", "z", "p", "ap", "tmp")}
+        inside = F.pad(torch.ones(1, 1, h, w, dtype=dtype, device=device), (1, 1, 1, 1)).reshape(1, self.size)
+        self.diag = self.stencil(inside, torch.zeros_like(inside)) - 4 * inside  # D_i: 12 inside, 8 on an edge, 5 in a corner
+        self.diag4 = self.diag + 4  # D - C = (D + 4) - stencil
+        self.dinv = torch.where(inside > 0, 1.0 / self.diag.clamp_min(1.0), torch.zeros((), dtype=dtype, device=device))
 
-    def row_max(v: torch.Tensor) -> torch.Tensor:  # (n, 1) max abs per system (aminmax(dim=1) is 10x slower on CPU)
-        return torch.maximum(v.amax(1, keepdim=True), v.amin(1, keepdim=True).neg_())
+    def interior(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf.view(-1, self.h + 2, self.w + 2)[:, 1:-1, 1:-1]
 
-    def residual() -> torch.Tensor:  # r = rhs - (D - C) u, z = r / D on the unknowns: the true residual per system
-        stencil(u, r).addcmul_(diag4, u, value=-1).add_(rhs)
-        return row_max(torch.mul(r, minv, out=z))
+    def solve(self, images: torch.Tensor, removed: torch.Tensor, has_kept: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, int, float]:
+        """Solve the systems of one chunk; returns the ``(b, c, H, W)`` values, the steps and the true residual."""
+        b, c, h, w = images.shape
+        n = b * c
+        x, kept, minv, rhs, u, r, z, p, ap, tmp = (buf[:n] for buf in self.bufs.values())
+        stencil, diag4, zero = self.stencil, self.diag4, self.diag.new_zeros(())
+        self.interior(x).copy_(images.reshape(n, h, w))
+        self.interior(kept).copy_(~removed.reshape(n, h, w))
+        torch.addcmul(self.dinv, kept, self.dinv, value=-1, out=minv)  # Jacobi 1/D on the unknowns, 0 elsewhere
+        if not bool(has_kept.all()):  # a channel with nothing kept: not solved here (no unique solution)
+            minv.mul_(has_kept.reshape(n, 1))
+        unknown = minv > 0
+        stencil(torch.mul(x, kept, out=tmp), rhs)  # C_RK v on the unknowns (other rows: masked by minv)
+        # Start from the mean of each unknown's kept neighbours, or of the channel's kept values if it
+        # has none: (sum c v + eps * mean) / (sum c + eps) over kept neighbours, c >= 1, so eps barely shifts the first.
+        eps = 1e-3
+        mean = tmp.sum(1, keepdim=True) / kept.sum(1, keepdim=True).clamp_min(1.0)
+        weight = stencil(kept, ap).add_(eps)
+        torch.add(rhs, mean, alpha=eps, out=u).div_(weight).mul_(unknown)
+        # The stop test max|r_i / D_i| <= tol is skipped while r.z = sum D_i (r_i / D_i)^2 alone proves it false.
+        sure = tol * tol * torch.mul(self.diag, unknown, out=tmp).sum(1, keepdim=True)
 
-    def dot(a: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:  # one inner product per system
-        return torch.mul(a, bb, out=tmp).sum(1, keepdim=True)
+        def row_max(v: torch.Tensor) -> torch.Tensor:  # (n, 1) max abs per system (aminmax(dim=1) is 10x slower on CPU)
+            return torch.maximum(v.amax(1, keepdim=True), v.amin(1, keepdim=True).neg_())
 
-    # Each system stops at its own first step below tol (its step size is 0 from then on), so its
-    # values do not depend on the other images of the batch. When every system's CG residual is
-    # below tol, the true residual is recomputed; systems it rejects restart from it.
-    steps, true = 0, residual()
-    active = true > tol
-    while bool(active.any()) and steps < max_iter:
-        p.copy_(z)
-        rz = dot(r, z)
-        while steps < max_iter:
-            stencil(p, ap).addcmul_(diag4, p, value=-1)  # ap = -(D - C) p on the unknown rows
-            pap = dot(p, ap).neg_()
-            alpha = torch.where(active & (pap > 0), rz / pap, zero)
-            u.addcmul_(alpha, p)
-            r.addcmul_(alpha, ap)
-            torch.mul(r, minv, out=z)
-            rz_new = dot(r, z)
-            p.mul_(torch.where(active & (rz > 0), rz_new / rz, zero)).add_(z)
-            rz = rz_new
-            steps += 1
-            active &= row_max(z) > tol
-            if not bool(active.any()):
-                break
-        true = residual()
-        active = true > tol
-    values = torch.where(unknown, u, x).view(n, h + 2, w + 2)[:, 1:-1, 1:-1]
-    return values.reshape(b, c, h, w), steps, float(true.max()) if n else 0.0
+        def residual() -> torch.Tensor:  # r = rhs - (D - C) u, z = r / D on the unknowns: the true residual per system
+            stencil(u, r).addcmul_(diag4, u, value=-1).add_(rhs)
+            return row_max(torch.mul(r, minv, out=z))
+
+        def dot(a: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:  # one inner product per system
+            return torch.mul(a, bb, out=tmp).sum(1, keepdim=True)
+
+        # Each system stops at its own first step below tol (its step size is 0 from then on), so its
+        # values do not depend on the other images of the batch. When every system's CG residual is
+        # below tol, the true residual is recomputed; systems it rejects restart from it. Signs: ap
+        # holds -(D - C) p, so pap = p.ap <= 0 and the step -rz/pap is written as g = rz/pap < 0.
+        tiny = torch.finfo(u.dtype).tiny
+        stencil_p = stencil.bind(p, ap)
+        steps, true = 0, residual()
+        active = (true > tol).to(u.dtype)  # 1 for the systems still iterating
+        while bool(active.any()) and steps < max_iter:
+            p.copy_(z)
+            rz = dot(r, z)
+            look = sure * active  # an active system with r.z below this may have converged
+            while steps < max_iter:
+                stencil_p()
+                ap.addcmul_(diag4, p, value=-1)
+                g = rz.div(dot(p, ap).clamp_max_(-tiny)).mul_(active)  # p = 0 (converged exactly): g = 0
+                u.addcmul_(g, p, value=-1)
+                r.addcmul_(g, ap, value=-1)
+                torch.mul(r, minv, out=z)
+                rz_new = dot(r, z)
+                torch.addcmul(z, p, rz_new.div(rz.clamp_min(tiny)).mul_(active), out=p)
+                rz = rz_new
+                steps += 1
+                if bool((rz < look).any()):  # some active system may be below tol: look
+                    active.mul_(row_max(z) > tol)
+                    look = sure * active
+                    if not bool(active.any()):
+                        break
+            true = residual()
+            active = (true > tol).to(u.dtype)
+        values = torch.where(unknown, u, x)
+        return self.interior(values).reshape(b, c, h, w), steps, float(true.max())
 
 
 def solve_road_system(images: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) -> RoadSolution:
@@ -158,10 +186,11 @@ def solve_road_system(images: torch.Tensor, removed: torch.Tensor, tol: float, m
     b, c, h, w = images.shape
     has_kept = (~removed).flatten(2).any(2)  # (B, C): a channel with nothing kept has no unique solution
     per_chunk = b if images.device.type != "cpu" else max(1, CPU_CHUNK_VALUES // (c * (h + 2) * (w + 2)))
+    workspace = _Workspace(min(b, per_chunk) * c, h, w, images.dtype, images.device)
     parts, steps, res = [], 0, 0.0
     for start in range(0, b, per_chunk):
         end = start + per_chunk
-        values, chunk_steps, chunk_res = _solve_chunk(images[start:end], removed[start:end], has_kept[start:end], tol, max_iter)
+        values, chunk_steps, chunk_res = workspace.solve(images[start:end], removed[start:end], has_kept[start:end], tol, max_iter)
         if chunk_res > tol:
             raise ImputationError(
                 f"noisy_linear imputation did not converge: residual {chunk_res:.3g} > fill_tol {tol:g} after "
