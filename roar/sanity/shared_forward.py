@@ -62,8 +62,10 @@ def prefers_channels_last(network: nn.Module, device: torch.device) -> bool:
 class _Graph:
     """The traced network: its nodes, the groups each node reads, and out-of-place versions of in-place ops.
 
-    Cached activations are shared between steps, so no op may write into its input: ``x += y``,
-    ``x.add_(y)``, ``relu(inplace=True)`` (timm's ResNets use all of them) run out of place.
+    Cached activations are shared between steps, so no op may write into one: ``x += y``,
+    ``x.add_(y)``, ``relu(inplace=True)`` (timm's ResNets use the first and the last) run out of
+    place. That is exact only where nothing reads the overwritten input after the op (the graph
+    does not record what a mutation changes); a network that does is not shared (``TypeError``).
     """
 
     def __init__(self, network: nn.Module, groups: dict[str, list[str]]) -> None:
@@ -74,27 +76,43 @@ class _Graph:
             raise TypeError(f"forward takes {len(placeholders)} inputs; shared layers need exactly one")
         self.deps: dict[fx.Node, frozenset[str]] = {}
         self.calls: dict[fx.Node, object] = {}
+        position = {node: i for i, node in enumerate(self.nodes)}
         for node in self.nodes:
             direct = {g for g, prefixes in groups.items() for p in prefixes if _overlaps(str(node.target), p)} \
                 if node.op in ("call_module", "get_attr") else set()  # fmt: skip
             self.deps[node] = frozenset(direct).union(*(self.deps[i] for i in node.all_input_nodes))
-            self.calls[node] = self._callable(node)
+            self.calls[node], in_place = self._callable(node)
+            overwritten = node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
+            if overwritten is not None and any(position[u] > position[node] for u in overwritten.users):
+                raise TypeError(f"{node.name} overwrites {overwritten.name}, which is read again after it")
 
-    def _callable(self, node: fx.Node) -> object:
+    def _callable(self, node: fx.Node) -> tuple[object, bool]:
+        """What runs ``node``, out of place, and whether the traced op was in place."""
         if node.op == "call_module":
             module = self.module.get_submodule(str(node.target))
             if getattr(module, "inplace", False) is True:
                 module = copy.copy(module)
                 module.inplace = False
-            return module
+                return module, True
+            return module, False
         if node.op == "call_function":
-            return _INPLACE_FUNCTIONS.get(node.target, node.target)
+            if node.target in _INPLACE_FUNCTIONS:
+                return _INPLACE_FUNCTIONS[node.target], True
+            name = getattr(node.target, "__name__", "")
+            if name.endswith("_") and not name.startswith("_"):  # torch.relu_, F.relu_
+                source = torch.nn.functional if getattr(torch.nn.functional, name, None) is node.target else torch
+                if not callable(getattr(source, name[:-1], None)):
+                    raise TypeError(f"no out-of-place version of {name}")
+                return getattr(source, name[:-1]), True
+            return node.target, node.kwargs.get("inplace") is True
         if node.op == "call_method":
             name = str(node.target)
-            if name.endswith("_") and not name.startswith("_") and hasattr(Tensor, name[:-1]):
-                return name[:-1]
-            return name
-        return None
+            if name.endswith("_") and not name.startswith("_"):
+                if not hasattr(Tensor, name[:-1]):
+                    raise TypeError(f"no out-of-place version of Tensor.{name}")
+                return name[:-1], True
+            return name, False
+        return None, False
 
 
 def _overlaps(target: str, prefix: str) -> bool:
