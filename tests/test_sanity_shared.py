@@ -24,6 +24,8 @@ SHARED = {
     "integrated_gradients": {"n_steps": 6},
     "gradient_sg": {"nt_samples": 3},
     "integrated_gradients_var": {"n_steps": 3, "nt_samples": 3},
+    # The methods' own memory bounds split the rows into chunks (13 // 6 steps = 2 rows at once).
+    "input_x_gradient_sg_sq": {"nt_samples": 3, "max_batch_size": 13},
 }
 
 

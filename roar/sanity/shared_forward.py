@@ -45,7 +45,9 @@ from roar.sanity.randomization import ORIGINAL, RandomizationStep, layer_groups
 State = dict[str, Tensor]
 
 MAX_ROWS = 2048
-"""Most input rows kept with their activations at once, summed over the steps: bounds memory."""
+"""Most input rows explained at once, summed over the steps, where the method sets no bound of its
+own (IG's ``internal_batch_size``, an ensemble's ``max_batch_size``): bounds memory, as the cached
+activations of several steps are alive together."""
 
 can_share = can_stack
 """Whether :class:`SharedSteps` reproduces a method: the gradient family and its ensembles."""
@@ -176,13 +178,13 @@ class SharedSteps:
         """The maps of ``method`` (one for which :data:`can_share` holds) at every recorded step, in order."""
         if not can_share(method):
             raise ValueError(f"{type(method).__name__} has no shared-layer path; explain it model by model")
-        maps = method_maps(method, self._input_grads, images, target, indices)
-        return list(maps.unbind(0))
+        rows = max(1, _row_budget(method) // max(1, len(self.steps)))
 
-    def _input_grads(self, inputs: Tensor, target: Tensor) -> Tensor:
-        """``(K, N, ...)``: every step's input gradient of its target logit, in chunks of rows."""
-        rows = max(1, MAX_ROWS // max(1, len(self.steps)))
-        return torch.cat([self._chunk(inputs[i : i + rows], target[i : i + rows]) for i in range(0, len(inputs), rows)], dim=1)
+        def input_grads(inputs: Tensor, t: Tensor) -> Tensor:
+            """``(K, N, ...)``: every step's input gradient of its target logit, in chunks of rows."""
+            return torch.cat([self._chunk(inputs[i : i + rows], t[i : i + rows]) for i in range(0, len(inputs), rows)], dim=1)
+
+        return list(method_maps(method, input_grads, images, target, indices).unbind(0))
 
     def _chunk(self, inputs: Tensor, target: Tensor) -> Tensor:
         x = _channels_last(inputs.detach()) if self.channels_last else inputs.detach().clone()
@@ -229,6 +231,15 @@ class SharedSteps:
         prefix = f"{node.target}."
         local = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         return functional_call(call, local, args, kwargs) if local else call(*args, **kwargs)
+
+
+def _row_budget(method: object) -> int:
+    """The rows the method lets one model see at once (its own memory bound), else :data:`MAX_ROWS`."""
+    bounds = []
+    while method is not None:
+        bounds += [b for b in (getattr(method, "internal_batch_size", None), getattr(method, "max_batch_size", None)) if b]
+        method = getattr(method, "base", None)
+    return min(bounds, default=MAX_ROWS)
 
 
 def _state(model: nn.Module, prefix: str) -> State:
