@@ -218,3 +218,25 @@ def test_untraceable_networks_and_other_methods_go_model_by_model(trained, batch
     recorder = SharedSteps.for_network(explained_network(trained))
     with pytest.raises(ValueError, match="no shared-layer path"):
         recorder.explain(user["guided_backprop"], images, images.new_zeros(len(images), dtype=torch.long), indices)
+
+
+def test_pooling_before_relu_keeps_values_and_gradients_with_ties():
+    """The rewrite max_pool(relu(x)) -> relu(max_pool(x)) on inputs full of exact ties (blank
+    pixels, repeated grey levels, a conv whose weights are all equal): bit-for-bit the same."""
+    from roar.models.factory import build_model
+
+    torch.manual_seed(0)
+    network = build_model("small_cnn", num_classes=10, in_chans=1, image_size=8).eval()
+    with torch.no_grad():
+        network.conv2.weight.fill_(0.01)  # every window of a flat region ties exactly
+    images = (torch.rand(16, 1, 8, 8) * 3).floor() / 2 * (torch.rand(16, 1, 1, 1) > 0.3)
+    rewritten = SharedSteps.for_network(network, channels_last=False).graph.module
+    assert "relu2_pooled" in rewritten.code and "relu3_pooled" in rewritten.code
+    grads = []
+    for net in (network, rewritten):
+        x = images.clone().requires_grad_()
+        logits = net(x)
+        grads.append((logits, torch.autograd.grad(logits[:, 3].sum(), x)[0]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+    assert grads[0][1].abs().sum() > 0
