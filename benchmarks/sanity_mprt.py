@@ -6,10 +6,11 @@ randomisation of every layer of small_cnn, the same digits images and target cla
 similarity to the original map. Quantus gets our IG as its ``explain_func``, so both compute the
 same maps; it explains one randomised model after another, as does our ``share=False`` path.
 Our default on a CPU (``stack=1``, ``share=True``, :mod:`roar.sanity.shared_forward`) computes
-the layers the steps share once (the cascade's unchanged bottom is the trained model's) and runs
-the conv net in ``channels_last``. Our batched path (``stack=K``, :mod:`roar.sanity.batched`)
-explains the K models of the cascade in one vmapped call over their stacked weights. Issue 12's
-target: the default path >= 3x faster than Quantus's MPRT.
+the layers the steps share once (the cascade's unchanged bottom is the trained model's), runs
+the conv net in ``channels_last`` and max-pools before the ReLUs (the same values). Our batched
+path (``stack=K``, :mod:`roar.sanity.batched`) explains the K models of the cascade in one
+vmapped call over their stacked weights. Issue 12's target: the default path >= 3x faster than
+Quantus's MPRT.
 
 On a CPU the work is compute-bound: sharing saves forward passes, but every step still needs its
 own backward pass through every layer below its randomised ones (its upstream gradient differs),

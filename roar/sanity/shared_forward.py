@@ -20,10 +20,13 @@ once, when its step comes: they depend only on the seed and the group's name
 every step of every order.
 
 The forward passes saved are what this buys; the backward passes are not shared (each step's
-upstream gradient differs), so the saving is largest where the bottom is costly. On a CPU conv
-nets also run in ``channels_last`` layout where that was measured faster
-(``benchmarks/sanity_mprt.py``): oneDNN's pooling and first convolution are several times
-faster in it.
+upstream gradient differs), so the saving is largest where the bottom is costly. Two rewrites
+that keep the maps make each pass cheaper: ``max_pool(relu(x))`` runs as ``relu(max_pool(x))``
+(:func:`_pool_before_relu`), and on a CPU conv nets run in ``channels_last`` layout, where
+oneDNN's pooling and first convolution are several times faster (``benchmarks/sanity_mprt.py``).
+``channels_last`` sums in another order: a max-pool window whose two largest values agree to
+about 1e-7 may then route its gradient to the other pixel (the gradient is discontinuous
+there), so the maps equal the model-by-model maps except at such near-ties.
 
 A network that ``torch.fx`` cannot trace, or a method other than the gradient family of
 :func:`roar.sanity.batched.can_stack`, is explained model by model as before.
