@@ -56,6 +56,7 @@ from roar.sanity.map_figures import display_maps, figure_array, map_grid_figure
 from roar.sanity.randomization import randomization_steps
 from roar.sanity.records import CheckResult, SimilarityRecord, _records
 from roar.sanity.revisited import SMPRT, Smoothing
+from roar.sanity.shared_forward import SharedSteps, can_share, explain_steps
 from roar.sanity.settings import SanitySettings, as_settings
 
 
@@ -74,6 +75,7 @@ def model_randomization(
     settings: SanitySettings | Mapping[str, Any] | None = None,
     stack: int | str = "auto",
     smoothing: Smoothing | None = None,
+    share: bool = True,
 ) -> CheckResult:
     """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
 
@@ -105,6 +107,8 @@ def model_randomization(
             :data:`DEFAULT_STACK` for a small model on CUDA, else 1; see :func:`resolve_stack`).
         smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
             map is the mean over noisy copies of the input; the result's check is ``smprt``.
+        share: with ``stack`` 1, explain the gradient methods of all steps with the layers the
+            steps share computed once (:mod:`roar.sanity.shared_forward`); ``False``: one by one.
 
     Returns:
         A :class:`CheckResult` with steps ``0 .. number of layer groups``.
@@ -123,6 +127,7 @@ def model_randomization(
         layers: list[str] = []
         maps: dict[int, dict[str, Tensor]] = {}
         stacked: list[str] = []
+        sharing: SharedSteps | None = None
         pending: list[tuple[int, dict[str, Tensor]]] = []
 
         def flush() -> None:
@@ -143,6 +148,9 @@ def model_randomization(
                 if smoothing is not None:
                     built = smoothing.wrap(built, method_params, seed)
                 stacked = [n for n in methods if stack > 1 and can_stack(built[n])]
+                shareable = [n for n in methods if share and stack == 1 and can_share(built[n])]
+                sharing = SharedSteps.for_network(step.model) if shareable else None
+                stacked = shareable if sharing else stacked
             if step.step == 0:
                 if target is None:
                     target = resolve_target(step.model, images)
@@ -151,12 +159,17 @@ def model_randomization(
                 reference = explain(one_by_one, images, target, indices)
             maps[step.step] = explain(one_by_one, images, target, indices)
             layers.append(step.layer)
-            if stacked:
+            if sharing:
+                sharing.record(step)
+            elif stacked:
                 pending.append((step.step, snapshot(step.model)))
                 if len(pending) == stack:
                     flush()
         if pending:
             flush()
+        if sharing and stacked:
+            for step_number, step_maps in explain_steps(sharing, built, stacked, images, target, indices).items():
+                maps[step_number].update(step_maps)
         # A deterministic stacked method's step-0 map is its reference (one by one, the two are equal).
         reference = {name: reference[name] if name in reference else maps[0][name] for name in methods}
         check = order if smoothing is None else SMPRT
