@@ -35,21 +35,37 @@ RETRAIN_SETTINGS: dict[str, Any] = {
 """``wandb.Settings`` fields of every retrain's run (fields the installed wandb lacks are left out)."""
 
 
-def retrain_settings(offline: bool) -> Any:
-    """The ``wandb.Settings`` of one retrain's run, or None where the installed wandb has none of our fields.
-
-    ``mode`` is given explicitly when offline: once :func:`wandb_service` has set W&B up, the
-    ``WANDB_MODE`` that Lightning's ``WandbLogger(offline=True)`` exports is no longer read.
-    """
+def retrain_settings() -> Any:
+    """The ``wandb.Settings`` of one retrain's run, or None where the installed wandb has none of our fields."""
     import wandb
 
     known = getattr(wandb.Settings, "model_fields", None)
     if known is None:  # wandb < 0.19: not a pydantic model; its defaults are kept
         return None
-    fields = {k: v for k, v in RETRAIN_SETTINGS.items() if k in known}
-    if offline:
-        fields["mode"] = "offline"
-    return wandb.Settings(**fields)
+    return wandb.Settings(**{k: v for k, v in RETRAIN_SETTINGS.items() if k in known})
+
+
+def start_retrain_run(*, offline: bool, **init: Any) -> Any:
+    """Start one retrain's W&B run (``wandb.init(**init)``) with :func:`retrain_settings`.
+
+    Each call is a new run even while another is open: the members of a stack
+    (:mod:`roar.benchmark.stacked_runner`) are open side by side, and Lightning's ``WandbLogger``
+    would log them all into whichever run is ``wandb.run``. ``mode`` is given explicitly: once
+    :func:`wandb_service` has set W&B up, a ``WANDB_MODE`` exported later is not read.
+    """
+    import wandb
+
+    init = {**init, "mode": "offline" if offline else init.get("mode")}
+    if (settings := retrain_settings()) is not None:
+        init["settings"] = settings
+    try:
+        run = wandb.init(**init, reinit="create_new")
+    except (TypeError, ValueError):  # wandb < 0.19.10 knows only booleans (and one run at a time)
+        run = wandb.init(**init, reinit=True)
+    # Lightning's WandbLogger does this for the runs it starts: metrics plotted against its step
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
 
 
 @contextmanager
