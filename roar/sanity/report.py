@@ -129,7 +129,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             model_randomization(
                 model, images, order, cfg.methods, cfg.metrics, target=target, indices=indices,
                 method_params=cfg.method_params, seed=cfg.seed, keep_maps=order == "cascading",
-                settings=cfg.settings, stack=cfg.stack,
+                settings=cfg.settings, stack=cfg.stack, share=cfg.share,
             )
         )  # fmt: skip
     if cfg.smprt:
@@ -137,7 +137,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         results.append(
             model_randomization(
                 model, images, cfg.smprt_order, cfg.methods, cfg.metrics, target=target, indices=indices,
-                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings, stack=cfg.stack, smoothing=cfg.smoothing,
+                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings, stack=cfg.stack, share=cfg.share, smoothing=cfg.smoothing,
             )
         )  # fmt: skip
     if cfg.emprt:

@@ -71,6 +71,9 @@ class SanityReportConfig:
             ``sum_abs``/``abs_sum``.
         stack: randomised models explained per batched call (1: one by one; ``auto``: 8 for a small
             model on CUDA, else 1; the maps are the same either way).
+        share: with one model per call, explain the gradient family for every randomisation step
+            at once, each layer the steps share computed once (:mod:`roar.sanity.shared_forward`);
+            ``false``: model by model. The maps are the same within float tolerance.
         smprt: also run sMPRT (Hedström et al. 2023): ``smprt_order`` randomisation with maps
             averaged over ``smprt_samples`` noisy copies at ``smprt_noise`` x the input range.
         emprt: also run eMPRT (Hedström et al. 2023): the rise in map entropy (``emprt_bins``
@@ -103,6 +106,7 @@ class SanityReportConfig:
     normalization: Literal["minmax", "percentile"] = "minmax"
     reduction: Literal["sum_abs", "abs_sum"] = "sum_abs"
     stack: int | Literal["auto"] = "auto"
+    share: bool = True
     smprt: bool = False
     smprt_samples: int = 50
     smprt_noise: float = 0.1
