@@ -198,6 +198,19 @@ def test_the_returned_values_satisfy_roads_equations_to_tol(granularity, tol, dt
             assert torch.equal(solution.values[b, c][~removed[b, c]], images[b, c][~removed[b, c]])
 
 
+def test_a_channel_with_nothing_kept_is_returned_as_it_came_and_marked_unsolved():
+    # ROAD's system of such a channel has no unique solution: the solver leaves it to its caller
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(2, 3, 7, 8, generator=gen)
+    removed = torch.rand(2, 3, 7, 8, generator=gen) < 0.5
+    removed[1, 2] = True
+    solution = solve_road_system(images, removed, 1e-5, 1000)
+    assert solution.solved.tolist() == [[True, True, True], [True, True, False]]
+    assert torch.equal(solution.values[1, 2], images[1, 2])
+    assert torch.equal(solution.values[~removed], images[~removed])  # kept values bit for bit
+    assert not torch.equal(solution.values[0, 0][removed[0, 0]], images[0, 0][removed[0, 0]])  # the others were imputed
+
+
 def test_an_image_gets_the_same_values_in_any_chunk_of_a_batch():
     # more images than one CPU chunk holds: the batch is solved in several chunks
     per_chunk = CPU_CHUNK_VALUES // (3 * 34 * 34)

@@ -156,16 +156,17 @@ def noisy_linear_impute(
         ImputationError: the residual is still above ``tol`` after ``max_iter`` steps (named).
     """
     check_imputation_settings(noise_std=noise_std, tol=tol, max_iter=max_iter)
-    removed = _check(images, removed)
+    mask, removed = removed, _check(images, removed)
     b = images.shape[0]
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     x0 = images.to(dtype)
-    kept = ~removed
-    if not bool(kept.flatten(1).any(1).all()):
+    # On the mask as given (not expanded to every channel), as bytes: bool any/all reductions are ~30x slower on the CPU.
+    if bool(mask.reshape(mask.shape[0] if mask.ndim == 4 else 1, -1).view(torch.uint8).amin(1).any()):
         raise ValueError("an image has every value removed; nothing is left to impute from (thresholds must be < 1)")
-    filled = solve_road_system(x0, removed, tol, max_iter).values
-    has_kept = kept.flatten(2).any(2)[:, :, None, None]  # (B, C, 1, 1)
+    solution = solve_road_system(x0, removed, tol, max_iter)
+    filled, has_kept = solution.values, solution.solved[:, :, None, None]  # (B, C, 1, 1)
     if not bool(has_kept.all()):  # a channel with nothing kept: the mean of the image's kept values
+        kept = ~removed
         kept_mean = (x0 * kept).flatten(1).sum(1) / kept.flatten(1).sum(1)
         filled = torch.where(has_kept, filled, kept_mean.view(b, 1, 1, 1).to(dtype))
     if noise_std > 0:

@@ -47,11 +47,13 @@ class RoadSolution:
     Attributes:
         values: ``(B, C, H, W)``: the solution at the removed values of channels that keep at least one
             value, the input everywhere else.
+        solved: bool ``(B, C)``: the channels that keep at least one value (the others are left as they are).
         iterations: conjugate gradient steps taken by the slowest chunk of images.
         residual: the largest absolute residual of ROAD's row-normalised equations at ``values``.
     """
 
     values: torch.Tensor
+    solved: torch.Tensor
     iterations: int
     residual: float
 
@@ -105,23 +107,25 @@ class _Workspace:
     def interior(self, buf: torch.Tensor) -> torch.Tensor:
         return buf.view(-1, self.h + 2, self.w + 2)[:, 1:-1, 1:-1]
 
-    def solve(self, images: torch.Tensor, removed: torch.Tensor, has_kept: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, int, float]:
-        """Solve the systems of one chunk; returns the ``(b, c, H, W)`` values, the steps and the true residual."""
+    def solve(self, images: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int, out: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+        """Solve the systems of one chunk into ``out`` (``(b, c, H, W)``); returns which systems were solved, the steps and the true residual."""
         b, c, h, w = images.shape
         n = b * c
         x, kept, minv, rhs, u, r, z, p, ap, tmp = (buf[:n] for buf in self.bufs.values())
-        stencil, diag4, zero = self.stencil, self.diag4, self.diag.new_zeros(())
+        stencil, diag4 = self.stencil, self.diag4
         self.interior(x).copy_(images.reshape(n, h, w))
         self.interior(kept).copy_(~removed.reshape(n, h, w))
         torch.addcmul(self.dinv, kept, self.dinv, value=-1, out=minv)  # Jacobi 1/D on the unknowns, 0 elsewhere
-        if not bool(has_kept.all()):  # a channel with nothing kept: not solved here (no unique solution)
-            minv.mul_(has_kept.reshape(n, 1))
+        count = kept.sum(1, keepdim=True)
+        solved = count > 0
+        if not bool(solved.all()):  # a channel with nothing kept: not solved here (no unique solution)
+            minv.mul_(solved)
         unknown = minv > 0
         stencil(torch.mul(x, kept, out=tmp), rhs)  # C_RK v on the unknowns (other rows: masked by minv)
         # Start from the mean of each unknown's kept neighbours, or of the channel's kept values if it
         # has none: (sum c v + eps * mean) / (sum c + eps) over kept neighbours, c >= 1, so eps barely shifts the first.
         eps = 1e-3
-        mean = tmp.sum(1, keepdim=True) / kept.sum(1, keepdim=True).clamp_min(1.0)
+        mean = tmp.sum(1, keepdim=True) / count.clamp_min(1.0)
         weight = stencil(kept, ap).add_(eps)
         torch.add(rhs, mean, alpha=eps, out=u).div_(weight).mul_(unknown)
         # The stop test max|r_i / D_i| <= tol is skipped while r.z = sum D_i (r_i / D_i)^2 alone proves it false.
@@ -167,8 +171,13 @@ class _Workspace:
                         break
             true = residual()
             active = (true > tol).to(u.dtype)
-        values = torch.where(unknown, u, x)
-        return self.interior(values).reshape(b, c, h, w), steps, float(true.max())
+        # u is exactly 0 off the unknowns (its start, every z and so every p are masked there), so
+        # u + x * kept is u on the unknowns and x elsewhere, written straight into the output.
+        result = out.view(n, h, w)
+        torch.addcmul(self.interior(u), self.interior(x), self.interior(kept), out=result)
+        if not bool(solved.all()):  # channels with nothing kept: their input, as documented
+            result.copy_(torch.where(solved.view(n, 1, 1), result, images.reshape(n, h, w)))
+        return solved.view(b, c), steps, float(true.max())
 
 
 def solve_road_system(images: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) -> RoadSolution:
@@ -184,21 +193,21 @@ def solve_road_system(images: torch.Tensor, removed: torch.Tensor, tol: float, m
         ImputationError: the residual is still above ``tol`` after ``max_iter`` steps (named).
     """
     b, c, h, w = images.shape
-    has_kept = (~removed).flatten(2).any(2)  # (B, C): a channel with nothing kept has no unique solution
     per_chunk = b if images.device.type != "cpu" else max(1, CPU_CHUNK_VALUES // (c * (h + 2) * (w + 2)))
     workspace = _Workspace(min(b, per_chunk) * c, h, w, images.dtype, images.device)
-    parts, steps, res = [], 0, 0.0
+    values = torch.empty(b, c, h, w, dtype=images.dtype, device=images.device)  # each chunk writes its part: no cat
+    solved, steps, res = [], 0, 0.0
     for start in range(0, b, per_chunk):
         end = start + per_chunk
-        values, chunk_steps, chunk_res = workspace.solve(images[start:end], removed[start:end], has_kept[start:end], tol, max_iter)
+        chunk_solved, chunk_steps, chunk_res = workspace.solve(images[start:end], removed[start:end], tol, max_iter, values[start:end])
         if chunk_res > tol:
             raise ImputationError(
                 f"noisy_linear imputation did not converge: residual {chunk_res:.3g} > fill_tol {tol:g} after "
                 f"fill_max_iter {max_iter} conjugate gradient steps; raise protocol.fill_max_iter or fill_tol"
             )
-        parts.append(values)
+        solved.append(chunk_solved)
         steps, res = max(steps, chunk_steps), max(res, chunk_res)
-    return RoadSolution(torch.cat(parts) if len(parts) > 1 else parts[0].contiguous(), steps, res)
+    return RoadSolution(values, torch.cat(solved), steps, res)
 
 
 __all__ = ["CPU_CHUNK_VALUES", "ImputationError", "RoadSolution", "solve_road_system"]
