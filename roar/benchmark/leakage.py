@@ -104,7 +104,7 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     dataset, model_name = cfg.data.get("source", "digits"), str(cfg.model.get("arch", "small_cnn")).replace("/", ":")
     seed = cfg.leakage_seed
     rows = []
-    for order in probe_orders(list(cfg.modes)):
+    for order in probe_orders(cfg.mode_names):  # masks do not depend on the fill: one probe per order
         for threshold in sorted(cfg.thresholds):
             for method in cfg.methods:
                 spec = RunSpec(dataset, model_name, method, order, threshold, seed)
