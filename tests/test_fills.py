@@ -19,19 +19,22 @@ import pytest
 from roar.__main__ import main as roar_main
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec, build_plan
+from roar.benchmark.progress import run_label
 from roar.benchmark.provenance import ConfigChangedError, GridProvenance, check_recorded_rows
 from roar.benchmark.results import ResultsStore
+from roar.benchmark.stacked_runner import stack_groups
 from roar.fingerprint import fingerprint_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs/benchmark/digits_demo.yaml")
 FILLS = "channel_mean, image_mean, noisy_linear, blur"
 
-# 2 methods x 1 threshold x 1 seed per mode, one epoch per retrain; a 6-epoch base model.
+# 2 methods x 1 threshold x 1 seed per mode, one epoch per retrain; a 6-epoch base model; retrains
+# stacked by two (stacked_runner), so stacks of either fill run too.
 GRID = [
     "--config", DEMO, "--trainer.max_epochs", "1", "--benchmark.base.max_epochs", "6", "--benchmark.methods", "[random, gradient]",
     "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.noretrain", "false", "--benchmark.logger", "none",
-    "--progress", "false", "--benchmark.modes", "[roar, roar@blur, noretrain@noisy_linear]",
+    "--progress", "false", "--benchmark.modes", "[roar, roar@blur, noretrain@noisy_linear]", "--benchmark.stack", "2",
 ]  # fmt: skip
 
 
@@ -100,6 +103,13 @@ def test_a_bad_mode_entry_fails_on_the_command_line_before_training(tmp_path, ca
         roar_main(["benchmark", *GRID, "--benchmark.modes", "[roar, noretrain@noisy]", "--out", str(out)])
     assert exit_.value.code == 2 and f"unknown fill 'noisy' in modes entry 'noretrain@noisy'; valid fills: {FILLS}" in capsys.readouterr().err
     assert not (out / "base.ckpt").exists() and not (out / "results.db").exists()
+
+
+def test_stacks_and_progress_lines_know_the_fill():
+    specs = [RunSpec("digits", "small_cnn", "random", "roar", 0.5, seed, fill) for fill in ("channel_mean", "blur") for seed in (0, 1)]
+    assert [{s.fill for s in group} for group in stack_groups(specs, 2)] == [{"blur"}, {"channel_mean"}]  # one cell's seeds together
+    assert run_label(RunSpec("digits", "small_cnn", "gradient", "noretrain", 0.5, 0, "noisy_linear")) == "noretrain@noisy_linear gradient t=0.5 seed 0"
+    assert run_label(RunSpec("digits", "small_cnn", "gradient", "roar", 0.5, 1)) == "roar gradient t=0.5 seed 1"
 
 
 def test_a_channel_mean_runs_fingerprint_is_that_of_roar_0_3_0():
