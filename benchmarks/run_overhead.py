@@ -5,7 +5,8 @@ beyond its epochs (building the datamodule and Trainer, reading the ranks, start
 the run's W&B run, Lightning's fit/test start-up) is paid hundreds of times. Measured through
 the runner's own :func:`~roar.benchmark.cell.execute_run` on the demo's settings
 (``configs/benchmark/digits_demo.yaml``: digits at 8 px, small_cnn, ROAR at t=0.5 with
-``gradient`` ranks) inside :func:`~roar.data.sources.reuse_loaded_sources` as a grid runs it,
+``gradient`` ranks) inside :func:`~roar.data.sources.reuse_loaded_sources` and one W&B service
+(:func:`~roar.benchmark.wandb_runs.wandb_service`) as a grid runs it,
 with a short and a long number of epochs alternated::
 
     per_epoch = (T(long) - T(short)) / (long - short)
@@ -64,29 +65,31 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     from roar.benchmark.cell import execute_run
     from roar.benchmark.plan import RunSpec
     from roar.benchmark.runner import grid_provenance, prepare_ranks, train_base
+    from roar.benchmark.wandb_runs import wandb_service
 
     cfg = cfg or PRESETS[settings.preset]
     bench = _config(cfg, settings)
     out = settings.workdir / "run-overhead"
-    with quiet():
-        base = train_base(bench, out, progress=False, force=True)
-        grid_provenance(bench, base, prepare_ranks(bench, out, base, progress=False))
-    from roar.data.sources import reuse_loaded_sources
+    with wandb_service(cfg.logger == "wandb"):  # one W&B service for the figure, as for a grid
+        with quiet():
+            base = train_base(bench, out, progress=False, force=True)
+            grid_provenance(bench, base, prepare_ranks(bench, out, base, progress=False))
+        from roar.data.sources import reuse_loaded_sources
 
-    spec = RunSpec("digits", "small_cnn", "gradient", "roar", 0.5, 0)
-    times: dict[int, dict[str, list[float]]] = {e: {clock: [] for clock in CLOCKS} for e in (cfg.short_epochs, cfg.long_epochs)}
-    repeats = cfg.repeats or settings.repeats
-    for repeat in range(repeats + 1):  # the first round warms up (imports, the first W&B run)
-        print(f"  [per-run] round {repeat + 1}/{repeats + 1}", file=sys.stderr, flush=True)
-        for epochs in times:
-            bench.trainer = {**bench.trainer, "max_epochs": epochs}
-            with quiet(), reuse_loaded_sources():
-                start = now()
-                execute_run(spec, bench, out, base, progress=False)
-                took = since(start)
-            if repeat:
-                for clock in CLOCKS:
-                    times[epochs][clock].append(took[clock])
+        spec = RunSpec("digits", "small_cnn", "gradient", "roar", 0.5, 0)
+        times: dict[int, dict[str, list[float]]] = {e: {clock: [] for clock in CLOCKS} for e in (cfg.short_epochs, cfg.long_epochs)}
+        repeats = cfg.repeats or settings.repeats
+        for repeat in range(repeats + 1):  # the first round warms up (imports, the first W&B run)
+            print(f"  [per-run] round {repeat + 1}/{repeats + 1}", file=sys.stderr, flush=True)
+            for epochs in times:
+                bench.trainer = {**bench.trainer, "max_epochs": epochs}
+                with quiet(), reuse_loaded_sources():
+                    start = now()
+                    execute_run(spec, bench, out, base, progress=False)
+                    took = since(start)
+                if repeat:
+                    for clock in CLOCKS:
+                        times[epochs][clock].append(took[clock])
     rows = []
     for clock in CLOCKS:
         short, long = median(times[cfg.short_epochs][clock]), median(times[cfg.long_epochs][clock])

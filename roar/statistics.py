@@ -15,7 +15,10 @@ interval on every machine and every run.
 With a single unit (one seed) no interval exists: the functions return NaN bounds and emit an
 :class:`IntervalUndefinedWarning`, never an exception, so a one-seed first look still has a report.
 
-Pure numpy: no torch, no Lightning, cheap to import.
+A proportion of independent trials (a probe's accuracy over its test images) has an exact
+interval instead: :func:`binomial_interval` (Clopper & Pearson 1934).
+
+Pure numpy (scipy imported only by :func:`binomial_interval`): no torch, no Lightning, cheap to import.
 """
 
 from __future__ import annotations
@@ -148,6 +151,33 @@ def bootstrap_mean(
     cols = resample_indices(array.shape[1], resamples, seed + 1)
     replicates = np.nanmean(array[rows[:, :, None], cols[:, None, :]], axis=(1, 2))
     return Interval(estimate, *percentile_bounds(replicates, level), array.size, level)
+
+
+def binomial_interval(successes: int, n: int, level: float = DEFAULT_LEVEL) -> Interval:
+    """The proportion ``successes / n`` with its exact Clopper-Pearson interval (Clopper & Pearson, Biometrika 1934).
+
+    The bounds are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
+    ``Beta(k, n - k + 1)`` and ``Beta(k + 1, n - k)``: the interval holds the true rate in at least
+    ``level`` of repeated experiments whatever the rate (conservative, never below the level as the
+    normal approximation is near 0 or 1), so a bound above chance is a claim that can be trusted.
+    ``low`` is 0 when ``k = 0`` and ``high`` is 1 when ``k = n``.
+
+    Args:
+        successes: ``k``, e.g. correctly classified test images (an integer in ``[0, n]``).
+        n: the number of independent trials (> 0).
+        level: the confidence level.
+    """
+    level = check_level(level)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"binomial_interval needs a positive integer number of trials, got n={n!r}")
+    if isinstance(successes, bool) or not isinstance(successes, (int, np.integer)) or not 0 <= successes <= n:
+        raise ValueError(f"binomial_interval needs successes an integer in [0, {n}], got {successes!r}")
+    from scipy.stats import beta
+
+    alpha = 1 - level
+    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
+    high = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    return Interval(successes / n, low, high, int(n), level)
 
 
 def trapezoid_area(xs: Sequence[float], ys: np.ndarray) -> np.ndarray:

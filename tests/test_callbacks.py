@@ -253,6 +253,9 @@ def test_wandb_offline_run_gets_scalars_tables_and_images(trained, digits, tmp_p
     import wandb
     from lightning.pytorch.loggers import WandbLogger
 
+    # W&B's process-wide setup reads WANDB_MODE once, when first made: an earlier test's (e.g. an
+    # explicit mode="offline" init) would hide the mode Lightning exports; start as a fresh process does
+    wandb.teardown()
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="roar-test")
     check = ModelRandomizationCheck(methods=["gradient", "noise"], metrics=["spearman_abs"], num_images=4, log_images=True)
     trainer = _trainer(logger=logger, callbacks=[check])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 import torch
 
-from roar.data.imputation import ImputationError, blur_fill, gaussian_blur, noisy_linear_impute
+from roar.data.imputation import ImputationError, blur_fill, gaussian_blur, noisy_linear_impute, standard_normal
+from roar.data.masking import tie_break_keys
+from roar.data.road_solver import CPU_CHUNK_VALUES, solve_road_system
 
 
 def road_system(removed: np.ndarray, image: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
@@ -155,3 +159,76 @@ def test_blur_refuses_sigma_not_positive(sigma):
     images, removed = _batch()
     with pytest.raises(ValueError, match=rf"fill_sigma must be a finite number > 0 \(pixels\), got {sigma}"):
         blur_fill(images, removed, sigma=sigma)
+
+
+# The batched CG solve (roar/data/road_solver.py): its invariants, and the noise it is paired with.
+
+
+def _masks(h: int, w: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    one = torch.zeros(h, w, dtype=torch.bool)
+    one[h // 2, 0] = True  # one removed pixel, on an edge
+    all_but_one = torch.ones(h, w, dtype=torch.bool)
+    all_but_one[0, w - 1] = False  # one kept pixel, in a corner: the hardest system of this size
+    block = torch.zeros(h, w, dtype=torch.bool)
+    block[1:-2, 2:] = True
+    return {"one removed": one, "all but one removed": all_but_one, "block": block, "half": torch.rand(h, w, generator=gen) < 0.5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("granularity", ["pixel", "element"])
+@pytest.mark.parametrize("tol", [1e-4, 1e-5])
+def test_the_returned_values_satisfy_roads_equations_to_tol(granularity, tol, dtype):
+    h, w = 11, 9
+    masks = list(_masks(h, w).values())
+    gen = torch.Generator().manual_seed(2)
+    images = torch.rand(len(masks), 3, h, w, generator=gen, dtype=torch.float64).to(dtype)
+    if granularity == "pixel":
+        removed = torch.stack(masks)[:, None].expand(-1, 3, -1, -1)
+    else:  # each channel its own mask: rotate the list per channel
+        removed = torch.stack([torch.stack([masks[(i + c) % len(masks)] for c in range(3)]) for i in range(len(masks))])
+    solution = solve_road_system(images, removed, tol, 1000)
+    assert solution.residual <= tol and solution.iterations >= 1
+    for b in range(len(masks)):
+        for c in range(3):
+            rem = removed[b, c].numpy()
+            a, rhs = road_system(rem, images[b, c].double().numpy())
+            residual = a @ solution.values[b, c].double().numpy()[rem] - rhs
+            assert np.abs(residual).max() <= tol * 1.01  # the float32 residual is evaluated in float32
+            assert torch.equal(solution.values[b, c][~removed[b, c]], images[b, c][~removed[b, c]])
+
+
+def test_an_image_gets_the_same_values_in_any_chunk_of_a_batch():
+    # more images than one CPU chunk holds: the batch is solved in several chunks
+    per_chunk = CPU_CHUNK_VALUES // (3 * 34 * 34)
+    b = per_chunk + 3
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(b, 3, 32, 32, generator=gen)
+    removed = torch.rand(b, 1, 32, 32, generator=gen) < 0.5
+    removed[-1] = True
+    removed[-1, :, 5, 7] = False  # one image far harder than the rest: it takes many more steps
+    batch = solve_road_system(images, removed.expand_as(images), 1e-5, 1000)
+    for i in (0, per_chunk - 1, per_chunk, b - 1):
+        alone = solve_road_system(images[i : i + 1], removed[i : i + 1].expand(1, 3, 32, 32), 1e-5, 1000)
+        torch.testing.assert_close(batch.values[i], alone.values[0], rtol=0, atol=1e-6)
+
+
+def test_the_noise_is_the_tie_break_hash_of_the_same_seed():
+    # standard_normal hashes in place and skips splitmix64's last xor-shift, which leaves the 24 bits it uses alone
+    indices, shape, seed = torch.tensor([0, 7, 123456789]), (2, 3, 4), 5
+    n = math.prod(shape)
+    keys = tie_break_keys(indices, 2 * n, seed ^ 0x5EED_0F_F111)
+    uniform = (((keys >> 40) & 0xFFFFFF).to(torch.float32) + 0.5) / float(1 << 24)
+    expected = torch.sqrt(-2.0 * torch.log(uniform[:, :n])) * torch.cos(2.0 * math.pi * uniform[:, n:])
+    assert torch.equal(standard_normal(indices, shape, seed), expected.view(3, *shape))
+
+
+def test_the_noise_is_added_to_the_removed_values_only_and_matches_the_draws():
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(70, 3, 6, 5, generator=gen)  # more images than one noise chunk
+    removed = torch.rand(70, 3, 6, 5, generator=gen) < 0.4
+    indices = torch.arange(100, 170)
+    clean = noisy_linear_impute(images, removed, noise_std=0.0)
+    noisy = noisy_linear_impute(images, removed, noise_std=0.02, indices=indices, seed=9)
+    expected = torch.where(removed, clean + 0.02 * standard_normal(indices, (3, 6, 5), 9), images)
+    torch.testing.assert_close(noisy, expected, rtol=0, atol=1e-6)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -24,13 +25,16 @@ from lightning.pytorch import Trainer, seed_everything
 from roar.attribution import StoreRanks
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.leakage import LEAKAGE_TITLE, MaskOnlyDataModule, probe_accuracy, probe_orders
-from roar.benchmark.runner import run_benchmark
+from roar.benchmark.leakage_report import leaks
+from roar.benchmark.results import ResultsStore
+from roar.benchmark.runner import run_benchmark, write_benchmark_report
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import feature_mask
 from roar.models.classifier import ImageClassifier
 
 N_TRAIN, N_TEST = 2000, 2000
 MARGIN = 4 * math.sqrt(0.25 / N_TEST)
+PROBE_LINE = re.compile(r"^\[[12]/2\] leakage probe roar (random|gradient) t=0.25: test acc [01]\.\d{3} \([\d.]+ s\)$")
 SOURCE = {"source": "synthetic_linear", "batch_size": 1000, "val_fraction": 0.0, "source_options": {"n_train": N_TRAIN, "n_test": N_TEST}}
 
 
@@ -91,7 +95,7 @@ def test_class_shaped_masks_leak(tmp_path, linear_base):
     assert torch.equal(kar.mask(dm.source.test.images, index), 1 - dm.mask(dm.source.test.images, index))
 
 
-def test_benchmark_records_leakage_beside_the_report(tmp_path):
+def test_benchmark_records_leakage_beside_the_report(tmp_path, capsys):
     cfg = BenchmarkConfig(
         data={**SOURCE, "source_options": {"n_train": 1000, "n_test": 1000}}, model={"arch": "linear", "lr": 0.05, "warmup_epochs": 0},
         methods=["random", "gradient"], thresholds=[0.25], seeds=1, logger="none", trainer={"max_epochs": 5, "accelerator": "cpu"},
@@ -99,17 +103,29 @@ def test_benchmark_records_leakage_beside_the_report(tmp_path):
     )  # fmt: skip
     cfg = BenchmarkConfig.from_dict(cfg.to_dict())
     out = tmp_path / "bench"
-    run_benchmark(cfg, out, progress=False)
+    capsys.readouterr()
+    run_benchmark(cfg, out, progress=True)
+    # one line per probe, as the grid's run lines; no probe's own epochs or banners
+    printed = capsys.readouterr()
+    probe_lines = [line for line in printed.out.splitlines() if "leakage probe" in line]
+    assert len(probe_lines) == 2 and all(PROBE_LINE.match(line) for line in probe_lines), probe_lines
+    assert "Epoch" not in printed.out + printed.err
     rows = list(csv.DictReader((out / "leakage.csv").open()))
     acc = {(r["method"], r["order"]): float(r["test_acc"]) for r in rows}
     assert sorted(acc) == [("gradient", "roar"), ("random", "roar")]
     assert acc[("gradient", "roar")] > 0.95 and abs(acc[("random", "roar")] - 0.5) < 4 * math.sqrt(0.25 / 1000)
-    assert all(float(r["chance"]) == 0.5 for r in rows)
+    assert all(float(r["chance"]) == 0.5 and int(r["n_test"]) == 1000 for r in rows)
+    assert leaks(next(r for r in rows if r["method"] == "gradient")) and not leaks(next(r for r in rows if r["method"] == "random"))
     report = (out / "report.md").read_text()
-    assert LEAKAGE_TITLE in report and "| gradient | " in report
+    assert report.count(LEAKAGE_TITLE) == 1 and "| `gradient` | " in report and (out / "leakage.png").is_file()
+    assert "ROAR masks of `gradient` leak at threshold 0.25" in report.split("## Warnings")[1]
     # a rerun trains nothing new: the probes are found by fingerprint and kept as they were
-    run_benchmark(cfg, out, progress=False, report=False)
+    run_benchmark(cfg, out, progress=True, report=False)
+    assert "leakage probe" not in capsys.readouterr().out
     assert list(csv.DictReader((out / "leakage.csv").open())) == rows
+    # the report rebuilt from the results (`python -m roar report`) has the section once, as before
+    write_benchmark_report(cfg, out, ResultsStore(out / "results.db", read_only=True), print_table=False)
+    assert (out / "report.md").read_text() == report
 
 
 def test_orders_and_bad_settings():

@@ -227,3 +227,18 @@ def test_auto_stack_is_one_model_at_a_time_on_a_cpu(trained, batch):
     assert resolve_stack(4, network, batch[0]) == 4
     with pytest.raises(ValueError, match="stack must be 'auto' or a positive integer.*'eight'"):
         resolve_stack("eight", network, batch[0])
+
+
+def test_a_users_subclass_of_a_gradient_method_is_explained_by_its_own_code(trained):
+    """Our batched and shared paths reproduce the built-in classes' arithmetic only: a subclass
+    that changes what it attributes must not be replaced by it."""
+    from roar.attribution.gradients import Gradient
+    from roar.sanity.shared_forward import can_share
+
+    class Doubled(Gradient):
+        def attribute(self, inputs, target):
+            return 2 * super().attribute(inputs, target)
+
+    network = explained_network(trained)
+    assert can_stack(Gradient(network)) and can_share(Gradient(network))
+    assert not can_stack(Doubled(network)) and not can_share(Doubled(network))

@@ -173,6 +173,8 @@ def test_a_fit_config_composes_with_the_sanity_section(capsys):
     assert cfg.data["image_size"] == 16 and cfg.data["batch_size"] == 64  # the class_path form, read as ImageDataModule arguments
     assert cfg.model.get("arch", "small_cnn") == "small_cnn" and cfg.model.get("lr") != 0.1, "the later config (configs/sanity/digits.yaml) wins, as in train.py"
     assert cfg.trainer["precision"] == "bf16-mixed" and cfg.epochs == 15 and str(out) == "x"
+    assert cfg.share is True, "layers shared by the randomisation steps are computed once by default"
+    assert parse_config(["--config", CONFIG, "--sanity.share", "false", "--out", "x"])[0].share is False
     with pytest.raises(SystemExit):
         parse_config(["--config", CONFIG, "--sanity.num_imgs", "3"])
     err = capsys.readouterr().err

@@ -12,6 +12,7 @@ import scipy.stats
 from roar.benchmark.evaluations import analyse, evaluations, lower_is_better, row_fill
 from roar.statistics import (
     IntervalUndefinedWarning,
+    binomial_interval,
     bootstrap_mean,
     check_level,
     check_resamples,
@@ -43,6 +44,42 @@ def test_bootstrap_interval_covers_the_true_mean_at_the_stated_rate(level):
     sd = math.sqrt(expected * (1 - expected) / EXPERIMENTS)
     assert abs(hits / EXPERIMENTS - expected) <= 3 * sd, (hits / EXPERIMENTS, expected, sd)
     assert abs(expected - level) < 0.03  # the small-sample shortfall is small: the interval means what it says
+
+
+@pytest.mark.parametrize(("rate", "level"), [(0.5, 0.95), (0.9, 0.95), (0.3, 0.8)])
+def test_binomial_interval_covers_the_true_rate_at_least_at_the_stated_rate(rate, level):
+    """2000 seeded probes of n = 60 test images, each right with probability ``rate``.
+
+    Clopper-Pearson's coverage is exact to compute: the sum of the binomial probabilities of the
+    counts whose interval holds ``rate``; it is never below the level (the interval's guarantee)
+    and, at n = 60, within a few points above it. The simulated rate is binomial around it, sd
+    sqrt(c (1 - c) / 2000) (about 0.005 at 95%); 3 sd is the tolerance.
+    """
+    n, experiments = 60, 2000
+    covers = np.array([binomial_interval(k, n, level).contains(rate) for k in range(n + 1)])
+    exact = float(scipy.stats.binom.pmf(np.arange(n + 1), n, rate)[covers].sum())
+    assert level <= exact < level + 0.04, exact
+    counts = np.random.default_rng(7).binomial(n, rate, size=experiments)
+    observed = covers[counts].mean()  # the interval of each simulated count, looked up
+    assert abs(observed - exact) <= 3 * math.sqrt(exact * (1 - exact) / experiments), (observed, exact)
+
+
+def test_binomial_interval_known_values_and_bad_counts():
+    # k = 0 and k = n have closed forms: (alpha/2)^(1/n) and its mirror
+    assert binomial_interval(0, 10).high == pytest.approx(1 - 0.025 ** (1 / 10)) and binomial_interval(0, 10).low == 0.0
+    assert binomial_interval(10, 10).low == pytest.approx(0.025 ** (1 / 10)) and binomial_interval(10, 10).high == 1.0
+    # 5 of 10 at 95%: [0.1871, 0.8129] in Clopper & Pearson's tables; 1 of 2 at 90%: [0.0253, 0.9747]
+    five = binomial_interval(5, 10)
+    assert (five.estimate, five.n) == (0.5, 10) and (five.low, five.high) == pytest.approx((0.18709, 0.81291), abs=1e-5)
+    assert (binomial_interval(1, 2, 0.9).low, binomial_interval(1, 2, 0.9).high) == pytest.approx((0.02532, 0.97468), abs=1e-5)
+    # the definition: each bound is the rate at which the observed count is a 2.5% tail
+    sixty = binomial_interval(60, 500)
+    assert scipy.stats.binom.cdf(60, 500, sixty.high) == pytest.approx(0.025) and scipy.stats.binom.sf(59, 500, sixty.low) == pytest.approx(0.025)
+    # the interval narrows as n grows: 95 of 100 and 950 of 1000 are the same rate, not the same certainty
+    assert binomial_interval(950, 1000).high - binomial_interval(950, 1000).low < 0.5 * (binomial_interval(95, 100).high - binomial_interval(95, 100).low)
+    for bad, n, match in ((11, 10, r"successes an integer in \[0, 10\], got 11"), (-1, 10, "got -1"), (1, 0, "n=0"), (0.5, 10, "got 0.5")):
+        with pytest.raises(ValueError, match=match):
+            binomial_interval(bad, n)
 
 
 def test_bootstrap_mean_is_seeded_and_shaped():

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from roar.__main__ import main as roar_main
+from roar.benchmark.leakage_report import LEAKAGE_CSV, LEAKAGE_TITLE
 from roar.benchmark.results import ResultsStore
 from roar.models.classifier import ImageClassifier
 
@@ -306,10 +307,15 @@ def test_a_report_only_reads_the_results_database(finished, tmp_path):
     # (no journal, no lock files) and writes its files where --report_dir says.
     archived = copy_of(finished, tmp_path)
     db = archived / "results.db"
+    # a leakage probe's table beside the results: the report in another folder still has its section
+    probe = {"dataset": "digits", "model": "small_cnn", "method": "random", "order": "roar", "threshold": 0.5, "seed": 0, "test_acc": 0.1, "n_test": 360, "chance": 0.1}
+    (archived / LEAKAGE_CSV).write_text(",".join(probe) + "\n" + ",".join(map(str, probe.values())) + "\n")
     before = (db.read_bytes(), sorted(p.name for p in archived.iterdir()))
     report = tmp_path / "report"
     assert roar_main(["report", *GRID[:-2], "--out", str(archived), "--report_dir", str(report)]) == 0
     assert (report / "report.md").is_file() and len((report / "results.csv").read_text().splitlines()) == 4
+    assert (report / LEAKAGE_CSV).read_text() == (archived / LEAKAGE_CSV).read_text() and (report / "leakage.png").is_file()
+    assert (report / "report.md").read_text().count(LEAKAGE_TITLE) == 1
     assert (db.read_bytes(), sorted(p.name for p in archived.iterdir())) == before
 
 

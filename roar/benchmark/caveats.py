@@ -9,6 +9,9 @@
   attributions rank the features, may be trained for longer. When the two differ by more than
   :data:`REFERENCE_GAP` in test accuracy, the retrained models are weaker (or stronger) than the
   model that was explained, and the curves measure that as well as the ranking.
+* **Masks that leak.** When the mask-leakage probe (Rong, Leemann et al., ICML 2022) reads the
+  class off a method's masks where ``random``'s masks tell nothing
+  (:func:`~roar.benchmark.leakage_report.leakage_caveats`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.evaluations import Evaluation
+from roar.benchmark.leakage_report import LEAKAGE_CSV, leakage_caveats, read_rows
 from roar.benchmark.plan import REFERENCE_METHOD, REFERENCE_MODE
-from roar.statistics import MIN_SEEDS
+from roar.statistics import DEFAULT_LEVEL, MIN_SEEDS
 
 REFERENCE_GAP = 0.05  # test accuracy: 5 points
 
@@ -55,7 +59,7 @@ def base_accuracies(rows: Iterable[dict[str, Any]], out_dir: str | Path | None =
     return found
 
 
-def caveats(rows: list[dict[str, Any]], analysed: Iterable[Evaluation], out_dir: str | Path | None = None) -> list[str]:
+def caveats(rows: list[dict[str, Any]], analysed: Iterable[Evaluation], out_dir: str | Path | None = None, level: float = DEFAULT_LEVEL) -> list[str]:
     """One sentence per thing to distrust in the report (empty when there is none)."""
     lines = []
     for ev in analysed:
@@ -85,4 +89,6 @@ def caveats(rows: list[dict[str, Any]], analysed: Iterable[Evaluation], out_dir:
                 f"but the base model {base:.3f} ({where}): {abs(reference - base) * 100:.1f} points apart (more than {REFERENCE_GAP * 100:.0f}). "
                 "The retrained models are not the model that was explained; train the retrains as the base (trainer.max_epochs) before reading the curves."
             )
+    if out_dir is not None:  # masks that tell the class while random's do not (roar.benchmark.leakage_report)
+        lines += leakage_caveats(read_rows(Path(out_dir) / LEAKAGE_CSV), level)
     return lines

@@ -116,13 +116,13 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
     if cfg.logger == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        from roar.benchmark.wandb_runs import start_retrain_run
+
         os.environ.setdefault("WANDB_SILENT", "true")
-        wandb_logger = WandbLogger(
-            name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, save_dir=str(out),
-            offline=cfg.wandb_offline, config=config, reinit=True,
-        )  # fmt: skip
-        # Lightning passes anonymous=None, which wandb >= 0.19 warns about on every first run; we never set it.
-        wandb_logger._wandb_init.pop("anonymous", None)
+        # our own wandb.init: one run per retrain even when a stack's members are open at once, with
+        # lean settings (no pip freeze, stats sampling, console capture, git probing)
+        run = start_retrain_run(name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, dir=str(out), config=config, offline=cfg.wandb_offline)
+        wandb_logger = WandbLogger(name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline, experiment=run)
         loggers.append(wandb_logger)
     return loggers
 

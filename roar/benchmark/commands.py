@@ -160,7 +160,9 @@ def attribute_main(argv: list[str]) -> int:
 
 def report_main(argv: list[str]) -> int:
     import os
+    import shutil
 
+    from roar.benchmark.leakage_report import LEAKAGE_CSV
     from roar.benchmark.results import ResultsStore
     from roar.benchmark.runner import write_benchmark_report
 
@@ -174,6 +176,9 @@ def report_main(argv: list[str]) -> int:
     report_dir = Path(args.report_dir) if args.report_dir else out
     if report_dir.exists() and not os.access(report_dir, os.W_OK):
         parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
+    if report_dir.resolve() != out.resolve() and (out / LEAKAGE_CSV).is_file():  # the report's leakage section reads it there
+        report_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)
     try:
         write_benchmark_report(cfg, report_dir, ResultsStore(db, read_only=True))
     except ValueError as err:  # e.g. results of two configurations

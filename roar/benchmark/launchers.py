@@ -44,6 +44,7 @@ from roar.benchmark.cell import attempt_run, config_from_dict, record_outcome, r
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
+from roar.benchmark.stacked_jobs import plan_jobs, run_job
 from roar.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -179,12 +180,11 @@ def _init_pool_worker(device: int | None, threads: int) -> None:
     reuse_loaded_sources().__enter__()
 
 
-def _pool_task(spec_dict: dict[str, Any], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> dict[str, Any]:
-    """One run in a worker process; it records its own row, with its fingerprint, and returns its outcome."""
-    spec, cfg, out_path = RunSpec.from_dict(spec_dict), _worker_config(cfg_dict), Path(out)
-    outcome = attempt_run(spec, cfg, out_path, Path(base_ckpt), progress=False)
-    record_outcome(ResultsStore(out_path / "results.db"), spec, cfg, outcome, provenance)
-    return outcome
+def _pool_task(spec_dicts: list[dict[str, Any]], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> list[dict[str, Any]]:
+    """One job in a worker process (one run, or a stack of ``benchmark.stack`` cells); it records
+    each run's row, with its fingerprint, and returns the outcomes in order."""
+    specs, cfg, out_path = [RunSpec.from_dict(d) for d in spec_dicts], _worker_config(cfg_dict), Path(out)
+    return run_job(specs, cfg, out_path, Path(base_ckpt), ResultsStore(out_path / "results.db"), provenance)
 
 
 class _Slot:
@@ -235,7 +235,10 @@ def run_local_pool(
     provenance: Any = None,
     threads: int | None = None,
 ) -> None:
-    """Run ``todo`` on ``workers`` worker processes of this machine, one run per process at a time.
+    """Run ``todo`` on ``workers`` worker processes of this machine, one job per process at a time.
+
+    A job is one run, or with ``benchmark.stack`` the seeds of one cell trained as one stack
+    (:func:`~roar.benchmark.stacked_jobs.plan_jobs`); a stack's runs are recorded one row each.
 
     Args:
         todo: the runs still to do.
@@ -251,8 +254,8 @@ def run_local_pool(
     """
     threads = threads or max(1, available_cores() // workers)
     slots = [_Slot(device, threads) for device in worker_devices(cfg, workers)]
-    queue, deaths = deque(todo), Counter()
-    running: dict[Future, tuple[_Slot, RunSpec]] = {}
+    queue, deaths = deque(plan_jobs(list(todo), cfg)), Counter()
+    running: dict[Future, tuple[_Slot, list[RunSpec]]] = {}
     cfg_dict, out_s, ckpt_s = cfg.to_dict(), str(out), str(base_ckpt)
     finished = on_finished or (lambda spec, outcome: None)
     clean = False
@@ -261,33 +264,37 @@ def run_local_pool(
             busy = {id(slot) for slot, _ in running.values()}
             for slot in slots:
                 if queue and id(slot) not in busy:
-                    spec = queue.popleft()
-                    running[slot.pool().submit(_pool_task, spec.to_dict(), cfg_dict, out_s, ckpt_s, provenance)] = (slot, spec)
+                    job = queue.popleft()
+                    running[slot.pool().submit(_pool_task, [s.to_dict() for s in job], cfg_dict, out_s, ckpt_s, provenance)] = (slot, job)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
-                slot, spec = running.pop(future)
+                slot, job = running.pop(future)
                 error = future.exception()
                 if error is None:
-                    finished(spec, future.result())
-                elif isinstance(error, BrokenProcessPool):
+                    for spec, outcome in zip(job, future.result(), strict=True):
+                        finished(spec, outcome)
+                    continue
+                if isinstance(error, BrokenProcessPool):
                     slot.restart()
-                    if spec.run_id in results.finished_ids():  # it died after recording: nothing lost
+                recorded = results.finished_ids()
+                for spec in job:
+                    if spec.run_id in recorded:  # it finished before its worker died: nothing lost
                         finished(spec, {"status": "done", "note": "recorded before its worker died"})
-                        continue
-                    deaths[spec.run_id] += 1
-                    message = _death_message(spec, deaths[spec.run_id])
-                    if deaths[spec.run_id] <= worker_retries:
-                        log.warning("%s; retrying it in a fresh worker (%d of %d)", message, deaths[spec.run_id], worker_retries)
-                        queue.appendleft(spec)
-                    else:
-                        log.warning(message)
-                        results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
-                        finished(spec, {"status": "failed", "error": message})
-                else:  # the worker survived but could not run or record the spec (e.g. the db was unwritable)
-                    text = "".join(traceback.format_exception(error))
-                    log.warning("run %s could not be run by its worker:\n%s", spec.run_id, text)
-                    results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
-                    finished(spec, {"status": "failed", "error": text})
+                    elif isinstance(error, BrokenProcessPool):
+                        deaths[spec.run_id] += 1
+                        message = _death_message(spec, deaths[spec.run_id])
+                        if deaths[spec.run_id] <= worker_retries:
+                            log.warning("%s; retrying it in a fresh worker (%d of %d)", message, deaths[spec.run_id], worker_retries)
+                            queue.appendleft([spec])  # alone: a stack that died is not tried again as one
+                        else:
+                            log.warning(message)
+                            results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
+                            finished(spec, {"status": "failed", "error": message})
+                    else:  # the worker survived but could not run or record the spec (e.g. the db was unwritable)
+                        text = "".join(traceback.format_exception(error))
+                        log.warning("run %s could not be run by its worker:\n%s", spec.run_id, text)
+                        results.record(spec, status="failed", error=text, config=run_config(cfg, spec))
+                        finished(spec, {"status": "failed", "error": text})
         clean = True
     finally:
         # On Ctrl-C the workers got the same SIGINT (same process group); do not wait for them.

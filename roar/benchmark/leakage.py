@@ -14,12 +14,14 @@ information the mask shape carries. ``random`` is the reference: its masks are d
 of the image, so its probe stays at chance. ROAR and KAR masks of one threshold are complements,
 so they carry the same information; both are probed so each curve has its own number.
 
-Written as ``leakage.csv`` beside the report and as a section of ``report.md``.
+Written as ``leakage.csv`` beside the report; the report's section, ``leakage.png`` and the
+warnings are built from it by :mod:`roar.benchmark.leakage_report` whenever the report is.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,13 @@ from typing import Any
 import torch
 
 from roar.benchmark.cell import RUNS_DIR, _classifier, _trainer, rank_provider
+from roar.benchmark.leakage_report import COLUMNS, LEAKAGE_CSV, LEAKAGE_TITLE, leakage_section, read_rows
 from roar.benchmark.plan import NORETRAIN_ORDER, RETRAIN_MODES, RunSpec
+from roar.benchmark.progress import outcome_text
 from roar.data.masking import feature_mask
 from roar.data.roar import RoarDataModule
 from roar.fingerprint import fingerprint_key
-
-LEAKAGE_CSV = "leakage.csv"
-LEAKAGE_TITLE = "Mask leakage: a model trained on the masks alone (chance = no leakage)"
-COLUMNS = ("dataset", "model", "method", "order", "threshold", "seed", "test_acc", "chance", "epochs", "seconds", "fingerprint")
+from roar.quiet import say
 
 
 class MaskOnlyDataModule(RoarDataModule):
@@ -67,17 +68,20 @@ def probe_accuracy(dm: MaskOnlyDataModule, model: torch.nn.Module, trainer: Any)
     return float(trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"])
 
 
+def tested_images(dm: MaskOnlyDataModule, trainer: Any) -> int:
+    """How many test images the last ``trainer.test`` scored: the ``n`` of the accuracy's binomial interval.
+
+    The whole test split, unless ``trainer.limit_test_batches`` cut it to fewer batches.
+    """
+    size = len(dm.split_dataset("test"))
+    batches = trainer.num_test_batches[0] if trainer.num_test_batches else math.inf
+    return int(min(size, batches * dm.batch_size))
+
+
 def probe_orders(modes: list[str]) -> list[str]:
     """The masking orders whose curves the benchmark draws: ``roar`` and/or ``kar`` (no-retrain modes mask in their order)."""
     orders = {mode if mode in RETRAIN_MODES else NORETRAIN_ORDER[mode] for mode in modes}
     return [order for order in RETRAIN_MODES if order in orders]
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -90,11 +94,13 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, progress: bool = True, report: bool = True) -> list[dict[str, Any]]:
-    """One probe per (method, threshold, order) with ``cfg.leakage_seed``; ``<out>/leakage.csv``, and a report section.
+def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, progress: bool = True, verbose: bool = False) -> list[dict[str, Any]]:
+    """One probe per (method, threshold, order) with ``cfg.leakage_seed``, written to ``<out>/leakage.csv``.
 
     A probe already in ``leakage.csv`` with the same fingerprint (that of the retrain it stands
-    beside: settings, base model, ranks) is kept, so a rerun trains only what is missing.
+    beside: settings, base model, ranks) is kept, so a rerun trains only what is missing. With
+    ``progress``, one line per trained probe, as the grid's; ``verbose`` adds each probe's own bars.
+    The report (written after the probes) reads the file.
     """
     from lightning.pytorch import seed_everything
 
@@ -103,56 +109,36 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     # the names of the grid's run ids (runner.pending_runs): the probe's fingerprint is its retrain's
     dataset, model_name = cfg.data.get("source", "digits"), str(cfg.model.get("arch", "small_cnn")).replace("/", ":")
     seed = cfg.leakage_seed
+    plan = [
+        (spec, fingerprint_key({"leakage": provenance.for_run(spec)}))
+        for order in probe_orders(cfg.mode_names)  # masks do not depend on the fill: one probe per order
+        for threshold in sorted(cfg.thresholds)
+        for spec in (RunSpec(dataset, model_name, method, order, threshold, seed) for method in cfg.methods)
+    ]
+    count = sum(key in done for _, key in plan)
     rows = []
-    for order in probe_orders(cfg.mode_names):  # masks do not depend on the fill: one probe per order
-        for threshold in sorted(cfg.thresholds):
-            for method in cfg.methods:
-                spec = RunSpec(dataset, model_name, method, order, threshold, seed)
-                key = fingerprint_key({"leakage": provenance.for_run(spec)})
-                if key in done:
-                    rows.append(done[key])
-                    continue
-                start = time.perf_counter()
-                seed_everything(seed, workers=True, verbose=False)
-                dm = MaskOnlyDataModule(**cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=order, ranks_progress=False)
-                run_dir = out / RUNS_DIR / "leakage" / order / method / f"t{threshold:g}-s{seed}"
-                trainer = _trainer(cfg, run_dir, logger=[], progress=progress)
-                acc = probe_accuracy(dm, _classifier(cfg, dm), trainer)
-                rows.append({
-                    "dataset": dataset, "model": model_name, "method": method, "order": order, "threshold": threshold, "seed": seed,
-                    "test_acc": acc, "chance": 1.0 / dm.num_classes, "epochs": trainer.current_epoch,
-                    "seconds": time.perf_counter() - start, "fingerprint": key,
-                })  # fmt: skip
-                write_rows(rows, path)  # after every probe: an interrupted run keeps what it trained
+    for spec, key in plan:
+        if key in done:
+            rows.append(done[key])
+            continue
+        start = time.perf_counter()
+        seed_everything(seed, workers=True, verbose=False)
+        dm = MaskOnlyDataModule(**cfg.data, ranks=rank_provider(cfg, out, base_ckpt, spec.method), threshold=spec.threshold, mode=spec.mode, ranks_progress=False)
+        run_dir = out / RUNS_DIR / "leakage" / spec.mode / spec.method / f"t{spec.threshold:g}-s{seed}"
+        trainer = _trainer(cfg, run_dir, logger=[], progress=verbose)
+        acc = probe_accuracy(dm, _classifier(cfg, dm), trainer)
+        seconds = time.perf_counter() - start
+        rows.append({
+            "dataset": dataset, "model": model_name, "method": spec.method, "order": spec.mode, "threshold": spec.threshold, "seed": seed,
+            "test_acc": acc, "n_test": tested_images(dm, trainer), "chance": 1.0 / dm.num_classes, "epochs": trainer.current_epoch,
+            "seconds": seconds, "fingerprint": key,
+        })  # fmt: skip
+        write_rows(rows, path)  # after every probe: an interrupted run keeps what it trained
+        count += 1
+        if progress:
+            say(f"[{count}/{len(plan)}] leakage probe {spec.mode} {spec.method} t={spec.threshold:g}: {outcome_text({'status': 'done', 'test_acc': acc, 'seconds': seconds})}")
     write_rows(rows, path)
-    if report and (out / "report.md").is_file():
-        with (out / "report.md").open("a") as f:
-            f.write("\n" + "\n".join(leakage_section(rows)) + "\n")
     return rows
 
 
-def leakage_section(rows: list[dict[str, Any]]) -> list[str]:
-    """The report's markdown section: probe test accuracy per method (rows) and threshold (columns), per order."""
-    lines = [f"## {LEAKAGE_TITLE}", ""]
-    if not rows:
-        return lines + ["No leakage probes.", ""]
-    chance = float(rows[0]["chance"])
-    lines += [
-        f"Test accuracy of the benchmark's classifier trained on the 0/1 masks alone (seed {rows[0]['seed']}); chance is {chance:.3f}. "
-        "Well above chance, the mask's shape tells the class: a retrained ROAR/KAR model can use it, so that method's curve "
-        "measures the mask as well as the features (Rong, Leemann et al., ICML 2022). `random` is the reference.",
-        "",
-    ]
-    for order in sorted({str(r["order"]) for r in rows}):
-        mine = [r for r in rows if str(r["order"]) == order]
-        thresholds = sorted({float(r["threshold"]) for r in mine})
-        cells = {(str(r["method"]), float(r["threshold"])): float(r["test_acc"]) for r in mine}
-        lines += [f"**{order.upper()} masks** (fraction {'removed' if order == 'roar' else 'kept'})", ""]
-        lines += ["| method | " + " | ".join(f"{t:g}" for t in thresholds) + " |", "|---" * (len(thresholds) + 1) + "|"]
-        for method in dict.fromkeys(str(r["method"]) for r in mine):
-            lines.append(f"| {method} | " + " | ".join(f"{cells[(method, t)]:.3f}" if (method, t) in cells else "" for t in thresholds) + " |")
-        lines.append("")
-    return lines
-
-
-__all__ = ["LEAKAGE_CSV", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "run_leakage_probe"]
+__all__ = ["COLUMNS", "LEAKAGE_CSV", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "read_rows", "run_leakage_probe", "tested_images"]

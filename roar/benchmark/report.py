@@ -43,6 +43,7 @@ from roar.benchmark.curves import (
 )  # fmt: skip
 from roar.benchmark.evaluations import Evaluation, MethodResult, analyse, evaluations
 from roar.benchmark.figures import plot_curves
+from roar.benchmark.leakage_report import leakage_report
 from roar.benchmark.plan import DEFAULT_FILL, MODES, SPEC_MODES, RunSpec, evaluation_label
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
@@ -254,7 +255,8 @@ def write_report(
     intervals, differences from random, ranks and their stability), ``consistency.csv`` and
     ``consistency.json`` (:mod:`roar.benchmark.consistency`) and ``report.md`` (protocol, run
     counts, warnings, per-mode rankings and accuracy tables with intervals, the consistency
-    table, failures).
+    table, failures). When ``out_dir`` holds the mask-leakage probe's ``leakage.csv``, also
+    ``leakage.png`` and its section after the KAR curves (:mod:`roar.benchmark.leakage_report`).
 
     Args:
         out_dir: the benchmark output folder.
@@ -267,7 +269,7 @@ def write_report(
 
     Returns:
         Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``noretrain_kar``,
-        ``mode@fill`` for each other fill's figure, ``rankings``, ``consistency``, ``consistency_json``, ``report``.
+        ``mode@fill`` for each other fill's figure, ``rankings``, ``consistency``, ``consistency_json``, ``report`` (and ``leakage``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,7 @@ def write_report(
         "",
     ]
     lines += _counts_lines(rows)
-    cautions = caveats(rows, evals, out)
+    cautions = caveats(rows, evals, out, level)
     if cautions:
         lines += ["## Warnings", "", *(f"- ⚠ {c}" for c in cautions), ""]
     keys = settings_keys(rows)
@@ -312,8 +314,13 @@ def write_report(
         ]
     if config:
         lines += _protocol_lines(config)
+    leakage_lines, leakage_png = leakage_report(out, level, title=f"{title}: mask leakage" if title else None)  # when leakage.csv exists
+    if leakage_png is not None:
+        paths["leakage"] = leakage_png
     for mode in [*MODES, *sorted({ev.mode for ev in evals} - set(MODES))]:
         lines += _mode_section(mode, analysed, figures, level, resamples)
+        if mode == "kar":  # the probe qualifies the ROAR and KAR curves just above it
+            lines += leakage_lines
     lines += consistency.markdown(analysed, _md_table)
     lines += _failures_lines(rows)
     paths["report"] = out / "report.md"

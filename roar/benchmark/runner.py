@@ -36,7 +36,9 @@ from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_fills, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
+from roar.benchmark.stacked_jobs import stack_ignored_message
 from roar.benchmark.stacked_runner import run_stacks
+from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
 from roar.data.sources import reuse_loaded_sources
@@ -266,10 +268,13 @@ def run_benchmark(
     """
     cfg.validate()
     launch = (launch or LaunchOptions()).validate()
+    if note := stack_ignored_message(cfg, launch.launcher):  # said once, before any training
+        log.warning(note)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
-    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources():
+    # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
+    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources(), wandb_service(cfg.logger == "wandb"):
         results = ResultsStore(out / "results.db")
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
@@ -311,12 +316,12 @@ def run_benchmark(
                     todo, cfg, out, base_ckpt, results, workers=launch.workers, worker_retries=launch.worker_retries,
                     on_finished=bar.finished, provenance=provenance, threads=launch.threads,
                 )  # fmt: skip
-        if report:
-            write_benchmark_report(cfg, out, results)
-        if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv, report section)
+        if cfg.leakage:  # ROAD's critique of ROAR: a model trained on the masks alone (leakage.csv; the report reads it)
             from roar.benchmark.leakage import run_leakage_probe
 
-            run_leakage_probe(cfg, out, base_ckpt, provenance, progress=progress, report=report)
+            run_leakage_probe(cfg, out, base_ckpt, provenance, progress=progress, verbose=verbose)
+        if report:
+            write_benchmark_report(cfg, out, results)
     return results
 
 

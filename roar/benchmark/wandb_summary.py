@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
+from roar.benchmark.leakage_report import log_leakage_to_wandb
 from roar.benchmark.plan import MODES, evaluation_label
 
 
@@ -23,8 +24,9 @@ def log_summary_to_wandb(
     Each mode's mean curves (under each fill: ``<mode>`` is ``noretrain@noisy_linear`` under
     another fill than ``channel_mean``) become a ``wandb.plot.line_series`` chart (``curves/<mode>``), the
     summary a ``wandb.Table`` (``summary``), the rankings a table (``ranking``) and each AUC a
-    summary value (``auc/<mode>/<method>``). Offline by default: files under ``out_dir/wandb``,
-    uploaded later with ``wandb sync``.
+    summary value (``auc/<mode>/<method>``); the mask-leakage probes, when ``out_dir`` has them, a
+    table (``leakage``) and ``leakage.png`` (``figures/leakage``). Offline by default: files under
+    ``out_dir/wandb``, uploaded later with ``wandb sync``.
 
     Returns:
         The W&B run's folder.
@@ -65,6 +67,7 @@ def log_summary_to_wandb(
                 "ranking": wandb.Table(columns=["mode", "dataset", "model", "method", "auc", "rank", "complete"], data=rank_rows),
             }
         )
+        log_leakage_to_wandb(run, out)  # the mask-leakage probe, when the folder has one
     finally:
         run.finish()
     return run_dir

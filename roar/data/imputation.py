@@ -9,14 +9,9 @@ solved jointly over all removed pixels of an image, plus small Gaussian noise (s
 paper's code).
 
 The published code builds one scipy sparse system per image on the CPU. Here the system is solved
-batched on the device by preconditioned conjugate gradient:
+batched on the device by preconditioned conjugate gradient (:mod:`roar.data.road_solver`: ROAD's
+equations, why CG applies, what ``tol`` bounds, and how the solve is made fast):
 
-* Row ``i`` of ROAD's system is ``x_i - sum_j w_ij x_j = 0`` with ``w_ij = c_ij / D_i`` (``c`` the
-  3x3 kernel ``[[1,2,1],[2,0,2],[1,2,1]]``, ``D_i`` the sum of ``c`` over the neighbours inside the
-  image) and kept ``x_j`` known. Multiplied by ``D_i`` it is ``(D - C)_RR u = C_RK v``: symmetric,
-  and positive definite whenever every group of removed values touches a kept one. So CG applies,
-  with the diagonal ``D`` as (Jacobi) preconditioner; its preconditioned residual ``r / D`` *is* the
-  residual of ROAD's row-normalised equations, in pixel units, which is what ``tol`` bounds.
 * One independent system per image and channel: a removed value is imputed from the same channel
   of its neighbours. With pixel granularity every channel has the same mask (whole pixels, all
   channels together); with element granularity each channel has its own.
@@ -36,18 +31,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from roar.data.masking import _GAMMA_FEATURE, _GAMMA_INDEX, _MIX1, _MIX2, _mix64, _signed
+from roar.data.road_solver import ImputationError, solve_road_system
+
 # ROAD's neighbour weights up to scale (1/6 direct, 1/12 diagonal): the scale cancels in w = c / D.
 NEIGHBOUR_KERNEL = ((1.0, 2.0, 1.0), (2.0, 0.0, 2.0), (1.0, 2.0, 1.0))
 DEFAULT_NOISE_STD = 0.01  # the ROAD code's NoisyLinearImputer(noise=0.01), in [0, 1] pixel units
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITER = 1000
 DEFAULT_SIGMA = 2.0
-_CHECK_EVERY = 8  # convergence is checked (a device sync) every few CG steps, not every one
+_NOISE_CHUNK = 64  # images per chunk of noise draws on the CPU
 _NOISE_SALT = 0x5EED_0F_F111  # keeps the noise stream apart from the rank tie-breaking keys of the same seed
-
-
-class ImputationError(RuntimeError):
-    """The imputation's linear system was not solved to the stated residual."""
 
 
 def check_imputation_settings(sigma: float = DEFAULT_SIGMA, noise_std: float = DEFAULT_NOISE_STD, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> None:
@@ -93,20 +87,44 @@ def blur_fill(images: torch.Tensor, removed: torch.Tensor, sigma: float = DEFAUL
     return torch.where(removed, gaussian_blur(images, sigma), images)
 
 
+def _uniform24_(x: torch.Tensor) -> torch.Tensor:
+    """Finish :func:`~roar.data.masking.tie_break_keys`' hash in place on ``x = row key + feature * gamma``
+    and return its top 24 bits as float32 uniforms in (0, 1).
+
+    The same splitmix64 arithmetic on one buffer (fresh multi-megabyte int64 temporaries cost more
+    than the hashing). Its last step, ``x ^= x >>> 31``, leaves bits 33..63 as they are, so it is
+    skipped: the 24 bits taken are bit for bit those of ``tie_break_keys``.
+    """
+    tmp = torch.empty_like(x)
+    for bits, multiplier in ((30, _MIX1), (27, _MIX2)):
+        torch.bitwise_right_shift(x, bits, out=tmp).bitwise_and_((1 << (64 - bits)) - 1)  # the logical shift
+        x.bitwise_xor_(tmp).mul_(_signed(multiplier))
+    x.bitwise_right_shift_(40).bitwise_and_(0xFFFFFF)
+    return x.to(torch.float32).add_(0.5).mul_(1.0 / (1 << 24))  # never 0
+
+
+def _row_keys(indices: torch.Tensor, seed: int) -> torch.Tensor:
+    if indices.ndim != 1 or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be a 1-D integer tensor, got dtype {indices.dtype} and shape {tuple(indices.shape)}")
+    seed_state = torch.tensor(_signed((int(seed) ^ _NOISE_SALT) + _GAMMA_INDEX), dtype=torch.int64, device=indices.device)
+    return _mix64(_mix64(seed_state) + indices.to(torch.int64) * _signed(_GAMMA_INDEX))
+
+
+def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    return u1.log_().mul_(-2.0).sqrt_().mul_(u2.mul_(2.0 * math.pi).cos_())
+
+
 def standard_normal(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """``(B, *shape)`` float32 standard normal draws that depend only on ``(seed, sample index, position)``.
 
-    Box-Muller on two 24-bit uniforms from :func:`~roar.data.masking.tie_break_keys` (splitmix64), so
-    the draws of an image are the same in any batch and on any device.
+    Box-Muller on two 24-bit uniforms from :func:`~roar.data.masking.tie_break_keys` (splitmix64) at
+    features ``f`` and ``n + f`` (``n`` values per sample), so the draws of an image are the same in
+    any batch and on any device.
     """
-    from roar.data.masking import tie_break_keys
-
     n = math.prod(shape)
-    keys = tie_break_keys(indices, 2 * n, int(seed) ^ _NOISE_SALT)
-    uniform = (((keys >> 40) & 0xFFFFFF).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), never 0
-    u1, u2 = uniform[:, :n], uniform[:, n:]
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return z.view(len(indices), *shape)
+    features = torch.arange(2 * n, dtype=torch.int64, device=indices.device).mul_(_signed(_GAMMA_FEATURE))
+    uniform = _uniform24_(_row_keys(indices, seed).unsqueeze(1) + features)
+    return _box_muller(uniform[:, :n], uniform[:, n:]).view(len(indices), *shape)
 
 
 def noisy_linear_impute(
@@ -139,63 +157,26 @@ def noisy_linear_impute(
     """
     check_imputation_settings(noise_std=noise_std, tol=tol, max_iter=max_iter)
     removed = _check(images, removed)
-    b, c, h, w = images.shape
+    b = images.shape[0]
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     x0 = images.to(dtype)
     kept = ~removed
-    has_kept = kept.flatten(2).any(2)[:, :, None, None]  # (B, C, 1, 1)
     if not bool(kept.flatten(1).any(1).all()):
         raise ValueError("an image has every value removed; nothing is left to impute from (thresholds must be < 1)")
-    solve = (removed & has_kept).to(dtype)  # the unknowns of a well-posed system
-
-    kernel = torch.tensor(NEIGHBOUR_KERNEL, dtype=dtype, device=images.device).expand(c, 1, 3, 3)
-
-    def neighbours(field: torch.Tensor) -> torch.Tensor:  # sum_j c_ij field_j, zero outside the image
-        return F.conv2d(field, kernel, padding=1, groups=c)
-
-    diag = neighbours(torch.ones(1, c, h, w, dtype=dtype, device=images.device))  # D_i: 12 inside, less at edges
-
-    def operator(u: torch.Tensor) -> torch.Tensor:  # (D - C)_RR u, zero outside the unknowns
-        return solve * (diag * u - neighbours(u))
-
-    rhs = solve * neighbours(x0 * (1 - solve) * has_kept)
-    u = torch.zeros_like(x0)
-    steps, residual = 0, float("inf")
-    while True:
-        # (Re)start from the true residual: float32 recursion drifts, so the stated tolerance is checked for real.
-        r = rhs - operator(u)
-        z = r / diag
-        residual = float(z.abs().amax()) if z.numel() else 0.0
-        if residual <= tol or steps >= max_iter:
-            break
-        p = z
-        rz = (r * z).sum((2, 3), keepdim=True)
-        restart_at = steps + 16 * _CHECK_EVERY
-        while steps < min(max_iter, restart_at):
-            ap = operator(p)
-            pap = (p * ap).sum((2, 3), keepdim=True)
-            alpha = torch.where(pap > 0, rz / pap.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(pap))
-            u = u + alpha * p
-            r = r - alpha * ap
-            z = r / diag
-            rz_new = (r * z).sum((2, 3), keepdim=True)
-            beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(rz))
-            p = z + beta * p
-            rz = rz_new
-            steps += 1
-            if steps % _CHECK_EVERY == 0 and float(z.abs().amax()) <= tol:
-                break
-    if residual > tol:
-        raise ImputationError(
-            f"noisy_linear imputation did not converge: residual {residual:.3g} > fill_tol {tol:g} after "
-            f"fill_max_iter {max_iter} conjugate gradient steps; raise protocol.fill_max_iter or fill_tol"
-        )
-    kept_mean = (x0 * kept).flatten(1).sum(1) / kept.flatten(1).sum(1)  # for channels with nothing kept
-    filled = torch.where(has_kept, u, kept_mean.view(b, 1, 1, 1))
+    filled = solve_road_system(x0, removed, tol, max_iter).values
+    has_kept = kept.flatten(2).any(2)[:, :, None, None]  # (B, C, 1, 1)
+    if not bool(has_kept.all()):  # a channel with nothing kept: the mean of the image's kept values
+        kept_mean = (x0 * kept).flatten(1).sum(1) / kept.flatten(1).sum(1)
+        filled = torch.where(has_kept, filled, kept_mean.view(b, 1, 1, 1).to(dtype))
     if noise_std > 0:
         idx = torch.arange(b, device=images.device) if indices is None else indices.to(images.device)
-        filled = filled + noise_std * standard_normal(idx, (c, h, w), seed).to(dtype)
-    return torch.where(removed, filled, x0).to(images.dtype)
+        # On the CPU in chunks of images: the int64 hashing is memory bound, a chunk's buffers stay in cache.
+        per_chunk = _NOISE_CHUNK if images.device.type == "cpu" else b
+        for start in range(0, b, per_chunk):
+            chunk = slice(start, start + per_chunk)
+            noise = standard_normal(idx[chunk], tuple(images.shape[1:]), seed).to(dtype).mul_(noise_std)
+            filled[chunk].add_(noise.mul_(removed[chunk]))  # filled is a fresh tensor; kept values get + 0
+    return filled.to(images.dtype)
 
 
 __all__ = [

@@ -24,7 +24,7 @@ and the caller explains it model by model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
@@ -35,6 +35,8 @@ from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
 from roar.attribution.gradients import Gradient, InputXGradient, IntegratedGradients
 
 State = dict[str, Tensor]
+InputGrads = Callable[[Tensor, Tensor], Tensor]
+"""``(inputs (N, ...), target (N,)) -> (K, N, ...)``: each of K models' input gradients of its target logit."""
 
 MAX_ROWS = 2048
 """Most input rows (summed over the K models) given to one vmapped call: bounds memory."""
@@ -51,12 +53,16 @@ def stack_states(states: Sequence[State]) -> State:
 
 
 def can_stack(method: object) -> bool:
-    """Whether :func:`stacked_explain` reproduces ``method`` (see the module docstring)."""
-    if isinstance(method, Ensemble):
+    """Whether :func:`stacked_explain` reproduces ``method`` (see the module docstring).
+
+    Exact classes, not ``isinstance``: a user's subclass may change how it attributes, and our
+    arithmetic would silently replace it; such a method is explained one model at a time.
+    """
+    if type(method) is Ensemble:
         return can_stack(method.base)
-    if isinstance(method, IntegratedGradients):
+    if type(method) is IntegratedGradients:
         return not isinstance(method.baseline, Tensor)
-    return isinstance(method, (Gradient, InputXGradient))
+    return type(method) in (Gradient, InputXGradient)
 
 
 def _input_grads(network: nn.Module, stacked: State, inputs: Tensor, target: Tensor) -> Tensor:
@@ -72,30 +78,30 @@ def _input_grads(network: nn.Module, stacked: State, inputs: Tensor, target: Ten
     )
 
 
-def _integrated_gradients(method: IntegratedGradients, network: nn.Module, stacked: State, x: Tensor, target: Tensor) -> Tensor:
+def _integrated_gradients(method: IntegratedGradients, grads_of: InputGrads, x: Tensor, target: Tensor) -> Tensor:
     step_sizes, alphas = (f(method.n_steps) for f in approximation_parameters("gausslegendre"))
     baseline = torch.full_like(x, float(method.baseline))
     path = torch.cat([baseline + alpha * (x - baseline) for alpha in alphas])
-    grads = _input_grads(network, stacked, path, target.repeat(method.n_steps))
+    grads = grads_of(path, target.repeat(method.n_steps))
     # As captum: each step's gradients times its (float32) weight, summed over the steps.
     weights = torch.tensor(step_sizes, dtype=torch.float32, device=x.device).view(1, -1, *([1] * x.dim()))
     total = (grads.view(grads.shape[0], method.n_steps, *x.shape) * weights).sum(dim=1)
     return total * (x - baseline)
 
 
-def _base_maps(method: object, network: nn.Module, stacked: State, x: Tensor, target: Tensor) -> Tensor:
+def _base_maps(method: object, grads_of: InputGrads, x: Tensor, target: Tensor) -> Tensor:
     if isinstance(method, IntegratedGradients):
-        return _integrated_gradients(method, network, stacked, x, target)
-    grads = _input_grads(network, stacked, x, target)
+        return _integrated_gradients(method, grads_of, x, target)
+    grads = grads_of(x, target)
     return grads * x if isinstance(method, InputXGradient) else grads
 
 
-def _ensemble(method: Ensemble, network: nn.Module, stacked: State, x: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+def _ensemble(method: Ensemble, grads_of: InputGrads, x: Tensor, target: Tensor, indices: Tensor) -> Tensor:
     draws = method.nt_samples
     sigma = method._sigma(x)
     noise = torch.stack([method._noise(sample, int(i)) for sample, i in zip(x, indices)])
     noisy = (x.unsqueeze(1) + noise * sigma.view(-1, 1, 1, 1, 1)).flatten(0, 1)
-    maps = _base_maps(method.base, network, stacked, noisy, target.repeat_interleave(draws))
+    maps = _base_maps(method.base, grads_of, noisy, target.repeat_interleave(draws))
     models = maps.shape[0]
     reduced = ENSEMBLE_REDUCTIONS[method.kind](maps.float().reshape(models * x.shape[0], draws, *x.shape[1:]))
     return reduced.view(models, *x.shape)
@@ -120,10 +126,20 @@ def stacked_explain(
     if not can_stack(method):
         raise ValueError(f"{type(method).__name__} has no batched path; explain it model by model")
     stacked = stack_states(states)
+    return method_maps(method, lambda inputs, t: _input_grads(network, stacked, inputs, t), images, target, indices)
+
+
+def method_maps(method: object, grads_of: InputGrads, images: Tensor, target: Tensor, indices: Tensor) -> Tensor:
+    """``(K, B, C, H, W)``: the maps of a :func:`can_stack` method from K models' input gradients ``grads_of``.
+
+    The method's arithmetic (IG's path and weights, an ensemble's noise and reduction) is done
+    once here; how the K models' gradients are computed (vmapped over stacked weights, or with
+    shared layers, :mod:`roar.sanity.shared_forward`) is up to ``grads_of``.
+    """
     x = images.detach()
     with torch.enable_grad():
         if isinstance(method, Ensemble):
-            maps = _ensemble(method, network, stacked, x, target, indices)
+            maps = _ensemble(method, grads_of, x, target, indices)
         else:
-            maps = _base_maps(method, network, stacked, x, target)
+            maps = _base_maps(method, grads_of, x, target)
     return maps.detach().float()

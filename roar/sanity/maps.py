@@ -29,354 +29,35 @@ Choices made here (and documented in the report):
   itself: Guided Grad-CAM, whose Grad-CAM factor can be zero for a whole image, can therefore
   score below 1 at step 0. Two independent noise maps score about 0 on the rank correlations
   and SSIM but about 0.15 on HOG: read every metric against the control.
+
+The checks live here; their names, defaults and argument checks in :mod:`roar.sanity.arguments`,
+the network, batch and maps in :mod:`roar.sanity.explaining`, the records in
+:mod:`roar.sanity.records` and the figures in :mod:`roar.sanity.map_figures`, all re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from roar.attribution import TARGETS, AttributionMethod, get_method, resolve_target
-from roar.attribution.registry import accepted_params, needs_model, resolved_params
+from roar.attribution import AttributionMethod, resolve_target
+from roar.attribution.registry import needs_model
+from roar.sanity.arguments import (
+    CHECKS, CONTROL, DATA_CHECK, DATA_LAYER, DEFAULT_METHODS, DEFAULT_METRICS, DEFAULT_STACK, check_methods, check_metrics, check_orders,
+    check_stack, check_target, resolve_stack,
+)  # fmt: skip
 from roar.sanity.batched import can_stack, snapshot, stacked_explain
-from roar.sanity.randomization import ORDERS, randomization_steps
-from roar.sanity.revisited import EMPRT, SMPRT, Smoothing
+from roar.sanity.explaining import NormalizedNetwork, build_methods, compare, explain, explained_network, fixed_target, select_batch
+from roar.sanity.map_figures import display_maps, figure_array, map_grid_figure
+from roar.sanity.randomization import randomization_steps
+from roar.sanity.records import CheckResult, SimilarityRecord, _records
+from roar.sanity.revisited import SMPRT, Smoothing
+from roar.sanity.shared_forward import SharedSteps, can_share, explain_steps
 from roar.sanity.settings import SanitySettings, as_settings
-from roar.sanity.similarity import aggregate_channels, compare_maps, list_metrics, normalize_maps
-
-DATA_CHECK = "data"
-CHECKS = (*ORDERS, DATA_CHECK, SMPRT, EMPRT)
-"""Check names as they appear in keys and in ``sanity.csv``: the randomisation orders, ``data``,
-then sMPRT and eMPRT (Hedström et al. 2023)."""
-
-DATA_LAYER = "permuted_labels"
-"""The ``layer`` of the data-randomisation row: the whole model, trained on permuted labels."""
-
-CONTROL = "noise"
-"""The control of Binder et al. (2022): i.i.d. Gaussian maps that never read the model."""
-
-DEFAULT_METHODS = ("gradient", "guided_backprop", CONTROL)
-DEFAULT_STACK = 8
-"""Randomised models explained together by the batched path (bounds the memory of the kept weights)."""
-DEFAULT_METRICS = ("spearman", "spearman_abs", "ssim", "hog")
-
-
-# --------------------------------------------------------------------------------------------
-# Argument checks: run before anything is computed
-# --------------------------------------------------------------------------------------------
-
-
-def _names(kind: str, values: Iterable[str] | str, choices: Sequence[str]) -> list[str]:
-    values = [values] if isinstance(values, str) else list(values)
-    if not values:
-        raise ValueError(f"{kind} is empty; valid {kind}: {', '.join(choices)}")
-    for value in values:
-        if value not in choices:
-            raise ValueError(f"unknown {kind[:-1]} {value!r}; valid {kind}: {', '.join(choices)}")
-    duplicates = sorted({v for v in values if values.count(v) > 1})
-    if duplicates:
-        raise ValueError(f"{kind} lists {', '.join(map(repr, duplicates))} more than once")
-    return values
-
-
-def check_metrics(metrics: Iterable[str] | str) -> list[str]:
-    """The metric names, checked against :func:`roar.sanity.similarity.list_metrics`."""
-    return _names("metrics", metrics, list_metrics())
-
-
-def check_orders(orders: Iterable[str] | str) -> list[str]:
-    """The randomisation orders, checked against :data:`roar.sanity.randomization.ORDERS`."""
-    return _names("orders", orders, ORDERS)
-
-
-def check_stack(stack: Any) -> int | str:
-    """``stack``: ``auto`` or a positive integer, the models explained per batched call (1: one by one)."""
-    if stack == "auto":
-        return stack
-    if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
-        raise ValueError(f"stack must be 'auto' or a positive integer (models per batched call; 1 = one by one), got {stack!r}")
-    return int(stack)
-
-
-def resolve_stack(stack: int | str, network: nn.Module, images: Tensor) -> int:
-    """``auto``: :data:`DEFAULT_STACK` for a small model (at most 12M parameters, images at most
-    64 px) on CUDA, where one such model leaves the device idle; else 1. On a CPU the work is
-    compute-bound and the batched call was measured no faster (``benchmarks/sanity_mprt.py``);
-    a large model's K stacked copies and their activations would cost K times the memory.
-    """
-    if stack != "auto":
-        return check_stack(stack)
-    small = sum(p.numel() for p in network.parameters()) <= 12_000_000 and max(images.shape[-2:]) <= 64
-    return DEFAULT_STACK if images.device.type == "cuda" and small else 1
-
-
-def check_target(target: str) -> str:
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    return target
-
-
-_MODEL_SPECIFIC_PARAMS = frozenset({"layer"})
-
-
-class _Probe(nn.Module):
-    """A tiny conv net to build methods on while checking their parameters (nothing is run)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 1, 3)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.relu(self.conv(x)).flatten(1)
-
-
-def check_methods(
-    methods: Iterable[str] | str, method_params: Mapping[str, Mapping[str, Any]] | None = None
-) -> list[str]:
-    """The method names and their parameters, checked by building each method once.
-
-    Args:
-        methods: registry keys (see :func:`roar.attribution.list_methods`).
-        method_params: optional ``{method: {param: value}}``; entries for methods not in
-            ``methods`` are checked and ignored.
-
-    Returns:
-        The method names as a list.
-
-    Raises:
-        ValueError: for an unknown method (the message lists the valid ones), or an unknown or
-            invalid parameter.
-    """
-    methods = [methods] if isinstance(methods, str) else list(methods)
-    if not methods:
-        raise ValueError("methods is empty; name at least one attribution method (e.g. [gradient, noise])")
-    duplicates = sorted({m for m in methods if methods.count(m) > 1})
-    if duplicates:
-        raise ValueError(f"methods lists {', '.join(map(repr, duplicates))} more than once")
-    params = dict(method_params or {})
-    with torch.random.fork_rng(devices=[]):  # initialising the probe must not move the caller's random stream
-        probe = _Probe()
-    # Entries for methods not requested are checked too (a config may set parameters for
-    # methods a command line then leaves out), and otherwise ignored.
-    for name in dict.fromkeys([*methods, *params]):
-        given = params.get(name) or {}
-        if not isinstance(given, Mapping):
-            raise ValueError(f"method_params[{name!r}] must be a mapping of parameter names to values, got {given!r}")
-        resolved_params(name, dict(given))  # an unknown method, definition or parameter fails here, naming it
-        # A layer name refers to the real model, not the probe: it is checked when the method
-        # is first built on the model. Every other value is checked now.
-        get_method(name, probe, **{k: v for k, v in given.items() if k not in _MODEL_SPECIFIC_PARAMS})
-    return methods
-
-
-# --------------------------------------------------------------------------------------------
-# Models, batches and maps
-# --------------------------------------------------------------------------------------------
-
-
-class NormalizedNetwork(nn.Module):
-    """``net(normalize(x))``: a classifier's network without the LightningModule around it.
-
-    Module names match :class:`roar.models.classifier.ImageClassifier` (``normalize``, ``net``),
-    so a layer name such as ``net.conv3`` means the same in both.
-    """
-
-    def __init__(self, normalize: nn.Module, net: nn.Module) -> None:
-        super().__init__()
-        self.normalize = normalize
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
-
-
-def explained_network(module: nn.Module) -> nn.Module:
-    """What the sanity checks explain and randomise: ``net(normalize(x))`` where the module has
-    both (the project's classifier), else the module itself.
-
-    Leaving the LightningModule out keeps its trainer, metrics and compiled wrapper out of every
-    copy the checks make. The returned wrapper shares the module's submodules: copy it before
-    changing anything.
-    """
-    net, normalize = getattr(module, "net", None), getattr(module, "normalize", None)
-    if isinstance(net, nn.Module) and isinstance(normalize, nn.Module):
-        return NormalizedNetwork(normalize, net)
-    return module
-
-
-def select_batch(
-    dataset: Dataset, num_images: int, seed: int = 0, device: torch.device | str | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A fixed, seeded choice of images from a dataset, as one batch.
-
-    Args:
-        dataset: yields ``(image, label)`` or ``(image, label, index)`` (the project's datamodule
-            yields the global sample index; without one, the position in ``dataset`` is used).
-        num_images: how many images (all of them when the dataset is smaller).
-        seed: seeds the choice; the chosen positions are sorted, so the batch is the same
-            whatever the order of the draw.
-        device: where to put the batch.
-
-    Returns:
-        ``(images (B, C, H, W) float, labels (B,) long, indices (B,) long)``.
-    """
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    size = len(dataset)
-    if size == 0:
-        raise ValueError("cannot pick sanity-check images from an empty dataset")
-    generator = torch.Generator().manual_seed(int(seed))
-    positions = torch.randperm(size, generator=generator)[: min(num_images, size)].sort().values.tolist()
-    items = [dataset[p] for p in positions]
-    images = torch.stack([torch.as_tensor(item[0]) for item in items]).float()
-    labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
-    indices = torch.as_tensor([int(item[2]) if len(item) > 2 else p for item, p in zip(items, positions)], dtype=torch.long)
-    return images.to(device), labels.to(device), indices.to(device)
-
-
-def build_methods(
-    model: nn.Module | None,
-    methods: Sequence[str],
-    method_params: Mapping[str, Mapping[str, Any]] | None = None,
-    seed: int = 0,
-) -> dict[str, AttributionMethod]:
-    """Build each method on ``model``; ``seed`` goes to every method that takes one and has none given."""
-    built = {}
-    for name in methods:
-        params = dict((method_params or {}).get(name) or {})
-        if "seed" in accepted_params(name, params):
-            params.setdefault("seed", seed)
-        built[name] = get_method(name, model if needs_model(name, params) else None, **params)
-    return built
-
-
-def explain(
-    methods: Mapping[str, AttributionMethod], images: Tensor, target: Tensor, indices: Tensor | None = None
-) -> dict[str, Tensor]:
-    """Every method's maps of the whole batch, one call each (no loop over images)."""
-    return {name: method(images, target, indices) for name, method in methods.items()}
-
-
-def compare(
-    reference: Mapping[str, Tensor], maps: Mapping[str, Tensor], metrics: Sequence[str], settings: SanitySettings | None = None
-) -> dict[str, dict[str, Tensor]]:
-    """``{method: {metric: (B,) similarity}}`` between reference maps and other maps, per method."""
-    options = as_settings(settings).map_options
-    return {name: compare_maps(reference[name], maps[name], metrics, **options) for name in reference}
-
-
-def fixed_target(model: nn.Module, images: Tensor, labels: Tensor | None = None, target: str = "predicted") -> Tensor:
-    """The class every step explains: ``model``'s predicted class (default) or the true label.
-
-    The prediction is made on a copy, so the model being trained is not even run.
-    """
-    check_target(target)
-    if target == "label":
-        return resolve_target(None, images, labels, "label")
-    network = copy.deepcopy(explained_network(model))
-    return resolve_target(network, images, None, "predicted")
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SimilarityRecord:
-    """The per-image similarities of one (method, check, step, metric).
-
-    Attributes:
-        method: attribution method name.
-        check: a randomisation order or ``data`` (see :data:`CHECKS`).
-        step: 0 for the unrandomised copy, then 1, 2, ... (1 for the data check).
-        layer: the layer randomised at this step, ``original`` at step 0, ``permuted_labels``
-            for the data check.
-        metric: similarity metric name.
-        values: ``(B,)`` similarities, one per image, on the CPU.
-        settings: the protocol details (:class:`~roar.sanity.settings.SanitySettings`).
-    """
-
-    method: str
-    check: str
-    step: int
-    layer: str
-    metric: str
-    values: Tensor = field(repr=False)
-    settings: SanitySettings = field(default_factory=SanitySettings)
-
-    @property
-    def n(self) -> int:
-        return int(self.values.numel())
-
-    @property
-    def mean(self) -> float:
-        return float(self.values.double().mean())
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation over images (0 for a single image)."""
-        return float(self.values.double().std()) if self.n > 1 else 0.0
-
-    def row(self) -> dict[str, Any]:
-        """One ``sanity.csv`` row: method, check, step, layer, metric, mean, std, n, then the settings."""
-        return {
-            "method": self.method,
-            "check": self.check,
-            "step": self.step,
-            "layer": self.layer,
-            "metric": self.metric,
-            "mean": self.mean,
-            "std": self.std,
-            "n": self.n,
-            **self.settings.row(),
-        }
-
-
-@dataclass
-class CheckResult:
-    """What one check produced.
-
-    Attributes:
-        check: a randomisation order or ``data``.
-        layers: the ``layer`` of each step, in step order (``original`` first for the orders).
-        records: one :class:`SimilarityRecord` per (step, method, metric).
-        target: the classes explained, ``(B,)``.
-        maps: with ``keep_maps``, ``{method: [maps of each step on the CPU]}``; step 0 of a
-            randomisation order is the trained model's reference map, for the data check the
-            trained model's then the permuted-label model's maps.
-    """
-
-    check: str
-    layers: list[str]
-    records: list[SimilarityRecord]
-    target: Tensor
-    maps: dict[str, list[Tensor]] | None = None
-
-    def final(self) -> dict[tuple[str, str], float]:
-        """``{(method, metric): mean}`` at the last step (after full randomisation, for cascading)."""
-        last = max(r.step for r in self.records)
-        return {(r.method, r.metric): r.mean for r in self.records if r.step == last}
-
-
-def _records(
-    check: str, step: int, layer: str, sims: Mapping[str, Mapping[str, Tensor]], settings: SanitySettings | None = None
-) -> list[SimilarityRecord]:
-    settings = as_settings(settings)
-    return [
-        SimilarityRecord(method, check, step, layer, metric, values.detach().float().cpu(), settings)
-        for method, by_metric in sims.items()
-        for metric, values in by_metric.items()
-    ]
 
 
 def model_randomization(
@@ -394,6 +75,7 @@ def model_randomization(
     settings: SanitySettings | Mapping[str, Any] | None = None,
     stack: int | str = "auto",
     smoothing: Smoothing | None = None,
+    share: bool = True,
 ) -> CheckResult:
     """The model-parameter randomisation test of Adebayo et al. (2018), on copies of ``model``.
 
@@ -425,6 +107,8 @@ def model_randomization(
             :data:`DEFAULT_STACK` for a small model on CUDA, else 1; see :func:`resolve_stack`).
         smoothing: sMPRT (Hedström et al. 2023, :mod:`roar.sanity.revisited`): every model-based
             map is the mean over noisy copies of the input; the result's check is ``smprt``.
+        share: with ``stack`` 1, explain the gradient methods of all steps with the layers the
+            steps share computed once (:mod:`roar.sanity.shared_forward`); ``False``: one by one.
 
     Returns:
         A :class:`CheckResult` with steps ``0 .. number of layer groups``.
@@ -443,6 +127,7 @@ def model_randomization(
         layers: list[str] = []
         maps: dict[int, dict[str, Tensor]] = {}
         stacked: list[str] = []
+        sharing: SharedSteps | None = None
         pending: list[tuple[int, dict[str, Tensor]]] = []
 
         def flush() -> None:
@@ -463,6 +148,9 @@ def model_randomization(
                 if smoothing is not None:
                     built = smoothing.wrap(built, method_params, seed)
                 stacked = [n for n in methods if stack > 1 and can_stack(built[n])]
+                shareable = [n for n in methods if share and stack == 1 and can_share(built[n])]
+                sharing = SharedSteps.for_network(step.model) if shareable else None
+                stacked = shareable if sharing else stacked
             if step.step == 0:
                 if target is None:
                     target = resolve_target(step.model, images)
@@ -471,12 +159,17 @@ def model_randomization(
                 reference = explain(one_by_one, images, target, indices)
             maps[step.step] = explain(one_by_one, images, target, indices)
             layers.append(step.layer)
-            if stacked:
+            if sharing:
+                sharing.record(step)
+            elif stacked:
                 pending.append((step.step, snapshot(step.model)))
                 if len(pending) == stack:
                     flush()
         if pending:
             flush()
+        if sharing and stacked:
+            for step_number, step_maps in explain_steps(sharing, built, stacked, images, target, indices).items():
+                maps[step_number].update(step_maps)
         # A deterministic stacked method's step-0 map is its reference (one by one, the two are equal).
         reference = {name: reference[name] if name in reference else maps[0][name] for name in methods}
         check = order if smoothing is None else SMPRT
@@ -550,71 +243,9 @@ def data_randomization(
     return CheckResult(DATA_CHECK, [DATA_LAYER], records, target.detach().cpu(), kept)
 
 
-# --------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------
-
-
-def display_maps(maps: Tensor) -> np.ndarray:
-    """Channel-summed absolute maps, min-max normalised per image: ``(B, H, W)`` in ``[0, 1]``.
-
-    Adebayo et al. (2018) show absolute-value maps this way in their figures.
-    """
-    return normalize_maps(aggregate_channels(maps.detach().cpu(), absolute=True)).numpy()
-
-
-def _display_images(images: Tensor) -> np.ndarray:
-    images = images.detach().cpu().float().clamp(0, 1)
-    if images.shape[1] == 1:
-        return images[:, 0].numpy()
-    return images[:, :3].permute(0, 2, 3, 1).numpy()
-
-
-def map_grid_figure(
-    images: Tensor,
-    maps: Sequence[Tensor],
-    column_titles: Sequence[str],
-    title: str | None = None,
-    cell_inches: float = 1.1,
-) -> Figure:
-    """Rows: images; columns: the input, then one map per entry of ``maps`` (Adebayo et al. 2018, fig. 2).
-
-    Args:
-        images: ``(B, C, H, W)`` inputs in ``[0, 1]``.
-        maps: one ``(B, C, H, W)`` batch of maps per column.
-        column_titles: a title per map column (the input column is titled "input").
-        title: the figure title.
-        cell_inches: size of one cell.
-
-    Returns:
-        A matplotlib :class:`~matplotlib.figure.Figure` (not registered with pyplot).
-    """
-    if len(maps) != len(column_titles):
-        raise ValueError(f"{len(maps)} map columns but {len(column_titles)} column titles")
-    shown_images = _display_images(images)
-    shown_maps = [display_maps(m) for m in maps]
-    rows, cols = shown_images.shape[0], 1 + len(shown_maps)
-    fig = Figure(figsize=(cell_inches * cols, cell_inches * rows + (0.5 if title else 0.2)), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
-    for r in range(rows):
-        axes[r, 0].imshow(shown_images[r], cmap="gray" if shown_images.ndim == 3 else None, vmin=0, vmax=1, interpolation="nearest")
-        for c, shown in enumerate(shown_maps, start=1):
-            axes[r, c].imshow(shown[r], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    for c, name in enumerate(["input", *column_titles]):
-        axes[0, c].set_title(name, fontsize=7, rotation=30 if len(name) > 8 else 0)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def figure_array(fig: Figure) -> np.ndarray:
-    """The figure rendered to an ``(H, W, 3)`` uint8 RGB array (for a logger's image API)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
+__all__ = [
+    "CHECKS", "CONTROL", "DATA_CHECK", "DATA_LAYER", "DEFAULT_METHODS", "DEFAULT_METRICS", "DEFAULT_STACK", "CheckResult", "NormalizedNetwork",
+    "SimilarityRecord", "build_methods", "check_methods", "check_metrics", "check_orders", "check_stack", "check_target", "compare",
+    "data_randomization", "display_maps", "explain", "explained_network", "figure_array", "fixed_target", "map_grid_figure",
+    "model_randomization", "resolve_stack", "select_batch",
+]  # fmt: skip

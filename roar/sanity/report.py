@@ -23,432 +23,29 @@
 Protocol (see :mod:`roar.sanity.maps`): the explained class is the true-label model's predicted
 class, fixed across all steps and used for the permuted-label model too; maps are compared as
 the paper does by :mod:`roar.sanity.similarity`.
+
+The settings live in :mod:`roar.sanity.report_config`, the two models' training in
+:mod:`roar.sanity.trained_models`, the csv, curves and tables in :mod:`roar.sanity.report_outputs`;
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
-
-from roar.sanity.maps import (
-    CHECKS,
-    CONTROL,
-    DATA_CHECK,
-    DEFAULT_METRICS,
-    CheckResult,
-    build_methods,
-    check_methods,
-    check_metrics,
-    check_orders,
-    check_stack,
-    check_target,
-    data_randomization,
-    explained_network,
-    fixed_target,
-    map_grid_figure,
-    model_randomization,
-    select_batch,
-)
-from roar.statistics import check_level
 from roar.sanity.intervals import interval_rows
-from roar.sanity.randomization import ORDERS
-from roar.sanity.revisited import EMPRT, Smoothing, efficient_mprt, print_emprt_table
-from roar.sanity.settings import SETTING_COLUMNS, SanitySettings
-
-CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n", "ci_low", "ci_high", *SETTING_COLUMNS)
-MODEL_CHECKPOINT = "model.ckpt"
-PERMUTED_CHECKPOINT = "permuted.ckpt"
-DEFAULT_REPORT_METHODS = (
-    "gradient",
-    "gradient_sg",
-    "input_x_gradient",
-    "integrated_gradients",
-    "guided_backprop",
-    "guided_gradcam",
-    CONTROL,
-)
-DEVICES = ("auto", "cpu", "cuda")
-# Attributes of the trained models that identify them: a checkpoint is reused only if these match.
-IGNORED_TRAINER_KEYS = ("max_epochs", "logger", "callbacks", "enable_checkpointing", "enable_progress_bar", "enable_model_summary", "default_root_dir")
-"""Trainer settings the report sets itself (epochs per model, its own CSV logs, no checkpoints midway)."""
-LINKED = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
-
-NOT_SUFFICIENT = (
-    "How to read this: a method whose maps stay similar to the original after the weights (or the labels) "
-    "are randomised fails the sanity check, because its maps do not depend on what the model learned. "
-    "A low similarity is necessary but not sufficient: the `noise` control, i.i.d. Gaussian maps that never "
-    "look at the model, scores near zero too and so also \"passes\" (Binder et al. 2022, arXiv 2211.12486). "
-    "Read every method against the control, and against bottom-up randomisation, which top-down "
-    "(cascading) randomisation does not replace."
-)
-
-
-@dataclass
-class SanityReportConfig:
-    """What ``python -m roar sanity`` runs.
-
-    Attributes:
-        data: :class:`~roar.data.datamodule.ImageDataModule` arguments (``label_permutation`` is set
-            by the report: false for the model, true for the permuted-label model).
-        model: :class:`~roar.models.classifier.ImageClassifier` arguments (``arch``, ``lr``...);
-            classes, channels, size and channel statistics come from the data.
-        trainer: ``lightning.Trainer`` settings of both trainings (``accelerator``, ``precision``,
-            ``deterministic``...). ``max_epochs`` is ``epochs`` / ``permuted_epochs``; a fit config's
-            ``logger`` and ``callbacks`` are not used (the report logs to ``<out>/logs``).
-        epochs: training epochs of the true-label model.
-        permuted_epochs: training epochs of the permuted-label model: enough to memorise the
-            permuted training labels (train accuracy > 0.9) while test accuracy stays at chance.
-        permuted_augment: augmentation of the permuted-label training (``none`` lets it memorise
-            the exact images).
-        methods: attribution methods: registry keys or definitions with a ``name``
-            (``{name: deeplift, class_path: captum.attr.DeepLift}``), as in a benchmark config.
-        control: add the ``noise`` control of Binder et al. (2022) to the methods if missing.
-        metrics: similarity metrics.
-        orders: model-randomisation orders to run.
-        data_check: also train the permuted-label model and run the data-randomisation check.
-        num_images: images explained (a fixed, seeded choice).
-        split: where the images come from (``test`` by default: images neither model trained on).
-        target: ``predicted`` (the true-label model's class, fixed for every compared model) or ``label``.
-        seed: seeds training, the choice of images, re-initialisation and random methods.
-        method_params: ``{method: {param: value}}``.
-        checkpoint: a true-label checkpoint to use instead of training one.
-        permuted_checkpoint: a permuted-label checkpoint to use instead of training one.
-        retrain: train again even if ``<out>`` holds matching checkpoints.
-        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
-        progress: show progress; Lightning's per-epoch bars need ``verbose`` too.
-        verbose: Lightning's bars, banners and known third-party warnings (:mod:`roar.quiet`); off by default.
-        confidence_level: the level of the bootstrap intervals over images (0.95: 95%).
-        batchnorm, normalization, reduction: protocol details, recorded in every row (see
-            :mod:`roar.sanity.settings`): ``reset``/``keep_stats``, ``minmax``/``percentile``,
-            ``sum_abs``/``abs_sum``.
-        stack: randomised models explained per batched call (1: one by one; ``auto``: 8 for a small
-            model on CUDA, else 1; the maps are the same either way).
-        smprt: also run sMPRT (Hedström et al. 2023): ``smprt_order`` randomisation with maps
-            averaged over ``smprt_samples`` noisy copies at ``smprt_noise`` x the input range.
-        emprt: also run eMPRT (Hedström et al. 2023): the rise in map entropy (``emprt_bins``
-            bins, of ``|a|`` with ``emprt_abs``) after randomising every layer.
-    """
-
-    data: dict[str, Any] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 15
-    permuted_epochs: int = 60
-    permuted_augment: Literal["none", "auto", "crop", "crop_flip"] = "none"
-    methods: list[str | dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_REPORT_METHODS))
-    control: bool = True
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
-    orders: list[str] = field(default_factory=lambda: list(ORDERS))
-    data_check: bool = True
-    num_images: int = 16
-    split: Literal["test", "val"] = "test"
-    target: Literal["predicted", "label"] = "predicted"
-    seed: int = 0
-    method_params: dict[str, dict[str, Any]] | None = None
-    checkpoint: str | None = None
-    permuted_checkpoint: str | None = None
-    retrain: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    progress: bool = True
-    confidence_level: float = 0.95
-    batchnorm: Literal["reset", "keep_stats"] = "reset"
-    normalization: Literal["minmax", "percentile"] = "minmax"
-    reduction: Literal["sum_abs", "abs_sum"] = "sum_abs"
-    stack: int | Literal["auto"] = "auto"
-    smprt: bool = False
-    smprt_samples: int = 50
-    smprt_noise: float = 0.1
-    smprt_order: Literal["cascading", "independent", "bottom_up"] = "cascading"
-    emprt: bool = False
-    emprt_bins: int = 100
-    emprt_abs: bool = True
-    verbose: bool = False
-
-    def validate(self) -> None:
-        """Check every choice before anything is computed.
-
-        Raises:
-            ValueError: an unknown method, metric, order, target or device (with the valid
-                choices), or a non-positive count.
-            FileNotFoundError: a given checkpoint that does not exist.
-        """
-        if self.control and CONTROL not in self.methods:
-            self.methods = [*self.methods, CONTROL]
-        self.methods = check_methods(self.methods, self.method_params)
-        self.metrics = check_metrics(self.metrics)
-        self.orders = check_orders(self.orders)
-        check_target(self.target)
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but CUDA is not available; valid devices here: auto, cpu")
-        # An unknown batchnorm, normalization or reduction, or a bad sMPRT setting, fails here, naming the choices.
-        _ = self.settings, self.smoothing
-        check_orders(self.smprt_order)
-        check_stack(self.stack)
-        for name in ("epochs", "permuted_epochs", "num_images", "emprt_bins"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("checkpoint", "permuted_checkpoint"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{name} not found: {path!r}")
-        check_level(self.confidence_level)
-        if "label_permutation" in self.data:
-            raise ValueError("data.label_permutation is set by the report (false, then true); remove it from data")
-
-    @property
-    def settings(self) -> SanitySettings:
-        return SanitySettings(self.batchnorm, self.normalization, self.reduction)
-
-    @property
-    def smoothing(self) -> Smoothing:
-        return Smoothing(self.smprt_samples, self.smprt_noise)
-
-    @property
-    def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-
-# --------------------------------------------------------------------------------------------
-# Training (or reusing) the two models
-# --------------------------------------------------------------------------------------------
-
-
-def _datamodule(cfg: SanityReportConfig, permuted: bool):
-    from roar.data.datamodule import ImageDataModule
-
-    data = dict(cfg.data)
-    if permuted:
-        data["augment"] = cfg.permuted_augment
-    return ImageDataModule(**data, label_permutation=permuted)
-
-
-def _training_record(cfg: SanityReportConfig, permuted: bool) -> dict[str, Any]:
-    """What identifies a trained model: compared with the ``.json`` beside a checkpoint before reuse."""
-    return {
-        "data": {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})},
-        "model": cfg.model,
-        "trainer": {k: v for k, v in sorted(cfg.trainer.items()) if k not in IGNORED_TRAINER_KEYS},
-        "label_permutation": permuted,
-        "epochs": cfg.permuted_epochs if permuted else cfg.epochs,
-        "seed": cfg.seed,
-    }
-
-
-def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: Path):
-    """Train the true-label (or permuted-label) model with a Lightning Trainer; save ``checkpoint``."""
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
-
-    from roar.models.classifier import ImageClassifier
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = _datamodule(cfg, permuted)
-    linked = {name: getattr(datamodule, name) for name in LINKED}
-    model = ImageClassifier(**{**cfg.model, **linked})
-    device = cfg.torch_device
-    settings = {k: v for k, v in cfg.trainer.items() if k not in IGNORED_TRAINER_KEYS}
-    trainer = L.Trainer(**{
-        "accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": 1, "log_every_n_steps": 10, **settings,
-        "max_epochs": cfg.permuted_epochs if permuted else cfg.epochs,
-        "logger": CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
-        "enable_checkpointing": False, "enable_progress_bar": cfg.progress and cfg.verbose, "enable_model_summary": False,
-    })  # fmt: skip
-    trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(checkpoint)
-    checkpoint.with_suffix(".json").write_text(json.dumps(_training_record(cfg, permuted), indent=2, sort_keys=True))
-    return model
-
-
-def _check_methods_fit_the_model(cfg: SanityReportConfig, datamodule) -> None:
-    """Build every method on an untrained model of the configured architecture, before training,
-    so that model-specific parameters (a Grad-CAM ``layer``) fail early too."""
-    from roar.models.classifier import ImageClassifier
-
-    with torch.random.fork_rng(devices=[]):
-        blank = ImageClassifier(**{**cfg.model, **{name: getattr(datamodule, name) for name in LINKED}})
-    build_methods(explained_network(blank), cfg.methods, cfg.method_params, cfg.seed)
-
-
-def check_compatible(model, datamodule, path: Path) -> None:
-    """Refuse a checkpoint whose classes, channels or input size differ from the data's."""
-    for name in ("num_classes", "in_chans", "image_size"):
-        have, want = model.hparams.get(name), getattr(datamodule, name)
-        if have != want:
-            raise ValueError(f"checkpoint {str(path)!r} has {name}={have}, but the data has {name}={want}")
-
-
-def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamodule=None) -> tuple[Any, Path]:
-    """The given checkpoint, else ``<out>``'s if it was trained with these settings, else a new one.
-
-    A given checkpoint is checked against ``datamodule`` (classes, channels, input size).
-    """
-    from roar.models.checkpoint import load_classifier
-
-    given = cfg.permuted_checkpoint if permuted else cfg.checkpoint
-    kind = "permuted-label" if permuted else "true-label"
-    if given is not None:
-        path = Path(given)
-        say(f"using the {kind} checkpoint {path}")
-    else:
-        path = out / (PERMUTED_CHECKPOINT if permuted else MODEL_CHECKPOINT)
-        record = path.with_suffix(".json")
-        wanted = json.loads(json.dumps(_training_record(cfg, permuted), sort_keys=True))
-        reusable = path.is_file() and record.is_file() and json.loads(record.read_text()) == wanted
-        if reusable and not cfg.retrain:
-            say(f"reusing the {kind} model in {path} (same settings; --retrain true to train again)")
-        else:
-            why = "--retrain" if cfg.retrain else ("settings changed" if path.is_file() else "none yet")
-            epochs = cfg.permuted_epochs if permuted else cfg.epochs
-            say(f"training the {kind} model for {epochs} epochs ({why}) -> {path}")
-            train_model(cfg, out, permuted, path)
-    # The restricted unpickler: a checkpoint from elsewhere cannot run code (roar.models.checkpoint).
-    model = load_classifier(path).to(cfg.torch_device).eval()
-    if given is not None and datamodule is not None:
-        check_compatible(model, datamodule, path)
-    return model, path
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (eval mode, no augmentation) on a ``(image, label, ...)`` dataset."""
-    from torch.utils.data import DataLoader
-
-    from roar.data.datamodule import collate_batch
-
-    model.eval()
-    correct = total = 0
-    for images, labels, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_batch):
-        correct += (model(images.to(device)).argmax(dim=1).cpu() == labels).sum().item()
-        total += len(labels)
-    return correct / max(total, 1)
-
-
-# --------------------------------------------------------------------------------------------
-# Output files
-# --------------------------------------------------------------------------------------------
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_COLUMNS})
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    """``sanity.csv`` back as typed rows."""
-    with path.open(newline="") as handle:
-        return [
-            {
-                **row, "step": int(row["step"]), "mean": float(row["mean"]), "std": float(row["std"]), "n": int(row["n"]),
-                "ci_low": float(row.get("ci_low") or "nan"), "ci_high": float(row.get("ci_high") or "nan"),
-            }  # fmt: skip
-            for row in csv.DictReader(handle)
-        ]
-
-
-def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Path) -> None:
-    """Similarity against the randomised layer, one line per method (mean, bootstrap CI band over images), ``noise`` dashed.
-
-    The data check has a single "step" (the permuted-label model): it is drawn as bars.
-    """
-    from matplotlib.figure import Figure
-
-    chosen = [r for r in rows if r["check"] == check and r["metric"] == metric]
-    methods = list(dict.fromkeys(r["method"] for r in chosen))
-    fig = Figure(figsize=(7.2, 4.0), layout="constrained")
-    ax = fig.subplots()
-    if check == DATA_CHECK:
-        means = [next(r["mean"] for r in chosen if r["method"] == m) for m in methods]
-        found = [next(r for r in chosen if r["method"] == m) for m in methods]
-        # asymmetric error bars: the interval need not be centred on the mean; NaN (one image) draws none
-        yerr = [[r["mean"] - r["ci_low"] for r in found], [r["ci_high"] - r["mean"] for r in found]]
-        bars = ax.bar(range(len(methods)), means, yerr=yerr, capsize=3, color="tab:blue")
-        for bar, method in zip(bars, methods):
-            if method == CONTROL:
-                bar.set_facecolor("lightgray")
-                bar.set_edgecolor("gray")
-                bar.set_hatch("//")
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        ax.set_xlabel("method")
-        ax.set_title(f"data randomisation: permuted-label vs true-label model ({metric})")
-    else:
-        layers: list[str] = []
-        for method in methods:
-            own = sorted((r for r in chosen if r["method"] == method), key=lambda r: r["step"])
-            layers = layers or [r["layer"] for r in own]
-            steps = [r["step"] for r in own]
-            mean = [r["mean"] for r in own]
-            low = [r["ci_low"] for r in own]
-            high = [r["ci_high"] for r in own]
-            style = {"linestyle": "--", "color": "gray"} if method == CONTROL else {}
-            (line,) = ax.plot(steps, mean, marker="o", label=method, **style)
-            ax.fill_between(steps, low, high, alpha=0.08, color=line.get_color())
-        ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
-        ax.set_xlabel("randomised layer" + (" (cumulative)" if check != "independent" else " (alone)"))
-        ax.set_title(f"{check} randomisation ({metric})")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.axhline(0.0, color="black", linewidth=0.5)
-    reference = "the true-label model's map" if check == DATA_CHECK else "the original map"
-    ax.set_ylabel(f"{metric} to {reference}", fontsize=9)
-    fig.savefig(path, dpi=110)
-
-
-def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfig) -> None:
-    """A rich table per method: similarity after the last step of each check, beside the control."""
-    from rich.table import Table
-
-    checks = [c for c in CHECKS if any(r["check"] == c for r in rows)]
-    last = {c: max(r["step"] for r in rows if r["check"] == c) for c in checks}
-    final = {(r["method"], r["check"], r["metric"]): r for r in rows if r["step"] == last[r["check"]]}
-    layer = {c: next(r["layer"] for r in rows if r["check"] == c and r["step"] == last[c]) for c in checks}
-    what = {
-        "cascading": "every layer randomised, top down",
-        "bottom_up": "every layer randomised, bottom up",
-        "independent": f"only {layer.get('independent')} randomised",
-        "smprt": f"every layer randomised ({cfg.smprt_order}), noise-averaged maps",
-        DATA_CHECK: "model trained on permuted labels",
-    }
-    caption = "; ".join(f"{c}: {what[c]}" for c in checks)
-    control = CONTROL in cfg.methods
-    for method in cfg.methods:
-        if method == CONTROL and len(cfg.methods) > 1:
-            continue
-        table = Table(title=f"{method}: similarity to the original map after the last step", caption=caption)
-        table.add_column("check")
-        table.add_column("metric")
-        table.add_column(method, justify="right")
-        if control and method != CONTROL:
-            table.add_column(f"{CONTROL} (control)", justify="right", style="dim")
-        for check in checks:
-            for metric in cfg.metrics:
-                cells = [check, metric]
-                for name in [method] + ([CONTROL] if control and method != CONTROL else []):
-                    row = final.get((name, check, metric))
-                    cells.append("-" if row is None else f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]")
-                table.add_row(*cells, end_section=metric == cfg.metrics[-1])
-        console.print(table)
-    images = max((r["n"] for r in rows), default=0)
-    console.print(f"(mean [{cfg.confidence_level:.0%} bootstrap interval] over {images} images; step-by-step values in sanity.csv and the curve plots)")
-    console.print(NOT_SUFFICIENT)
-
-
-# --------------------------------------------------------------------------------------------
-# The report
-# --------------------------------------------------------------------------------------------
+from roar.sanity.maps import CheckResult, data_randomization, fixed_target, map_grid_figure, model_randomization, select_batch
+from roar.sanity.report_config import DEFAULT_REPORT_METHODS, DEVICES, SanityReportConfig  # noqa: F401  (importable from here before the split)
+from roar.sanity.report_outputs import CSV_COLUMNS, NOT_SUFFICIENT, plot_curve, print_tables, read_csv, write_csv  # noqa: F401  (as above)
+from roar.sanity.revisited import EMPRT, efficient_mprt, print_emprt_table
+from roar.sanity.trained_models import (  # noqa: F401  (the constants, check_compatible, train_model: importable from here before the split)
+    IGNORED_TRAINER_KEYS, LINKED, MODEL_CHECKPOINT, PERMUTED_CHECKPOINT, _check_methods_fit_the_model, _datamodule, accuracy, check_compatible,
+    obtain_model, train_model,
+)  # fmt: skip
 
 
 def preflight(cfg: SanityReportConfig):
@@ -532,7 +129,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             model_randomization(
                 model, images, order, cfg.methods, cfg.metrics, target=target, indices=indices,
                 method_params=cfg.method_params, seed=cfg.seed, keep_maps=order == "cascading",
-                settings=cfg.settings, stack=cfg.stack,
+                settings=cfg.settings, stack=cfg.stack, share=cfg.share,
             )
         )  # fmt: skip
     if cfg.smprt:
@@ -540,7 +137,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         results.append(
             model_randomization(
                 model, images, cfg.smprt_order, cfg.methods, cfg.metrics, target=target, indices=indices,
-                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings, stack=cfg.stack, smoothing=cfg.smoothing,
+                method_params=cfg.method_params, seed=cfg.seed, settings=cfg.settings, stack=cfg.stack, share=cfg.share, smoothing=cfg.smoothing,
             )
         )  # fmt: skip
     if cfg.emprt:
@@ -630,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with quiet_third_party(cfg.verbose):
         run_report(cfg, out, Console(), datamodule)
     return 0
+
 
 
 __all__ = ["SanityReportConfig", "build_parser", "main", "parse_config", "plot_curve", "preflight", "read_csv", "run_report"]

@@ -1,0 +1,77 @@
+"""Stacked training with parallel launchers: a job is a stack of cells (or one run), recorded member by member.
+
+Hooker et al. (NeurIPS 2019) retrain every (method, threshold, seed, mode) cell from scratch.
+``benchmark.stack`` trains the seeds of one cell together as one batched model
+(:mod:`roar.benchmark.stacked_runner`); with ``--workers N`` each worker process trains whole
+stacks, so a grid can use both the cores (workers) and the small models' idle arithmetic
+(stacks). A stack's members are recorded one row each, with the fingerprint and config a separate
+run would have, exactly as :func:`~roar.benchmark.stacked_runner.run_stacks` records them in the
+driver; a stack that fails is run member by member, with the usual retries and records.
+
+Ray tasks still train one run each: :func:`stack_ignored_message` says so once, before any training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from roar.benchmark.cell import attempt_run, record_outcome
+from roar.benchmark.plan import RunSpec
+from roar.benchmark.results import ResultsStore
+from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups, unstackable_reason
+
+log = logging.getLogger(__name__)
+
+
+def plan_jobs(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
+    """The grid's jobs: stacks of ``benchmark.stack`` retrains first (the longest jobs), then the other runs one each.
+
+    Without stacking (``stack: 1``, ``auto`` on a large model, or trainer settings a stack does not
+    reproduce) every run is its own job, as before.
+    """
+    size = resolve_stack(cfg)
+    if size == 1 or unstackable_reason(cfg):
+        return [[spec] for spec in todo]
+    stacks = [group for group in stack_groups(todo, size) if len(group) > 1]  # a lone run gains nothing from a stack
+    stacked = {spec.run_id for group in stacks for spec in group}
+    return stacks + [[spec] for spec in todo if spec.run_id not in stacked]
+
+
+def train_and_record_stack(
+    group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None
+) -> list[dict[str, Any]] | None:
+    """Train ``group`` as one stack and record each member as its own ``done`` row; the outcomes,
+    or None when the stack failed (nothing recorded: the members are for the one-by-one path)."""
+    try:
+        outcomes = execute_stack(group, cfg, out, base_ckpt)
+    except Exception as err:
+        log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
+        return None
+    done = [{"status": "done", **outcome} for outcome in outcomes]
+    for spec, outcome in zip(group, done, strict=True):
+        record_outcome(results, spec, cfg, outcome, provenance)
+    return done
+
+
+def run_job(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None) -> list[dict[str, Any]]:
+    """One job of a worker: a stack (or, if it fails, its members one by one), or a single run; every
+    outcome recorded in ``results``. Returns the outcomes in ``group``'s order."""
+    if len(group) > 1:
+        outcomes = train_and_record_stack(group, cfg, out, base_ckpt, results, provenance)
+        if outcomes is not None:
+            return outcomes
+    outcomes = []
+    for spec in group:
+        outcome = attempt_run(spec, cfg, out, base_ckpt, progress=False)
+        record_outcome(results, spec, cfg, outcome, provenance)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def stack_ignored_message(cfg: Any, launcher: str) -> str | None:
+    """The one line saying ``benchmark.stack`` is not used by this launcher, or None when it is (or is 1)."""
+    if launcher != "ray" or getattr(cfg, "stack", 1) == 1:
+        return None
+    return f"benchmark.stack: {cfg.stack} is not used with --launcher ray: runs are trained one per Ray task"

@@ -1,0 +1,90 @@
+"""One W&B run per retrain, at little cost: one ``wandb-core`` service per grid, lean run settings.
+
+A ROAR/KAR grid (Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural
+Networks", NeurIPS 2019) is hundreds of short retrains, each logged as its own W&B run (grouped
+by ``group=<benchmark name>``, ``job_type=<mode>``). What W&B does for a run besides logging its
+metrics is paid hundreds of times, so a grid
+
+* starts the W&B service once (:func:`wandb_service`, ``wandb.setup()``) before the base model,
+  and tears it down after the report: every retrain's run and the summary run go through it, and
+  the ``--workers`` processes, spawned with its token in their environment, connect to it instead
+  of each starting their own;
+* starts each retrain's run with :func:`retrain_settings`: no ``requirements.txt`` (a ``pip
+  freeze`` of the environment per run: most of a run's start-up, measured by figure 10 of
+  ``benchmarks/``), no system-metrics sampling, console capture, code saving or git probing. The
+  run's config, metrics, summary, name, group and job type are the same, and offline runs sync
+  with ``wandb sync`` as before; the grid's summary run keeps W&B's defaults, so the environment
+  is still recorded once per grid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+RETRAIN_SETTINGS: dict[str, Any] = {
+    "x_save_requirements": False,  # the environment's package list: the summary run records it once
+    "x_disable_stats": True,  # CPU/GPU/memory sampling threads: a retrain of seconds gets no useful sample
+    "console": "off",  # stdout/stderr capture: inner runs print nothing (roar.quiet)
+    "save_code": False,
+    "disable_code": True,
+    "disable_git": True,  # the commit is the same for every run of a grid
+}
+"""``wandb.Settings`` fields of every retrain's run (fields the installed wandb lacks are left out)."""
+
+
+def retrain_settings() -> Any:
+    """The ``wandb.Settings`` of one retrain's run, or None where the installed wandb has none of our fields."""
+    import wandb
+
+    known = getattr(wandb.Settings, "model_fields", None)
+    if known is None:  # wandb < 0.19: not a pydantic model; its defaults are kept
+        return None
+    return wandb.Settings(**{k: v for k, v in RETRAIN_SETTINGS.items() if k in known})
+
+
+def start_retrain_run(*, offline: bool, **init: Any) -> Any:
+    """Start one retrain's W&B run (``wandb.init(**init)``) with :func:`retrain_settings`.
+
+    Each call is a new run even while another is open: the members of a stack
+    (:mod:`roar.benchmark.stacked_runner`) are open side by side, and Lightning's ``WandbLogger``
+    would log them all into whichever run is ``wandb.run``. ``mode`` is given explicitly: once
+    :func:`wandb_service` has set W&B up, a ``WANDB_MODE`` exported later is not read.
+    """
+    import wandb
+
+    init = {**init, "mode": "offline" if offline else init.get("mode")}
+    if (settings := retrain_settings()) is not None:
+        init["settings"] = settings
+    try:
+        run = wandb.init(**init, reinit="create_new")
+    except (TypeError, ValueError):  # wandb < 0.19.10 knows only booleans (and one run at a time)
+        run = wandb.init(**init, reinit=True)
+    # Lightning's WandbLogger does this for the runs it starts: metrics plotted against its step
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
+
+
+@contextmanager
+def wandb_service(enabled: bool) -> Iterator[None]:
+    """Start W&B's service for a grid and tear it down at the end (a no-op when ``enabled`` is False).
+
+    A service this process did not start (the user's ``wandb.setup()``, or the driver's, inherited
+    by a worker through ``WANDB_SERVICE``) is used and left running.
+    """
+    if not enabled:
+        yield
+        return
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")  # read once, here: no banners from the runs
+    owned = not os.environ.get("WANDB_SERVICE")
+    wandb.setup()
+    try:
+        yield
+    finally:
+        if owned:
+            wandb.teardown()  # finishes a run a crash left open, then waits for the service to write everything

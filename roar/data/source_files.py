@@ -1,0 +1,42 @@
+"""Shared helpers of the file-backed sources: the root folder, unknown options, torchvision downloads, uint8 pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_DOWNLOAD_HINT = "set `download: true` in the data config (or pass --data.download true) to fetch it"
+
+
+def _require_root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        raise ValueError(f"dataset source {name!r} reads files, so it needs a root folder: set `root` (--data.root PATH)")
+    return Path(root).expanduser()
+
+
+def _reject_options(name: str, options: dict[str, Any], valid: Sequence[str] = ()) -> None:
+    # A misspelt option silently ignored would load the wrong data without a word; refuse it.
+    if options:
+        choices = ", ".join(valid) if valid else "none"
+        raise ValueError(f"unknown option(s) {sorted(options)} for dataset source {name!r}; valid options: {choices}")
+
+
+def _download_with_torchvision(name: str, dataset_class: str, root: Path) -> None:
+    """Fetch a dataset's files into ``root`` with torchvision's downloader (it verifies the md5s)."""
+    import torchvision.datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(torchvision.datasets, dataset_class)(root=str(root), train=True, download=True)
+    except Exception as err:  # network failures surface as URLError, HTTPError, RuntimeError, ...
+        raise RuntimeError(f"could not download {name} into {root}: {err}") from err
+
+
+def _uint8_to_unit(array: np.ndarray) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float32 in [0, 1]."""
+    # astype copies into a fresh writable array (IDX arrays are read-only views of the file bytes).
+    return torch.from_numpy(array.astype(np.float32)).div_(255.0)

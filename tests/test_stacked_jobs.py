@@ -1,0 +1,72 @@
+"""benchmark.stack with --workers N: each worker trains whole stacks (the seeds of one cell), and
+every member is recorded as the run a sequential, unstacked grid records (Hooker et al. 2019
+retrain each cell from scratch; a stack changes how fast, not what)."""
+
+import pytest
+import torch
+
+from roar.benchmark.config import BenchmarkConfig
+from roar.benchmark.launchers import LaunchOptions
+from roar.benchmark.plan import RunSpec
+from roar.benchmark.runner import run_benchmark
+from roar.benchmark.stacked_jobs import plan_jobs, stack_ignored_message
+from roar.models.checkpoint import load_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the workers get one thread each below; the sequential grid too, so both sum in the same order
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def config(**overrides) -> BenchmarkConfig:
+    fields = dict(
+        name="stacked-jobs", data={"source": "digits", "image_size": 8, "batch_size": 32, "val_fraction": 0.5, "seed": 0},
+        model={"arch": "small_cnn", "lr": 0.05, "warmup_epochs": 0}, trainer={"max_epochs": 1, "accelerator": "cpu"},
+        base={"max_epochs": 1, "seed": 0, "min_accuracy": 0.0}, logger="none", methods=["random"], thresholds=[0.5],
+        seeds=2, modes=["roar"], noretrain=False,
+    )  # fmt: skip
+    fields.update(overrides)
+    return BenchmarkConfig.from_dict(fields)
+
+
+def spec(method: str, mode: str, seed: int) -> RunSpec:
+    return RunSpec("digits", "small_cnn", method, mode, 0.0 if method == "unmasked" else 0.5, seed)
+
+
+def test_jobs_are_stacks_of_one_cells_seeds_then_single_runs():
+    todo = [spec("random", "roar", 0), spec("unmasked", "noretrain", 0), spec("random", "roar", 1), spec("random", "roar", 2)]
+    # a lone seed left over gains nothing from a stack: it runs alone, in the grid's order
+    assert plan_jobs(todo, config(stack=2, seeds=3)) == [[todo[0], todo[2]], [todo[1]], [todo[3]]]
+    assert plan_jobs(todo, config(stack=1, seeds=3)) == [[s] for s in todo]
+    # auto on trainer settings a stack does not reproduce: every run alone, as before
+    clipped = config(stack="auto", seeds=3, trainer={"max_epochs": 1, "accelerator": "cpu", "gradient_clip_val": 1.0})
+    assert plan_jobs(todo, clipped) == [[s] for s in todo]
+
+
+def test_ray_says_once_that_it_does_not_stack():
+    assert stack_ignored_message(config(stack=3), "ray") == "benchmark.stack: 3 is not used with --launcher ray: runs are trained one per Ray task"
+    assert stack_ignored_message(config(stack=3), "local") is None
+    assert stack_ignored_message(config(stack=1), "ray") is None
+
+
+@pytest.mark.slow
+def test_stacks_on_two_workers_record_what_a_sequential_grid_records(tmp_path):
+    sequential = run_benchmark(config(stack=1), tmp_path / "one-by-one", progress=False, report=False)
+    parallel = run_benchmark(config(stack=2), tmp_path / "stacked", progress=False, report=False, launch=LaunchOptions(workers=2, threads=1))
+    one = {r["run_id"]: r for r in sequential.rows()}
+    stacked = {r["run_id"]: r for r in parallel.rows()}
+    assert one.keys() == stacked.keys() and len(one) == 4  # 2 references + 2 roar runs
+    for run_id, row in one.items():
+        together = stacked[run_id]
+        assert row["status"] == together["status"] == "done"
+        assert together["fingerprint"] == row["fingerprint"]
+        # on CPU a stack runs each member's own kernels: the same images right (Lightning's metric is float32,
+        # the stack's count double, so equal to float32's precision; one image of 359 is 0.0028)
+        assert together["test_acc"] == pytest.approx(row["test_acc"], abs=1e-6), run_id
+        assert together["config"]["benchmark"]["stack"] == 2
+        assert load_checkpoint(together["checkpoint"]).get("stacked") == 2, f"{run_id} was not trained in a stack"
+    assert len({round(r["test_acc"], 6) for r in one.values()}) > 1  # four different runs, not one copied
