@@ -151,7 +151,7 @@ def _mode_section(
     for fill in fills:
         of_fill = [(ev, results) for ev, results in mine if ev.fill == fill]
         for ev, results in of_fill:
-            if len(mine) > 1:
+            if len(mine) > 1 or ev.fill != DEFAULT_FILL:  # a fill other than the paper's is always named
                 lines += [f"### {ev.dataset} / {ev.model}, fill `{ev.fill}`", ""]
             lines += _evaluation_tables(ev, results, level, resamples)
         if (mode, fill) in figures:  # only a figure that was drawn from these runs; one per fill
