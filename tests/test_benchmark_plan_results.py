@@ -24,7 +24,7 @@ def test_run_spec_ids_and_names():
     spec = RunSpec("digits", "small_cnn", "integrated_gradients_sg_sq", "roar", 0.5, 3)
     assert spec.run_id == "roar/integrated_gradients_sg_sq/t0.500/s3/digits/small_cnn"
     assert spec.name == "integrated_gradients_sg_sq-t0.5-s3"
-    assert spec.to_dict() == {"dataset": "digits", "model": "small_cnn", "method": "integrated_gradients_sg_sq", "mode": "roar", "threshold": 0.5, "seed": 3}
+    assert spec.to_dict() == {"dataset": "digits", "model": "small_cnn", "method": "integrated_gradients_sg_sq", "mode": "roar", "threshold": 0.5, "seed": 3, "fill": "channel_mean"}
     assert RunSpec.from_dict({**spec.to_dict(), "test_acc": 0.9}) == spec
     # the same run spelled differently is the same run
     same = RunSpec("digits", "small_cnn", "gradient", "kar", np.float64(0.5), np.int64(1))
@@ -193,8 +193,8 @@ def test_export_csv_columns_and_rows(tmp_path):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert tuple(reader.fieldnames) == CSV_COLUMNS
-    assert CSV_COLUMNS[:10] == ("dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint")
-    assert CSV_COLUMNS[10:] == ("status", "error")
+    assert CSV_COLUMNS[:11] == ("dataset", "model", "method", "mode", "fill", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint")
+    assert CSV_COLUMNS[11:] == ("status", "error")
     assert len(rows) == 3
     by_method = {r["method"]: r for r in rows}
     assert by_method["random"]["checkpoint"] == "runs/x/last.ckpt" and float(by_method["random"]["test_acc"]) == 0.61

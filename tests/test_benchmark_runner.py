@@ -48,7 +48,7 @@ def test_digits_benchmark_writes_every_output_and_resumes(tmp_path):
     rows = read_csv(out / "results.csv")
     # 1 reference + (1 unmasked + 3 methods) noretrain + 3 methods noretrain in KAR order + 3 methods x 2 modes
     assert len(rows) == 1 + 4 + 3 + 6
-    assert list(rows[0])[:10] == ["dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint"]
+    assert list(rows[0])[:11] == ["dataset", "model", "method", "mode", "fill", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint"]
     assert all(r["status"] == "done" for r in rows)
     summary = read_csv(out / "summary.csv")
     assert {r["mode"] for r in summary} >= {"roar", "kar", "noretrain"}

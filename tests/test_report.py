@@ -102,7 +102,7 @@ def test_summary_only_places_references_where_a_mode_has_runs():
     assert {r["mode"] for r in summary} == {"reference", "roar"}
     assert summarize([]) == []
     assert summarize([r for r in rows if r["mode"] == "reference"]) == [
-        {"dataset": "digits", "model": "small_cnn", "method": "unmasked", "mode": "reference", "threshold": 0.0, "mean": pytest.approx(REF), "std": pytest.approx(0.01), "n": 3,
+        {"dataset": "digits", "model": "small_cnn", "method": "unmasked", "mode": "reference", "fill": "channel_mean", "threshold": 0.0, "mean": pytest.approx(REF), "std": pytest.approx(0.01), "n": 3,
          # 3 seeds at REF -0.01, 0, +0.01: all three resampled at the lowest has chance 1/27 > 2.5%, so the 95% interval is the range
          "ci_low": pytest.approx(REF - 0.01), "ci_high": pytest.approx(REF + 0.01)}
     ]

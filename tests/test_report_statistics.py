@@ -17,8 +17,8 @@ SLOPE = {"gradient": 0.8, "random": 0.2}
 
 
 def _record(store: ResultsStore, method: str, mode: str, threshold: float, seed: int, acc: float, fill: str = "channel_mean", seconds: float = 3.0) -> None:
-    config = {"benchmark": {"protocol": {"fill": fill}}}  # where the runner records the protocol
-    store.record(RunSpec("digits", "small_cnn", method, mode, threshold, seed), status="done", test_acc=acc, epochs=2, seconds=seconds, config=config)
+    config = {"fill": fill, "benchmark": {"protocol": {"fill": "channel_mean"}}}  # as the runner records a mode@fill run
+    store.record(RunSpec("digits", "small_cnn", method, mode, threshold, seed, fill), status="done", test_acc=acc, epochs=2, seconds=seconds, config=config)
 
 
 def _roar_store(tmp_path, seeds: int, reference: float = 0.9, base: float | None = None) -> ResultsStore:
@@ -83,11 +83,8 @@ def test_three_seeds_no_warning_and_a_level_setting(tmp_path):
 
 
 def test_consistency_table_over_modes_and_fills(tmp_path):
-    """ROAR and KAR under the default fill agree; a second fill that reverses the order gets tau -1.
-
-    Today a run id names no fill, so the blur rows are written to a second store; the table groups rows by (mode, fill) wherever they come from.
-    """
-    store, blur = ResultsStore(tmp_path / "results.db"), ResultsStore(tmp_path / "blur" / "results.db")
+    """ROAR and KAR under the default fill agree; a second fill (``roar@blur``, in the same store) that reverses the order gets tau -1."""
+    store = ResultsStore(tmp_path / "results.db")
     slopes = {"gradient": 0.8, "integrated_gradients": 0.5, "random": 0.2}
     for s in range(3):
         _record(store, "unmasked", "reference", 0.0, s, 0.9 + 0.01 * s, seconds=10.0)
@@ -95,8 +92,8 @@ def test_consistency_table_over_modes_and_fills(tmp_path):
             for t in THRESHOLDS:
                 _record(store, method, "roar", t, s, 0.9 - slope * t + 0.01 * s, seconds=10.0)
                 _record(store, method, "kar", t, s, 0.9 - (1 - slope) * (1 - t) + 0.01 * s, seconds=10.0)
-                _record(blur, method, "roar", t, s, 0.9 - (1 - slope) * t + 0.01 * s, fill="blur", seconds=1.0)
-    paths = write_report(tmp_path, store.rows() + blur.rows(), print_table=False, config={"protocol": {"fill": "channel_mean"}})
+                _record(store, method, "roar", t, s, 0.9 - (1 - slope) * t + 0.01 * s, fill="blur", seconds=1.0)
+    paths = write_report(tmp_path, store, print_table=False, config={"protocol": {"fill": "channel_mean"}})
     table = json.loads(paths["consistency_json"].read_text())
     assert [(e["name"], e["ranking"][0], e["seconds"], e["runs"]) for e in table["evaluations"]] == [
         ("roar (channel_mean)", "gradient", 210.0, 21),  # 18 runs + the 3 shared reference runs at 10 s

@@ -17,25 +17,29 @@ ROAD = str(ROOT / "configs/benchmark/road_digits.yaml")
 
 
 def test_road_digits_config_runs_both_orders_without_retraining(tmp_path):
+    # the config's ROAD-only variant (its comment): ROAD's MoRF and LeRF, nothing trained but the base model
     out = tmp_path / "road"
     args = [
         "benchmark", "--config", ROAD, "--trainer.max_epochs", "1", "--benchmark.base.max_epochs", "3",
         "--benchmark.methods", "[sobel, random]", "--benchmark.thresholds", "[0.5, 0.9]", "--benchmark.logger", "none",
+        "--benchmark.modes", "[noretrain@noisy_linear, noretrain_kar@noisy_linear]", "--benchmark.noretrain", "false",
         "--progress", "false", "--out", str(out),
     ]  # fmt: skip
     assert roar_main(args) == 0
     rows = ResultsStore(out / "results.db").rows()
     assert {r["mode"] for r in rows} == {"noretrain", "noretrain_kar"}  # only the base model was trained
     assert len(rows) == 1 + 2 * 2 + 2 * 2 and all(r["status"] == "done" and r["epochs"] == 0 for r in rows)
+    assert {r["fill"] for r in rows if r["method"] != "unmasked"} == {"noisy_linear"}
     protocol = rows[0]["config"]["benchmark"]["protocol"]
-    assert (protocol["fill"], protocol["fill_noise_std"], protocol["granularity"]) == ("noisy_linear", 0.01, "pixel")
-    assert rows[0]["provenance"]["settings"]["protocol"]["fill_tol"] == 1e-5
+    assert (protocol["fill_noise_std"], protocol["granularity"]) == (0.01, "pixel")
+    masked = next(r for r in rows if r["method"] != "unmasked")
+    assert masked["provenance"]["fill"] == {"fill": "noisy_linear", "fill_noise_std": 0.01, "fill_tol": 1e-5, "fill_max_iter": 1000}
     acc = {(r["method"], r["mode"], r["threshold"]): r["test_acc"] for r in rows}
     base = acc[("unmasked", "noretrain", 0.0)]
     # removing 90% of the pixels (MoRF) costs accuracy; keeping 90% (LeRF) costs less than keeping 50%
     assert acc[("random", "noretrain", 0.9)] < base - 0.2
     assert acc[("random", "noretrain_kar", 0.9)] > acc[("random", "noretrain_kar", 0.5)] - 0.02
-    for name in ("noretrain.png", "noretrain_kar.png", "report.md"):
+    for name in ("noretrain@noisy_linear.png", "noretrain_kar@noisy_linear.png", "report.md"):
         assert (out / name).is_file()
 
 

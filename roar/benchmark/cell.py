@@ -133,13 +133,15 @@ def _finish_loggers(loggers: list[Any]) -> None:
             logger.experiment.finish()
 
 
-def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str) -> ImageDataModule:
+def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str, fill: str) -> ImageDataModule:
+    """A run's data: unmasked for the references, else masked by ``method``'s ranks under the run's own ``fill``
+    (its spec's: ``mode@fill``, or ``protocol.fill``), with the protocol's settings of that fill."""
     if method is None or threshold == 0:
         return ImageDataModule(**cfg.data)
     p = cfg.protocol
     return RoarDataModule(
         **cfg.data, ranks=rank_provider(cfg, out, base_ckpt, method), threshold=threshold, mode=mode, ranks_progress=False,
-        fill=p.fill, fill_sigma=p.fill_sigma, fill_noise_std=p.fill_noise_std, fill_tol=p.fill_tol,
+        fill=fill, fill_sigma=p.fill_sigma, fill_noise_std=p.fill_noise_std, fill_tol=p.fill_tol,
         fill_max_iter=p.fill_max_iter, fill_seed=p.tie_seed,
     )  # fmt: skip
 
@@ -164,7 +166,8 @@ def _classifier(cfg: BenchmarkConfig, dm: ImageDataModule) -> ImageClassifier:
 
 
 def run_directory(out: Path, spec: RunSpec) -> Path:
-    return out / RUNS_DIR / spec.mode / spec.method / f"t{format_threshold(spec.threshold)}-s{spec.seed}"
+    # runs/noretrain@noisy_linear/...: one folder per mode and fill, as the run id
+    return out / RUNS_DIR / spec.evaluation / spec.method / f"t{format_threshold(spec.threshold)}-s{spec.seed}"
 
 
 def run_config(cfg: BenchmarkConfig, spec: RunSpec) -> dict[str, Any]:
@@ -184,7 +187,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     method = None if spec.method == "unmasked" else spec.method
     mode = NORETRAIN_ORDER.get(spec.mode, "roar" if spec.mode == "reference" else spec.mode)
     seed_everything(spec.seed, workers=True, verbose=False)
-    dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
+    dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode, fill=spec.fill)
     loggers = _loggers(cfg, out, run_dir, spec.name, spec.mode, run_config(cfg, spec))
     checkpoint = None
     try:

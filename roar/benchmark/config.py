@@ -57,14 +57,19 @@ class Protocol:
     fill_tol: float = DEFAULT_TOL
     fill_max_iter: int = DEFAULT_MAX_ITER
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that move results: a fill's own settings only with that fill (so the
-        fingerprints of constant-fill grids stay what they were before the imputing fills)."""
+    def fingerprint(self, fill: str | None = None) -> dict[str, Any]:
+        """The settings that move results, under ``fill`` (default: ``self.fill``; a ``mode@fill``
+        run's is its own): a fill's own settings only with that fill (so the fingerprints of
+        constant-fill grids stay what they were before the imputing fills)."""
+        fields = {k: v for k, v in asdict(self).items() if not k.startswith("fill_")}
+        return {**fields, **self.fill_fingerprint(self.fill if fill is None else fill)}
+
+    def fill_fingerprint(self, fill: str) -> dict[str, Any]:
+        """What ``fill`` contributes to a fingerprint: its name and the settings that move its values."""
         from roar.data.roar import fill_options
 
-        fields = {k: v for k, v in asdict(self).items() if not k.startswith("fill_")}
-        options = fill_options(self.fill, sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter, seed=self.tie_seed)
-        return {**fields, **{f"fill_{k}": v for k, v in options.items() if k != "seed"}}
+        options = fill_options(fill, sigma=self.fill_sigma, noise_std=self.fill_noise_std, tol=self.fill_tol, max_iter=self.fill_max_iter, seed=self.tie_seed)
+        return {"fill": fill, **{f"fill_{k}": v for k, v in options.items() if k != "seed"}}
 
     def validate(self) -> None:
         """Unknown fills and impossible fill settings fail here, naming the value, before any training."""
@@ -118,10 +123,13 @@ class BenchmarkConfig:
         seeds: number of retraining seeds (0..n-1), or the list of seeds.
         modes: ``roar`` and/or ``kar`` (retrained); ``noretrain`` / ``noretrain_kar`` alone run
             only the no-retrain evaluations in ROAR / KAR order (ROAD's MoRF / LeRF with
-            ``protocol.fill: noisy_linear``), training nothing but the base model.
+            ``protocol.fill: noisy_linear``), training nothing but the base model. An entry
+            ``mode@fill`` runs that mode under that fill instead of ``protocol.fill``, so several
+            fills share one grid: ``[roar, noretrain@noisy_linear, noretrain_kar@noisy_linear]``
+            is ROAR beside ROAD (:func:`~roar.benchmark.plan.parse_modes`).
         noretrain: also evaluate the base model on masked test data without retraining
-            (confounded by distribution shift; reported for comparison): ROAR order, and KAR
-            order too when ``kar`` is among the modes.
+            (confounded by distribution shift; reported for comparison), under ``protocol.fill``:
+            ROAR order, and KAR order too when ``kar`` is among the modes.
         protocol: the protocol choices, see :class:`Protocol`.
         attribution_batch_size: images per attribution call.
         attribution_device: ``auto``, ``cpu`` or ``cuda``.
@@ -153,7 +161,7 @@ class BenchmarkConfig:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     seeds: int | list[int] = 5
-    modes: list[Literal["roar", "kar", "noretrain", "noretrain_kar"]] = field(default_factory=lambda: ["roar"])
+    modes: list[str] = field(default_factory=lambda: ["roar"])
     noretrain: bool = True
     protocol: Protocol = field(default_factory=Protocol)
     attribution_batch_size: int = 256
@@ -204,14 +212,25 @@ class BenchmarkConfig:
                     import_object(entry["class_path"], f"trainer.{key} class_path")
 
     @property
+    def mode_fills(self) -> list[tuple[str, str]]:
+        """The ``(mode, fill)`` pairs of ``modes``, plain entries under ``protocol.fill``."""
+        from roar.benchmark.plan import parse_modes
+
+        return parse_modes(self.modes, self.protocol.fill)
+
+    @property
+    def mode_names(self) -> list[str]:
+        """The modes of ``modes`` without their fills, each once, in order."""
+        return list(dict.fromkeys(mode for mode, _ in self.mode_fills))
+
+    @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def validate(self) -> BenchmarkConfig:
         """Fail before any training on settings that cannot run, naming the value and the choices."""
         from roar.attribution.registry import resolved_params
-        from roar.benchmark.plan import MODES as PLAN_MODES
-        from roar.benchmark.plan import _check_seeds, _check_thresholds
+        from roar.benchmark.plan import _check_seeds, _check_thresholds, parse_modes
         from roar.data.sources import SOURCES
         from roar.models.factory import check_arch
 
@@ -232,17 +251,13 @@ class BenchmarkConfig:
                 raise ValueError(f"threshold {t!r} is outside (0, 1); 0 is the unmasked reference, always run")
         if len(set(self.thresholds)) != len(self.thresholds):
             raise ValueError(f"thresholds has duplicates: {self.thresholds}")
-        if not self.modes:
-            raise ValueError(f"modes is empty; valid modes: {', '.join(PLAN_MODES)}")
-        for mode in self.modes:
-            if mode not in PLAN_MODES:
-                raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(PLAN_MODES)}")
+        self.protocol.validate()  # protocol.fill first: plain modes entries run under it
+        parse_modes(self.modes, self.protocol.fill)  # unknown modes and fills (mode@fill) fail here, naming the choices
         _check_seeds(self.seeds)  # negative or repeated seeds fail here, before the base model and ranks
         _check_thresholds(self.thresholds)
         if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
             raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
         self._check_trainer_entries()
-        self.protocol.validate()
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))

@@ -18,11 +18,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.plan import MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, evaluation_label, recorded_fill
 from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
 
 # ci_low, ci_high: the percentile bootstrap interval of the mean over seeds (NaN with one seed)
-SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "mean", "std", "n", "ci_low", "ci_high")
+SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "fill", "threshold", "mean", "std", "n", "ci_low", "ci_high")
 BASELINE = "random"
 LOWER_IS_BETTER = {"roar": True, "kar": False, "noretrain": True, "noretrain_kar": False}
 AXIS_LABEL = {
@@ -37,6 +37,11 @@ MODE_TITLE = {
 }
 MODE_SHORT = {"roar": "ROAR (remove and retrain)", "kar": "KAR (keep and retrain)", "noretrain": "removal without retraining", "noretrain_kar": "keeping without retraining"}
 FIGURE_NAMES = {mode: f"{mode}.png" for mode in MODES}
+
+
+def figure_name(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:
+    """The curve figure of one (mode, fill): ``roar.png`` under the grid's default fill, else ``roar@blur.png``."""
+    return FIGURE_NAMES[mode] if fill == default_fill else f"{evaluation_label(mode, fill)}.png"
 
 
 def _check_mode(mode: str) -> str:
@@ -68,16 +73,20 @@ def settings_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def summarize(rows: Iterable[dict[str, Any]], level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES) -> list[dict[str, Any]]:
-    """Mean, sample std, count and bootstrap interval of test accuracy over seeds, per (dataset, model, method, mode, threshold).
+def summarize(
+    rows: Iterable[dict[str, Any]], level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES, default_fill: str = DEFAULT_FILL
+) -> list[dict[str, Any]]:
+    """Mean, sample std, count and bootstrap interval of test accuracy over seeds, per (dataset, model, method, mode, fill, threshold).
 
     Only ``done`` rows count. Rows may come from :meth:`ResultsStore.rows` or from ``results.csv``
     (strings are converted).
 
     The shared references are kept as their own rows (method ``unmasked``, mode ``reference`` or
-    ``noretrain``, threshold 0) and copied onto the curves of every method that has rows in a mode:
-    the retrained reference at threshold 0 of ROAR (nothing removed) and at threshold 1 of KAR
-    (everything kept), the noretrain reference at threshold 0 of noretrain.
+    ``noretrain``, threshold 0, fill ``channel_mean``: nothing is removed, whatever the fill) and
+    copied onto the curves of every method that has rows in a mode, under each fill: the retrained
+    reference at threshold 0 of ROAR (nothing removed) and at threshold 1 of KAR (everything kept),
+    the noretrain reference at threshold 0 of noretrain and at 1 of noretrain_kar. A row's fill is
+    :func:`~roar.benchmark.plan.recorded_fill` (``default_fill`` for rows that record none).
 
     Returns:
         Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (0 when n=1),
@@ -86,9 +95,10 @@ def summarize(rows: Iterable[dict[str, Any]], level: float = DEFAULT_LEVEL, resa
     """
     rows = [row for row in rows if _is_done(row)]
     settings_keys(rows)  # refuses rows of different settings: a mean never spans two configurations
-    groups: dict[tuple[str, str, str, str, float], list[tuple[int, float]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str, str, float], list[tuple[int, float]]] = defaultdict(list)
     for row in rows:
-        key = (str(row["dataset"]), str(row["model"]), str(row["method"]), str(row["mode"]), round(float(row["threshold"]), 9))
+        fill = DEFAULT_FILL if row["method"] == REFERENCE_METHOD else recorded_fill(row, default_fill)
+        key = (str(row["dataset"]), str(row["model"]), str(row["method"]), str(row["mode"]), fill, round(float(row["threshold"]), 9))
         groups[key].append((int(row["seed"]), float(row["test_acc"])))
 
     def stats(pairs: list[tuple[int, float]]) -> dict[str, Any]:
@@ -105,18 +115,18 @@ def summarize(rows: Iterable[dict[str, Any]], level: float = DEFAULT_LEVEL, resa
     pairs = {(dataset, model) for dataset, model, *_ in groups}
     for dataset, model in pairs:
         for ref_mode, mode, threshold in placements:
-            ref = summary.get((dataset, model, REFERENCE_METHOD, ref_mode, 0.0))
+            ref = summary.get((dataset, model, REFERENCE_METHOD, ref_mode, DEFAULT_FILL, 0.0))
             if ref is None:
                 continue
-            methods = {k[2] for k in groups if k[:2] == (dataset, model) and k[3] == mode and k[2] != REFERENCE_METHOD}
-            for method in methods:
-                summary.setdefault((dataset, model, method, mode, threshold), dict(ref))
+            curves = {(k[2], k[4]) for k in groups if k[:2] == (dataset, model) and k[3] == mode and k[2] != REFERENCE_METHOD}
+            for method, fill in curves:
+                summary.setdefault((dataset, model, method, mode, fill, threshold), dict(ref))
 
-    def order(key: tuple[str, str, str, str, float]) -> tuple[Any, ...]:
-        dataset, model, method, mode, threshold = key
-        return (dataset, model, SPEC_MODES.index(mode) if mode in SPEC_MODES else len(SPEC_MODES), mode, method, threshold)
+    def order(key: tuple[str, str, str, str, str, float]) -> tuple[Any, ...]:
+        dataset, model, method, mode, fill, threshold = key
+        return (dataset, model, SPEC_MODES.index(mode) if mode in SPEC_MODES else len(SPEC_MODES), mode, fill != default_fill, fill, method, threshold)
 
-    return [dict(zip(SUMMARY_COLUMNS[:5], key), **summary[key]) for key in sorted(summary, key=order)]
+    return [dict(zip(SUMMARY_COLUMNS[:6], key), **summary[key]) for key in sorted(summary, key=order)]
 
 
 def write_summary_csv(summary: Iterable[dict[str, Any]], path: str | Path) -> Path:
@@ -130,11 +140,18 @@ def write_summary_csv(summary: Iterable[dict[str, Any]], path: str | Path) -> Pa
     return path
 
 
-def _curves(summary: Iterable[dict[str, Any]], mode: str) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
-    """{(dataset, model): {method: points sorted by threshold}} of one mode, the reference row itself excluded."""
+def curve_fills(summary: Iterable[dict[str, Any]], mode: str, default_fill: str = DEFAULT_FILL) -> list[str]:
+    """The fills a mode has curves under in ``summary``, the default fill first."""
+    fills = {str(row.get("fill") or DEFAULT_FILL) for row in summary if row["mode"] == mode and row["method"] != REFERENCE_METHOD}
+    return sorted(fills, key=lambda fill: (fill != default_fill, fill))
+
+
+def _curves(summary: Iterable[dict[str, Any]], mode: str, fill: str = DEFAULT_FILL) -> dict[tuple[str, str], dict[str, list[dict[str, Any]]]]:
+    """{(dataset, model): {method: points sorted by threshold}} of one mode under one fill, the reference row itself excluded."""
     curves: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in summary:
-        if row["mode"] == mode and row["method"] != REFERENCE_METHOD:
+        # a summary row without a fill (a summary.csv of roar 0.3.0) is of the paper's fill
+        if row["mode"] == mode and (row.get("fill") or DEFAULT_FILL) == fill and row["method"] != REFERENCE_METHOD:
             curves[(row["dataset"], row["model"])][row["method"]].append(row)
     return {pair: {m: sorted(pts, key=lambda r: float(r["threshold"])) for m, pts in sorted(methods.items())} for pair, methods in sorted(curves.items())}
 
@@ -168,8 +185,8 @@ def area_under_curve(points: Iterable[Sequence[float]]) -> float:
     return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pts, pts[1:]))
 
 
-def ranking(summary: Iterable[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """Methods ranked by the area under their mean-accuracy curve, best first.
+def ranking(summary: Iterable[dict[str, Any]], mode: str, fill: str = DEFAULT_FILL) -> list[dict[str, Any]]:
+    """Methods ranked by the area under their mean-accuracy curve of ``mode`` under ``fill``, best first.
 
     ROAR and noretrain rank the lowest area first, KAR the highest (see :func:`area_under_curve`).
     The curves include the reference point. Within each (dataset, model), a curve that lacks a
@@ -183,7 +200,7 @@ def ranking(summary: Iterable[dict[str, Any]], mode: str) -> list[dict[str, Any]
     _check_mode(mode)
     lower = LOWER_IS_BETTER[mode]
     ranked: list[dict[str, Any]] = []
-    for (dataset, model), methods in _curves(summary, mode).items():
+    for (dataset, model), methods in _curves(summary, mode, fill).items():
         union = {float(r["threshold"]) for pts in methods.values() for r in pts}
         entries = []
         for method, pts in methods.items():

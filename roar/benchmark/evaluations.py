@@ -14,7 +14,6 @@ under resampling (:mod:`roar.statistics`).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections import defaultdict
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from roar.benchmark.plan import MODES, REFERENCE_METHOD, REFERENCE_MODE
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, REFERENCE_MODE, recorded_fill
 from roar.statistics import (
     DEFAULT_LEVEL,
     DEFAULT_RESAMPLES,
@@ -39,10 +38,9 @@ from roar.statistics import (
 )
 
 BASELINE = "random"
-DEFAULT_FILL = "channel_mean"  # the paper's fill, Protocol.fill's default
 # Where each mode's curves take the shared unmasked reference: (the reference rows' mode, threshold).
 # A mode not listed here (a later protocol's) is scored on its own points only.
-REFERENCE_POINTS = {"roar": (REFERENCE_MODE, 0.0), "kar": (REFERENCE_MODE, 1.0), "noretrain": ("noretrain", 0.0)}
+REFERENCE_POINTS = {"roar": (REFERENCE_MODE, 0.0), "kar": (REFERENCE_MODE, 1.0), "noretrain": ("noretrain", 0.0), "noretrain_kar": ("noretrain", 1.0)}
 
 
 def lower_is_better(mode: str) -> bool:
@@ -56,21 +54,8 @@ def _is_done(row: dict[str, Any]) -> bool:
 
 
 def row_fill(row: dict[str, Any], default: str = DEFAULT_FILL) -> str:
-    """The fill a row was run with: its own ``fill``, else its config's ``protocol.fill``, else ``default``."""
-    if row.get("fill"):
-        return str(row["fill"])
-    config = row.get("config")
-    if isinstance(config, str) and config:
-        try:
-            config = json.loads(config)
-        except ValueError:
-            config = None
-    if isinstance(config, dict):
-        for holder in (config, config.get("benchmark")):
-            protocol = holder.get("protocol") if isinstance(holder, dict) else None
-            if isinstance(protocol, dict) and protocol.get("fill"):
-                return str(protocol["fill"])
-    return default
+    """The fill a row was run with: its own ``fill``, else its config's, else ``default`` (:func:`~roar.benchmark.plan.recorded_fill`)."""
+    return recorded_fill(row, default)
 
 
 @dataclass

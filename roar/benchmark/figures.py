@@ -1,4 +1,4 @@
-"""The benchmark's accuracy curves as PNG figures (one per mode), random dashed, bands = intervals."""
+"""The benchmark's accuracy curves as PNG figures (one per mode and fill), random dashed, bands = intervals."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.curves import AXIS_LABEL, BASELINE, MODE_TITLE, _check_mode, _curves, _float
+from roar.benchmark.plan import DEFAULT_FILL
 from roar.statistics import DEFAULT_LEVEL
 
 
@@ -22,7 +23,9 @@ def _method_colours(methods: Sequence[str]) -> dict[str, Any]:
     return {m: palette[i % len(palette)] for i, m in enumerate(others)} | {BASELINE: "0.45"}
 
 
-def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, title: str | None = None, level: float = DEFAULT_LEVEL) -> Path:
+def plot_curves(
+    summary: Iterable[dict[str, Any]], mode: str, path: str | Path, title: str | None = None, level: float = DEFAULT_LEVEL, fill: str = DEFAULT_FILL
+) -> Path:
     """Plot test accuracy against the fraction removed (ROAR, noretrain) or kept (KAR); write a PNG.
 
     One line per method (mean over seeds, with its bootstrap confidence band over seeds: the
@@ -36,6 +39,7 @@ def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, 
         path: the PNG to write.
         title: figure title (default: the mode's description).
         level: the confidence level of the summary's intervals (for the axis label).
+        fill: the fill whose curves are drawn (the summary's ``fill`` column).
 
     Returns:
         ``path``.
@@ -46,7 +50,7 @@ def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    curves = _curves(summary, mode)
+    curves = _curves(summary, mode, fill)
     # wrapped, so a long benchmark name never runs off the figure
     title = textwrap.fill(title or MODE_TITLE[mode], width=60)
     # pyplot is avoided on purpose: a bare Figure on an Agg canvas keeps no global state and never
@@ -55,7 +59,7 @@ def plot_curves(summary: Iterable[dict[str, Any]], mode: str, path: str | Path, 
         fig = Figure(figsize=(6.4, 4.8), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        ax.text(0.5, 0.5, f"no runs for {mode}", ha="center", va="center", fontsize=14, transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no runs for {mode}" + ("" if fill == DEFAULT_FILL else f" under fill {fill}"), ha="center", va="center", fontsize=14, transform=ax.transAxes)
         ax.set_axis_off()
         fig.suptitle(title)
         fig.savefig(path, dpi=100)

@@ -111,7 +111,7 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     seed = cfg.leakage_seed
     plan = [
         (spec, fingerprint_key({"leakage": provenance.for_run(spec)}))
-        for order in probe_orders(list(cfg.modes))
+        for order in probe_orders(cfg.mode_names)  # masks do not depend on the fill: one probe per order
         for threshold in sorted(cfg.thresholds)
         for spec in (RunSpec(dataset, model_name, method, order, threshold, seed) for method in cfg.methods)
     ]

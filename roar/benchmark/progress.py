@@ -17,8 +17,8 @@ from roar.quiet import say
 
 
 def run_label(spec: RunSpec) -> str:
-    """``roar gradient t=0.5 seed 1``: the cell as a person reads it."""
-    return f"{spec.mode} {spec.method} t={spec.threshold:g} seed {spec.seed}"
+    """``roar gradient t=0.5 seed 1``: the cell as a person reads it (``noretrain@noisy_linear ...`` under another fill than the paper's)."""
+    return f"{spec.evaluation} {spec.method} t={spec.threshold:g} seed {spec.seed}"
 
 
 def outcome_text(outcome: dict[str, Any]) -> str:

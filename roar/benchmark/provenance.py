@@ -9,9 +9,16 @@ A benchmark folder is resumed, never mixed (DESIGN.md, "Fingerprints"; README, "
 * the **base checkpoint** records the fingerprint of its training inside itself, and is reused
   only when it equals the current one;
 * a **run** records the settings, the base checkpoint's sha256, its method's resolved parameters
-  and its rank entries' keys, and its spec. A rerun of the same config finds the same
-  fingerprint and skips the run; a changed config finds a recorded run whose fingerprint differs
-  and is refused, naming the settings that changed (``--force`` starts the folder afresh).
+  and its rank entries' keys, its spec, and its fill with the fill's own settings (``fill_sigma``
+  of ``blur``...) unless the fill is the paper's ``channel_mean``. A rerun of the same config
+  finds the same fingerprint and skips the run; a changed config finds a recorded run whose
+  fingerprint differs and is refused, naming the settings that changed (``--force`` starts the
+  folder afresh). A change of one fill's own settings is the exception: the planned runs of that
+  fill are run again (replacing their rows), the others kept.
+
+The grid's settings hold the protocol under ``channel_mean`` whatever the fills of its modes
+(``mode@fill``): the unmasked references and the mask ranks do not depend on the fill, and the
+fingerprints of a ``channel_mean`` grid stay those of roar 0.3.0, so its results keep resuming.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.plan import REFERENCE_METHOD, RunSpec
+from roar.benchmark.plan import DEFAULT_FILL, FILL_SEPARATOR, REFERENCE_METHOD, RunSpec
 from roar.fingerprint import differences, fingerprint_key, jsonable, roar_version
 
 TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
@@ -89,9 +96,13 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
 
 
 def grid_settings(cfg: BenchmarkConfig, base_checkpoint_sha256: str | None = None) -> dict[str, Any]:
-    """The settings every run of the grid shares; a given base checkpoint stands for its training."""
+    """The settings every run of the grid shares; a given base checkpoint stands for its training.
+
+    The protocol is taken under the paper's fill: a run's own fill is in its fingerprint
+    (:meth:`GridProvenance.for_run`), so a grid's fills share one settings key.
+    """
     settings = base_training(cfg)
-    settings["protocol"] = jsonable(cfg.protocol.fingerprint())
+    settings["protocol"] = jsonable(cfg.protocol.fingerprint(fill=DEFAULT_FILL))
     if cfg.base.checkpoint:  # a user's checkpoint: its bytes (sha256), not our training, define it
         settings["base"] = {"checkpoint_sha256": base_checkpoint_sha256}
     return settings
@@ -112,11 +123,14 @@ class GridProvenance:
         settings: :func:`grid_settings`.
         base_checkpoint_sha256: the base model's bytes.
         methods: ``{method: {"name", "params", "ranks": {split: entry key}}}``.
+        fills: ``{fill: its name and own settings}`` (:meth:`~roar.benchmark.config.Protocol.fill_fingerprint`)
+            of every fill but the paper's, which the settings hold.
     """
 
     settings: dict[str, Any]
     base_checkpoint_sha256: str
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fills: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def settings_key(self) -> str:
@@ -128,12 +142,26 @@ class GridProvenance:
         method = None if spec.method == REFERENCE_METHOD else self.methods.get(spec.method)
         if spec.method != REFERENCE_METHOD and method is None:
             raise KeyError(f"no provenance for method {spec.method!r}; known: {', '.join(sorted(self.methods))}")
-        return {
+        # the spec without its fill, and no fill entry for channel_mean: the fingerprints of roar 0.3.0
+        fingerprint = {
             "settings": self.settings,
             "base_checkpoint_sha256": self.base_checkpoint_sha256,
             "method": method,
-            "spec": spec.to_dict(),
+            "spec": {k: v for k, v in spec.to_dict().items() if k != "fill"},
         }
+        if spec.fill != DEFAULT_FILL:
+            if spec.fill not in self.fills:
+                raise KeyError(f"no provenance for fill {spec.fill!r}; known: {', '.join(sorted(self.fills))}")
+            fingerprint["fill"] = self.fills[spec.fill]
+        return fingerprint
+
+
+def grid_fills(cfg: BenchmarkConfig) -> dict[str, dict[str, Any]]:
+    """:attr:`GridProvenance.fills` of ``cfg``: every fill (not only the planned ones, so a recorded
+    row of any fill can be checked) with the protocol's settings of it."""
+    from roar.data.roar import FILLS
+
+    return {fill: jsonable(cfg.protocol.fill_fingerprint(fill)) for fill in FILLS if fill != DEFAULT_FILL}
 
 
 def refusal(what: str, where: str, changes: list[str]) -> ConfigChangedError:
@@ -144,12 +172,32 @@ def refusal(what: str, where: str, changes: list[str]) -> ConfigChangedError:
     )
 
 
-def check_recorded_rows(rows: list[dict[str, Any]], cfg: BenchmarkConfig, where: str, provenance: GridProvenance | None = None) -> None:
+def _legacy_fill(row: dict[str, Any], recorded_settings: dict[str, Any]) -> str | None:
+    """Why a row of roar 0.3.0 cannot be resumed: it ran under another fill than ``channel_mean``, but its id names none."""
+    protocol = recorded_settings.get("protocol") or {}
+    fill = protocol.get("fill", DEFAULT_FILL) if isinstance(protocol, dict) else DEFAULT_FILL
+    if fill == DEFAULT_FILL or FILL_SEPARATOR in str(row.get("run_id", "")).split("/")[0]:
+        return None
+    return (
+        f"the run was recorded by roar 0.3.0 under protocol.fill {fill!r} with an id that names no fill; runs of a fill other "
+        f"than {DEFAULT_FILL} are now named mode{FILL_SEPARATOR}fill (e.g. noretrain{FILL_SEPARATOR}{fill}/...), so they cannot be resumed here"
+    )
+
+
+def _without_fill(fingerprint: dict[str, Any]) -> str:
+    return fingerprint_key({k: v for k, v in fingerprint.items() if k != "fill"})
+
+
+def check_recorded_rows(
+    rows: list[dict[str, Any]], cfg: BenchmarkConfig, where: str, provenance: GridProvenance | None = None, planned: set[str] | None = None
+) -> None:
     """Refuse when a done row of ``results.db`` was made with other settings than ``cfg``'s.
 
     Without ``provenance`` (before anything is computed) the config-derived parts are compared:
     settings and each planned method's parameters. With it, the complete fingerprint of every run
-    that the grid would skip is compared as well (base checkpoint, rank entries).
+    that the grid would skip is compared as well (base checkpoint, rank entries, fill settings).
+    A row that differs only in its fill's own settings (``fill_sigma``...) and is in ``planned``
+    (run ids) is not refused: the grid runs it again (:func:`stale_fill`), replacing its row.
 
     Raises:
         ConfigChangedError: listing what changed, and how to proceed.
@@ -163,6 +211,9 @@ def check_recorded_rows(rows: list[dict[str, Any]], cfg: BenchmarkConfig, where:
         if not isinstance(recorded, dict):
             raise refusal(f"run {row['run_id']}", where, ["the run has no fingerprint (recorded by an older roar)"])
         old_settings = dict(recorded.get("settings") or {})
+        legacy = _legacy_fill(row, old_settings)
+        if legacy:
+            raise refusal(f"run {row['run_id']}", where, [legacy])
         new_settings = settings if settings is not None else _comparable_settings(cfg, old_settings)
         if old_settings != new_settings:
             raise refusal(f"run {row['run_id']}", where, differences(old_settings, new_settings))
@@ -173,7 +224,14 @@ def check_recorded_rows(rows: list[dict[str, Any]], cfg: BenchmarkConfig, where:
         if provenance is not None and (method in methods or method == REFERENCE_METHOD):
             expected = provenance.for_run(RunSpec.from_dict(row))
             if row.get("fingerprint") != fingerprint_key(expected):
+                if planned is not None and row["run_id"] in planned and stale_fill(recorded, expected):
+                    continue  # only its fill's own settings changed: it is planned again
                 raise refusal(f"run {row['run_id']}", where, differences(recorded, expected))
+
+
+def stale_fill(recorded: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """The recorded fingerprint differs from the expected one in the run's fill settings only."""
+    return _without_fill(recorded) == _without_fill(expected) and recorded.get("fill") != expected.get("fill")
 
 
 def _comparable_settings(cfg: BenchmarkConfig, recorded: dict[str, Any]) -> dict[str, Any]:

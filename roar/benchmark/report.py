@@ -37,11 +37,14 @@ import numpy as np
 
 from roar.benchmark import consistency
 from roar.benchmark.caveats import caveats
-from roar.benchmark.curves import AXIS_LABEL, BASELINE, FIGURE_NAMES, LOWER_IS_BETTER, MODE_SHORT, MODE_TITLE, SUMMARY_COLUMNS, area_under_curve, ranking, settings_keys, summarize, write_summary_csv
-from roar.benchmark.evaluations import DEFAULT_FILL, Evaluation, MethodResult, analyse, evaluations
+from roar.benchmark.curves import (
+    AXIS_LABEL, BASELINE, LOWER_IS_BETTER, MODE_SHORT, MODE_TITLE, SUMMARY_COLUMNS, area_under_curve, curve_fills, figure_name, ranking,
+    settings_keys, summarize, write_summary_csv,
+)  # fmt: skip
+from roar.benchmark.evaluations import Evaluation, MethodResult, analyse, evaluations
 from roar.benchmark.figures import plot_curves
 from roar.benchmark.leakage_report import leakage_report
-from roar.benchmark.plan import MODES, SPEC_MODES, RunSpec
+from roar.benchmark.plan import DEFAULT_FILL, MODES, SPEC_MODES, RunSpec, evaluation_label
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
 from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
@@ -126,7 +129,9 @@ def _evaluation_tables(ev: Evaluation, results: list[MethodResult], level: float
     return lines + _md_table(("method", *thresholds), acc_rows) + [""]
 
 
-def _mode_section(mode: str, analysed: list[tuple[Evaluation, list[MethodResult]]], figures: dict[str, Path], level: float, resamples: int) -> list[str]:
+def _mode_section(
+    mode: str, analysed: list[tuple[Evaluation, list[MethodResult]]], figures: dict[tuple[str, str], Path], level: float, resamples: int
+) -> list[str]:
     lines = [f"## {MODE_TITLE.get(mode, mode)}", ""]
     mine = [(ev, results) for ev, results in analysed if ev.mode == mode]
     if not mine:
@@ -142,12 +147,16 @@ def _mode_section(mode: str, analysed: list[tuple[Evaluation, list[MethodResult]
     ]
     if mode in ("noretrain", "noretrain_kar"):
         lines += ["Without retraining, a drop in accuracy mixes removed information with distribution shift; see ROAR.", ""]
-    for ev, results in mine:
-        if len(mine) > 1:
-            lines += [f"### {ev.dataset} / {ev.model}, fill `{ev.fill}`", ""]
-        lines += _evaluation_tables(ev, results, level, resamples)
-    if mode in figures:  # only a figure that was drawn from these runs
-        lines += [f"![{mode} curves]({figures[mode].name})", ""]
+    fills = list(dict.fromkeys(ev.fill for ev, _ in mine))  # the default fill first (evaluations' order)
+    for fill in fills:
+        of_fill = [(ev, results) for ev, results in mine if ev.fill == fill]
+        for ev, results in of_fill:
+            if len(mine) > 1 or ev.fill != DEFAULT_FILL:  # a fill other than the paper's is always named
+                lines += [f"### {ev.dataset} / {ev.model}, fill `{ev.fill}`", ""]
+            lines += _evaluation_tables(ev, results, level, resamples)
+        if (mode, fill) in figures:  # only a figure that was drawn from these runs; one per fill
+            label = evaluation_label(mode, fill) if len(fills) > 1 or fill != DEFAULT_FILL else mode
+            lines += [f"![{label} curves]({figures[(mode, fill)].name})", ""]
     return lines
 
 
@@ -171,17 +180,20 @@ def _run_id(row: dict[str, Any]) -> str:
 
 def _counts_lines(rows: list[dict[str, Any]]) -> list[str]:
     per_mode: dict[str, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
+    modes: dict[str, str] = {}
     for row in rows:
         status = row.get("status") or "done"
-        per_mode[row["mode"]][status if status in ("done", "failed") else "failed"] += 1
+        label = evaluation_label(str(row["mode"]), DEFAULT_FILL if row["method"] == "unmasked" else str(row.get("fill") or DEFAULT_FILL))
+        modes[label] = str(row["mode"])
+        per_mode[label][status if status in ("done", "failed") else "failed"] += 1
     done = sum(c["done"] for c in per_mode.values())
     failed = sum(c["failed"] for c in per_mode.values())
     lines = ["## Runs", "", f"**{done} done, {failed} failed.**", ""]
-    order = sorted(per_mode, key=lambda m: SPEC_MODES.index(m) if m in SPEC_MODES else len(SPEC_MODES))
+    order = sorted(per_mode, key=lambda m: (SPEC_MODES.index(modes[m]) if modes[m] in SPEC_MODES else len(SPEC_MODES), m))
     return lines + _md_table(("mode", "done", "failed"), [(m, per_mode[m]["done"], per_mode[m]["failed"]) for m in order]) + [""]
 
 
-def _print_rankings(summary: list[dict[str, Any]], title: str) -> None:
+def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str = DEFAULT_FILL) -> None:
     """One compact table per dataset/model: each method's AUC (and rank) under every evaluation.
 
     The per-threshold accuracies and every interval are in report.md; the terminal (or a log)
@@ -191,8 +203,10 @@ def _print_rankings(summary: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    ranked = {mode: ranking(summary, mode) for mode in MODES}
-    modes = [m for m in MODES if ranked[m]]
+    # one column per evaluation: each mode under each of its fills, named as a modes entry names it
+    columns = [(m, f) for m in MODES for f in curve_fills(summary, m, default_fill)]
+    ranked = {(m, f): ranking(summary, m, f) for m, f in columns}
+    modes = [c for c in columns if ranked[c]]
     pairs = sorted({(e["dataset"], e["model"]) for m in modes for e in ranked[m]})
     console = Console()
     for dataset, model in pairs:
@@ -207,9 +221,9 @@ def _print_rankings(summary: list[dict[str, Any]], title: str) -> None:
             caption="intervals, accuracies and the consistency table in report.md" + ("; * incomplete curve, not ranked" if incomplete else ""),
         )  # fmt: skip
         table.add_column("method", overflow="fold", min_width=10)
-        for mode in shown:
+        for mode, fill in shown:
             arrow = "lower better" if LOWER_IS_BETTER[mode] else "higher better"
-            table.add_column(f"{mode} ({arrow})", justify="right", no_wrap=True)
+            table.add_column(f"{mode if fill == default_fill else evaluation_label(mode, fill)} ({arrow})", justify="right", no_wrap=True)
         for method in methods:
             cells = []
             for mode in shown:
@@ -235,8 +249,9 @@ def write_report(
     """Write the benchmark's report files into ``out_dir``.
 
     Files: ``results.csv`` (one row per run), ``summary.csv`` (:data:`SUMMARY_COLUMNS`),
-    ``roar.png``, ``kar.png``, ``noretrain.png`` (always, "no runs" when a mode has none; only
-    figures of runs are embedded in report.md), ``rankings.csv`` (every evaluation's AUCs with
+    ``roar.png``, ``kar.png``, ``noretrain.png``, ``noretrain_kar.png`` of the default fill
+    (``config``'s ``protocol.fill``; always, "no runs" when a mode has none; only figures of runs
+    are embedded in report.md) and one more per other fill with curves (``noretrain@noisy_linear.png``), ``rankings.csv`` (every evaluation's AUCs with
     intervals, differences from random, ranks and their stability), ``consistency.csv`` and
     ``consistency.json`` (:mod:`roar.benchmark.consistency`) and ``report.md`` (protocol, run
     counts, warnings, per-mode rankings and accuracy tables with intervals, the consistency
@@ -254,22 +269,29 @@ def write_report(
 
     Returns:
         Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``noretrain_kar``,
-        ``rankings``, ``consistency``, ``consistency_json``, ``report`` (and ``leakage``).
+        ``mode@fill`` for each other fill's figure, ``rankings``, ``consistency``, ``consistency_json``, ``report`` (and ``leakage``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = store_or_rows.rows() if isinstance(store_or_rows, ResultsStore) else list(store_or_rows)
-    summary = summarize(rows, level, resamples)
-    paths = {"results": write_csv(rows, out / "results.csv"), "summary": write_summary_csv(summary, out / "summary.csv")}
-    for mode in MODES:
-        paths[mode] = plot_curves(summary, mode, out / FIGURE_NAMES[mode], title=f"{title}: {MODE_SHORT[mode]}" if title else None, level=level)
     protocol = (config or {}).get("protocol") if isinstance((config or {}).get("protocol"), dict) else {}
-    evals = evaluations(rows, default_fill=str(protocol.get("fill") or DEFAULT_FILL))
+    default_fill = str(protocol.get("fill") or DEFAULT_FILL)
+    summary = summarize(rows, level, resamples, default_fill)
+    paths = {"results": write_csv(rows, out / "results.csv"), "summary": write_summary_csv(summary, out / "summary.csv")}
+    drawn: dict[tuple[str, str], Path] = {}
+    for mode in MODES:  # the default fill's figure always (it says "no runs"), one more per other fill with curves
+        for fill in dict.fromkeys([default_fill, *curve_fills(summary, mode, default_fill)]):
+            heading = MODE_SHORT[mode] if fill == default_fill else f"{MODE_SHORT[mode]}, fill {fill}"
+            drawn[(mode, fill)] = plot_curves(
+                summary, mode, out / figure_name(mode, fill, default_fill), title=f"{title}: {heading}" if title else None, level=level, fill=fill,
+            )  # fmt: skip
+            paths[mode if fill == default_fill else evaluation_label(mode, fill)] = drawn[(mode, fill)]
+    evals = evaluations(rows, default_fill=default_fill)
     with warnings.catch_warnings():  # undefined intervals (one seed) are named once, in the warnings section
         warnings.simplefilter("ignore", IntervalUndefinedWarning)
         analysed = [(ev, analyse(ev, level, resamples)) for ev in evals]
     paths.update(consistency.write_files(out, analysed))
-    figures = {mode: paths[mode] for mode in MODES if any(ev.mode == mode for ev in evals)}
+    figures = {key: path for key, path in drawn.items() if any((ev.mode, ev.fill) == key for ev in evals)}
 
     lines = [f"# {title}", ""]
     lines += [
@@ -304,7 +326,7 @@ def write_report(
     paths["report"] = out / "report.md"
     paths["report"].write_text("\n".join(lines))
     if print_table:
-        _print_rankings(summary, title)
+        _print_rankings(summary, title, default_fill)
     return paths
 
 

@@ -22,18 +22,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.plan import RunSpec
+from roar.benchmark.plan import DEFAULT_FILL, RunSpec, recorded_fill
 from roar.fingerprint import canonical_json, fingerprint_key
 
 DB_NAME = "results.db"
 STATUSES = ("done", "failed")
 # The design's results.csv columns (DESIGN.md, "Benchmark output folder"), then the bookkeeping.
-CSV_COLUMNS = ("dataset", "model", "method", "mode", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint", "status", "error")
+CSV_COLUMNS = ("dataset", "model", "method", "mode", "fill", "threshold", "seed", "test_acc", "epochs", "seconds", "checkpoint", "status", "error")
 COLUMNS = (
     "run_id", "dataset", "model", "method", "mode", "threshold", "seed", "status", "test_acc",
-    "epochs", "seconds", "checkpoint", "error", "config", "finished_at", "fingerprint", "settings_key", "provenance",
+    "epochs", "seconds", "checkpoint", "error", "config", "finished_at", "fingerprint", "settings_key", "provenance", "fill",
 )  # fmt: skip
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: the ``fill`` column (a grid runs several fills, ``mode@fill``). A version 2 database (roar 0.3.0)
+gains it when opened for writing, each row's fill read from its config; read-only, its rows get it the same way."""
 BUSY_TIMEOUT_S = 60.0
 
 _SCHEMA = """
@@ -55,10 +57,21 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT NOT NULL,
     fingerprint TEXT,
     settings_key TEXT,
-    provenance  TEXT
+    provenance  TEXT,
+    fill        TEXT NOT NULL DEFAULT 'channel_mean'
 )
 """
-_ORDER = "ORDER BY dataset, model, mode, method, threshold, seed"
+_ORDER = "ORDER BY dataset, model, mode, fill, method, threshold, seed"
+
+
+def _add_fill_column(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3, inside the caller's transaction: each row's fill is the one its config recorded
+    (roar 0.3.0 ran a whole grid under ``protocol.fill``)."""
+    conn.execute(f"ALTER TABLE runs ADD COLUMN fill TEXT NOT NULL DEFAULT '{DEFAULT_FILL}'")
+    for run_id, config in conn.execute("SELECT run_id, config FROM runs").fetchall():
+        fill = recorded_fill({"config": config})
+        if fill != DEFAULT_FILL:
+            conn.execute("UPDATE runs SET fill = ? WHERE run_id = ?", (fill, run_id))
 
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
@@ -97,9 +110,11 @@ class ResultsStore:
                 raise FileNotFoundError(f"no results database at {path}")
             with self._connect() as conn:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise ValueError(f"{path} has results schema version {version}; this roar reads version {SCHEMA_VERSION}")
+            if version not in (2, SCHEMA_VERSION):
+                raise ValueError(f"{path} has results schema version {version}; this roar reads versions 2 and {SCHEMA_VERSION}")
+            self._columns = COLUMNS if version == SCHEMA_VERSION else COLUMNS[:-1]  # version 2: fills from the configs
             return
+        self._columns = COLUMNS
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             # WAL is a property of the database file: set once, every later connection uses it.
@@ -107,10 +122,12 @@ class ResultsStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(_SCHEMA)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version == 2:  # roar 0.3.0's results: kept, with the fill each row recorded
+                _add_fill_column(conn)
+            if version in (0, 2):
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 2, SCHEMA_VERSION):
                 raise ValueError(
                     f"{path} has results schema version {version} (an older roar, whose rows carry no fingerprint); "
                     f"this roar reads version {SCHEMA_VERSION}: use a new --out, or delete {path} to rerun the grid here"
@@ -191,7 +208,7 @@ class ResultsStore:
             spec.run_id, spec.dataset, spec.model, spec.method, spec.mode, spec.threshold, spec.seed, status,
             test_acc, None if epochs is None else int(epochs), None if seconds is None else float(seconds),
             None if checkpoint is None else str(checkpoint), error, config_json,
-            datetime.now(timezone.utc).isoformat(timespec="seconds"), fingerprint, settings_key, provenance_json,
+            datetime.now(timezone.utc).isoformat(timespec="seconds"), fingerprint, settings_key, provenance_json, spec.fill,
         )  # fmt: skip
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -214,12 +231,15 @@ class ResultsStore:
         """Every recorded run as a dict (``config`` decoded), optionally only ``done`` or ``failed`` ones."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; valid statuses: {', '.join(STATUSES)} (or None for all)")
-        query, params = f"SELECT {', '.join(COLUMNS)} FROM runs", ()
+        query, params = f"SELECT {', '.join(self._columns)} FROM runs", ()
         if status is not None:
             query, params = query + " WHERE status = ?", (status,)
         with self._connect() as conn:
-            rows = [dict(row) for row in conn.execute(f"{query} {_ORDER}", params)]
+            order = _ORDER if "fill" in self._columns else _ORDER.replace(" fill,", "")
+            rows = [dict(row) for row in conn.execute(f"{query} {order}", params)]
         for row in rows:
+            if "fill" not in row:  # a read-only version 2 database
+                row["fill"] = recorded_fill(row)
             for key in ("config", "provenance"):
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows

@@ -34,7 +34,7 @@ from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import GridProgress
-from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_settings, method_identity, refusal
+from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_fills, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import stack_ignored_message
 from roar.benchmark.stacked_runner import run_stacks
@@ -42,7 +42,7 @@ from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
 from roar.data.sources import reuse_loaded_sources
-from roar.fingerprint import differences
+from roar.fingerprint import differences, fingerprint_key
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 from roar.quiet import quiet_third_party, say
 
@@ -199,7 +199,7 @@ def grid_provenance(cfg: BenchmarkConfig, base_ckpt: Path, rank_keys: dict[str, 
     """The fingerprints of this grid's runs, once the base model and the ranks exist."""
     sha = checkpoint_sha256(base_ckpt)
     methods = {m: {**method_identity(cfg, m), "ranks": rank_keys[m]} for m in cfg.methods}
-    return GridProvenance(grid_settings(cfg, sha), sha, methods)
+    return GridProvenance(grid_settings(cfg, sha), sha, methods, grid_fills(cfg))
 
 
 def check_distinct_thresholds(cfg: BenchmarkConfig, dm: ImageDataModule) -> None:
@@ -215,12 +215,23 @@ def check_distinct_thresholds(cfg: BenchmarkConfig, dm: ImageDataModule) -> None
         seen[k] = t
 
 
-def pending_runs(cfg: BenchmarkConfig, results: ResultsStore) -> tuple[list[RunSpec], list[RunSpec]]:
-    """The whole plan and the runs it still needs (done runs are skipped; failed ones retried)."""
+def pending_runs(cfg: BenchmarkConfig, results: ResultsStore, provenance: GridProvenance | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """The whole plan and the runs it still needs (done runs are skipped; failed ones retried).
+
+    With ``provenance``, a done run whose recorded fingerprint is not its fingerprint now is
+    needed too (:func:`~roar.benchmark.provenance.check_recorded_rows` lets through only those
+    whose fill settings changed).
+    """
     dataset = cfg.data.get("source", "digits")
     model = str(cfg.model.get("arch", "small_cnn")).replace("/", ":")  # timm/convnext_atto -> timm:convnext_atto in run ids
-    plan = build_plan(dataset, model, cfg.methods, thresholds=cfg.thresholds, seeds=cfg.seed_list, modes=tuple(cfg.modes), noretrain=cfg.noretrain)
-    done = results.finished_ids()
+    plan = build_plan(
+        dataset, model, cfg.methods, thresholds=cfg.thresholds, seeds=cfg.seed_list, modes=tuple(cfg.modes), noretrain=cfg.noretrain, fill=cfg.protocol.fill,
+    )  # fmt: skip
+    if provenance is None:
+        done = results.finished_ids()
+    else:
+        recorded = {row["run_id"]: row.get("fingerprint") for row in results.rows(status="done")}
+        done = {s.run_id for s in plan if s.run_id in recorded and recorded[s.run_id] == fingerprint_key(provenance.for_run(s))}
     return plan, [spec for spec in plan if spec.run_id not in done]
 
 
@@ -281,8 +292,10 @@ def run_benchmark(
         tell = say if progress else None
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
-        check_recorded_rows(results.rows(), cfg, where, provenance)  # the same base model and ranks, too
-        plan, todo = pending_runs(cfg, results)
+        plan, _ = pending_runs(cfg, results)
+        # the same base model and ranks, too; a run whose fill settings alone changed is run again
+        check_recorded_rows(results.rows(), cfg, where, provenance, planned={spec.run_id for spec in plan})
+        plan, todo = pending_runs(cfg, results, provenance)
         launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")

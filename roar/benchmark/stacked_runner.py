@@ -94,8 +94,8 @@ def resolve_stack(cfg: Any, num_parameters: int | None = None) -> int:
 
 
 def stack_groups(specs: list[RunSpec], size: int) -> list[list[RunSpec]]:
-    """Retrain specs in groups of ``size``: the seeds of one (mode, method, threshold) cell side by side."""
-    order = sorted((s for s in specs if s.mode in STACKED_MODES), key=lambda s: (s.mode, s.method, s.threshold, s.seed))
+    """Retrain specs in groups of ``size``: the seeds of one (mode, fill, method, threshold) cell side by side."""
+    order = sorted((s for s in specs if s.mode in STACKED_MODES), key=lambda s: (s.mode, s.fill, s.method, s.threshold, s.seed))
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
@@ -139,7 +139,7 @@ class Member:
         mode = "roar" if spec.mode == "reference" else spec.mode
         # Exactly execute_run's sequence of draws: seed, datamodule, classifier (the initialisation).
         seed_everything(spec.seed, workers=True, verbose=False)
-        self.dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode)
+        self.dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode, fill=spec.fill)
         self.model = _classifier(cfg, self.dm)
         self.dm.prepare_data()  # what Trainer.fit calls first: ranks are read, nothing is drawn
         self.dm.setup("fit")

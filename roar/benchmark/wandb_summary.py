@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, ranking
+from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
-from roar.benchmark.plan import MODES
+from roar.benchmark.plan import MODES, evaluation_label
 
 
 def log_summary_to_wandb(
@@ -21,7 +21,8 @@ def log_summary_to_wandb(
 ) -> Path:
     """Log the benchmark's summary as one W&B run (``job_type="summary"``) in the benchmark's group.
 
-    Each mode's mean curves become a ``wandb.plot.line_series`` chart (``curves/<mode>``), the
+    Each mode's mean curves (under each fill: ``<mode>`` is ``noretrain@noisy_linear`` under
+    another fill than ``channel_mean``) become a ``wandb.plot.line_series`` chart (``curves/<mode>``), the
     summary a ``wandb.Table`` (``summary``), the rankings a table (``ranking``) and each AUC a
     summary value (``auc/<mode>/<method>``); the mask-leakage probes, when ``out_dir`` has them, a
     table (``leakage``) and ``leakage.png`` (``figures/leakage``). Offline by default: files under
@@ -42,8 +43,9 @@ def log_summary_to_wandb(
     try:
         run_dir = Path(run.dir).parent
         rank_rows = []
-        for curve_mode in MODES:
-            curves = _curves(summary, curve_mode)
+        for curve_mode, fill in [(m, f) for m in MODES for f in curve_fills(summary, m)]:
+            curves = _curves(summary, curve_mode, fill)
+            name = evaluation_label(curve_mode, fill)
             for (dataset, model), per_method in curves.items():
                 # one benchmark folder is one (dataset, model); name the pair only when there are several
                 suffix = "" if len(curves) == 1 else f"/{dataset}/{model}"
@@ -52,13 +54,13 @@ def log_summary_to_wandb(
                     xs=[[float(r["threshold"]) for r in per_method[m]] for m in methods],
                     ys=[[float(r["mean"]) for r in per_method[m]] for m in methods],
                     keys=methods,
-                    title=MODE_TITLE[curve_mode],
+                    title=MODE_TITLE[curve_mode] + ("" if name == curve_mode else f" (fill {fill})"),
                     xname=AXIS_LABEL[curve_mode],
                 )
-                run.log({f"curves/{curve_mode}{suffix}": chart})
-                for e in ranking([r for pts in per_method.values() for r in pts], curve_mode):
-                    rank_rows.append([curve_mode, dataset, model, e["method"], e["auc"], e["rank"], e["complete"]])
-                    run.summary[f"auc/{curve_mode}/{e['method']}{suffix}"] = e["auc"]
+                run.log({f"curves/{name}{suffix}": chart})
+                for e in ranking([r for pts in per_method.values() for r in pts], curve_mode, fill):
+                    rank_rows.append([name, dataset, model, e["method"], e["auc"], e["rank"], e["complete"]])
+                    run.summary[f"auc/{name}/{e['method']}{suffix}"] = e["auc"]
         run.log(
             {
                 "summary": wandb.Table(columns=list(SUMMARY_COLUMNS), data=[[row[c] for c in SUMMARY_COLUMNS] for row in summary]),
