@@ -5,4 +5,4 @@ NeurIPS 2019) and the sanity checks of Adebayo et al. ("Sanity Checks for Salien
 NeurIPS 2018), built on PyTorch Lightning and captum.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"

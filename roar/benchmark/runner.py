@@ -36,8 +36,7 @@ from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_fills, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
-from roar.benchmark.stacked_jobs import stack_ignored_message
-from roar.benchmark.stacked_runner import run_stacks
+from roar.benchmark.stacked_jobs import run_stacks, stack_ignored_message
 from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked

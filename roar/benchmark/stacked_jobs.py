@@ -5,8 +5,8 @@ Hooker et al. (NeurIPS 2019) retrain every (method, threshold, seed, mode) cell 
 (:mod:`roar.benchmark.stacked_runner`); with ``--workers N`` each worker process trains whole
 stacks, so a grid can use both the cores (workers) and the small models' idle arithmetic
 (stacks). A stack's members are recorded one row each, with the fingerprint and config a separate
-run would have, exactly as :func:`~roar.benchmark.stacked_runner.run_stacks` records them in the
-driver; a stack that fails is run member by member, with the usual retries and records.
+run would have, in the driver (:func:`run_stacks`) as in a worker (:func:`run_job`); a stack that
+fails is run member by member, with the usual retries and records.
 
 Ray tasks still train one run each: :func:`stack_ignored_message` says so once, before any training.
 """
@@ -20,9 +20,57 @@ from typing import Any
 from roar.benchmark.cell import attempt_run, record_outcome
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
+from roar.benchmark.progress import GridProgress
 from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups, unstackable_reason
 
 log = logging.getLogger(__name__)
+
+
+def stacks_of(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
+    """The stacks ``benchmark.stack`` makes of ``todo``: groups of two or more (a lone run gains
+    nothing from a stack); none when the setting is 1 or the trainer settings cannot be stacked."""
+    size = resolve_stack(cfg)
+    if size == 1:
+        return []
+    reason = unstackable_reason(cfg)
+    if reason:
+        log.info("benchmark.stack=%s: running one by one, since %s", cfg.stack, reason)
+        return []
+    return [group for group in stack_groups(todo, size) if len(group) > 1]
+
+
+def train_and_record_stack(
+    group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None
+) -> list[dict[str, Any]] | None:
+    """Train ``group`` as one stack and record each member as its own ``done`` row, with the
+    fingerprint a separate run would have (the stack changes how fast, not what); the outcomes,
+    or None when the stack failed (nothing recorded: the members are for the one-by-one path)."""
+    try:
+        outcomes = execute_stack(group, cfg, out, base_ckpt)
+    except Exception as err:  # the members run one by one instead, with the usual retries and records
+        log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
+        return None
+    done = [{"status": "done", **outcome} for outcome in outcomes]
+    for spec, outcome in zip(group, done, strict=True):
+        record_outcome(results, spec, cfg, outcome, provenance)
+    return done
+
+
+def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: GridProgress | None = None) -> list[RunSpec]:
+    """Train and record the stackable runs of ``todo`` in stacks of ``benchmark.stack``; return the rest, in order.
+
+    A stack that fails leaves its runs to the one-by-one path, which retries and records them as usual.
+    """
+    done: set[str] = set()
+    for group in stacks_of(todo, cfg):
+        if bar is not None:
+            bar.started(group[0])
+        outcomes = train_and_record_stack(group, cfg, out, base_ckpt, results, provenance)
+        for spec, outcome in zip(group, outcomes or [], strict=False):
+            done.add(spec.run_id)
+            if bar is not None:
+                bar.finished(spec, outcome)
+    return [spec for spec in todo if spec.run_id not in done]
 
 
 def plan_jobs(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
@@ -31,28 +79,9 @@ def plan_jobs(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
     Without stacking (``stack: 1``, ``auto`` on a large model, or trainer settings a stack does not
     reproduce) every run is its own job, as before.
     """
-    size = resolve_stack(cfg)
-    if size == 1 or unstackable_reason(cfg):
-        return [[spec] for spec in todo]
-    stacks = [group for group in stack_groups(todo, size) if len(group) > 1]  # a lone run gains nothing from a stack
+    stacks = stacks_of(todo, cfg)
     stacked = {spec.run_id for group in stacks for spec in group}
     return stacks + [[spec] for spec in todo if spec.run_id not in stacked]
-
-
-def train_and_record_stack(
-    group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None
-) -> list[dict[str, Any]] | None:
-    """Train ``group`` as one stack and record each member as its own ``done`` row; the outcomes,
-    or None when the stack failed (nothing recorded: the members are for the one-by-one path)."""
-    try:
-        outcomes = execute_stack(group, cfg, out, base_ckpt)
-    except Exception as err:
-        log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
-        return None
-    done = [{"status": "done", **outcome} for outcome in outcomes]
-    for spec, outcome in zip(group, done, strict=True):
-        record_outcome(results, spec, cfg, outcome, provenance)
-    return done
 
 
 def run_job(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None) -> list[dict[str, Any]]:

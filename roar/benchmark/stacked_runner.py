@@ -27,7 +27,6 @@ test accuracy, not Lightning's per-step curves.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,15 +37,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
 
-from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, record_outcome, run_config, run_directory
+from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, run_config, run_directory
 from roar.benchmark.plan import RunSpec
-from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import TRAINER_DEFAULTS
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import build_optimizer
 from roar.models.stacked import StackedNetworks
 
-log = logging.getLogger(__name__)
 
 STACK_CHOICES = "a positive integer or 'auto'"
 STACKED_MODES = ("reference", "roar", "kar")
@@ -279,36 +276,3 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
             _finish_loggers(member_loggers)
     share = (time.perf_counter() - start) / len(specs)
     return [{**o, "seconds": share} for o in outcomes]
-
-
-def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None, bar: GridProgress | None = None) -> list[RunSpec]:
-    """Train and record the stackable runs of ``todo`` in stacks of ``benchmark.stack``; return the rest, in order.
-
-    Each member is recorded as its own row, with the fingerprint a separate run would have (the
-    stack changes how fast, not what). A stack that fails leaves its runs to the one-by-one path,
-    which retries and records them as usual.
-    """
-    size = resolve_stack(cfg)
-    if size == 1:
-        return todo
-    reason = unstackable_reason(cfg)
-    if reason:
-        log.info("benchmark.stack=%s: running one by one, since %s", cfg.stack, reason)
-        return todo
-    done: set[str] = set()
-    for group in stack_groups(todo, size):
-        if len(group) == 1:
-            continue  # a lone run gains nothing from a stack
-        if bar is not None:
-            bar.started(group[0])
-        try:
-            outcomes = execute_stack(group, cfg, out, base_ckpt)
-        except Exception as err:  # the members run one by one instead, with the usual retries and records
-            log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
-            continue
-        for spec, outcome in zip(group, outcomes, strict=True):
-            record_outcome(results, spec, cfg, {"status": "done", **outcome}, provenance)
-            done.add(spec.run_id)
-            if bar is not None:
-                bar.finished(spec, {"status": "done", **outcome})
-    return [spec for spec in todo if spec.run_id not in done]
