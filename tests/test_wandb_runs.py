@@ -44,6 +44,8 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
         assert run["summary"]["test/acc"] == pytest.approx(row["test_acc"], abs=1e-6)
         assert run["config"]["benchmark"] == row["config"]["benchmark"]
         assert run["config"]["method"] == row["method"] and run["config"]["threshold"] == row["threshold"]
+        # the retrain's seed, not the datamodule's data seed (0) that Lightning's hparams logging wrote over it
+        assert run["config"]["seed"] == row["seed"] and run["config"]["mode"] == row["mode"], run["config"]
         assert any(key.startswith("train/loss") for step in run["history"] for key in step), run["history"]
 
     # lean retrain runs: no per-run package list; the summary run records the environment once

@@ -19,6 +19,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
 
 from roar.attribution.ranks import StoreRanks
 from roar.benchmark.config import BenchmarkConfig
@@ -114,22 +115,19 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
         return loggers
     loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
     if cfg.logger == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        from roar.benchmark.wandb_runs import start_retrain_run
+        from roar.benchmark.wandb_runs import retrain_logger, start_retrain_run
 
         os.environ.setdefault("WANDB_SILENT", "true")
         # our own wandb.init: one run per retrain even when a stack's members are open at once, with
         # lean settings (no pip freeze, stats sampling, console capture, git probing)
         run = start_retrain_run(name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, dir=str(out), config=config, offline=cfg.wandb_offline)
-        wandb_logger = WandbLogger(name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline, experiment=run)
-        loggers.append(wandb_logger)
+        loggers.append(retrain_logger(run, name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline))
     return loggers
 
 
 def _finish_loggers(loggers: list[Any]) -> None:
     for logger in loggers:
-        if logger.__class__.__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.experiment.finish()
 
 

@@ -68,6 +68,23 @@ def start_retrain_run(*, offline: bool, **init: Any) -> Any:
     return run
 
 
+def retrain_logger(run: Any, *, name: str, project: str, save_dir: str, offline: bool) -> Any:
+    """Lightning's ``WandbLogger`` on a retrain's own run, which keeps the config it started with.
+
+    The run's config is complete at :func:`start_retrain_run` (the run spec and the benchmark's
+    settings). Lightning would then log the model's and the datamodule's hyperparameters into it,
+    flat, and the datamodule's data-split ``seed`` overwrote the retrain's ``seed`` on every
+    unstacked run, so a dashboard grouped by seed showed every run as seed 0.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    class RetrainWandbLogger(WandbLogger):
+        def log_hyperparams(self, params: Any) -> None:  # the run's config is set at its start
+            return None
+
+    return RetrainWandbLogger(name=name, project=project, save_dir=save_dir, offline=offline, experiment=run)
+
+
 @contextmanager
 def wandb_service(enabled: bool) -> Iterator[None]:
     """Start W&B's service for a grid and tear it down at the end (a no-op when ``enabled`` is False).
