@@ -19,7 +19,8 @@ from lightning.pytorch import Callback
 
 from roar.__main__ import main as roar_main
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import LaunchOptions, ray_resources
+from roar.benchmark.launchers import LaunchOptions
+from roar.benchmark.ray_launcher import ray_resources
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.runner import config_from_dict, pending_runs, run_benchmark
 

@@ -30,7 +30,8 @@ from roar.benchmark.cell import (
     execute_run, record_outcome, run_config,
 )  # fmt: skip
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import LaunchOptions, run_local_pool, run_ray
+from roar.benchmark.launchers import LaunchOptions, run_local_pool
+from roar.benchmark.ray_launcher import run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import GridProgress
