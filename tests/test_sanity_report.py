@@ -11,7 +11,6 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-import torch
 
 from roar.__main__ import main as roar_main
 from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, read_csv, run_report
@@ -38,13 +37,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     return status, printed.getvalue()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; more threads only contend for the shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

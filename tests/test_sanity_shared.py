@@ -7,16 +7,15 @@ One small CNN is trained on 8 px digits once per module (a few seconds).
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from roar.data.datamodule import ImageDataModule
-from roar.models.classifier import ImageClassifier
-from roar.sanity.maps import build_methods, explained_network, model_randomization, select_batch
+from roar.sanity.maps import build_methods, explained_network, model_randomization
 from roar.sanity.randomization import ORDERS, randomization_steps
 from roar.sanity.shared_forward import SharedSteps, can_share
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures: tests/conftest.py
 
 SHARED = {
     "gradient": {},
@@ -27,35 +26,6 @@ SHARED = {
     # The methods' own memory bounds split the rows into chunks (13 // 6 steps = 2 rows at once).
     "input_x_gradient_sg_sq": {"nt_samples": 3, "max_batch_size": 13},
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def digits() -> ImageDataModule:
-    return ImageDataModule(source="digits", image_size=8, batch_size=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def trained(digits) -> ImageClassifier:
-    L.seed_everything(0, verbose=False)
-    dm = digits
-    model = ImageClassifier(arch="small_cnn", num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size,
-                            channel_mean=dm.channel_mean, channel_std=dm.channel_std)  # fmt: skip
-    L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(model, dm)  # fmt: skip
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def batch(digits):
-    return select_batch(digits.split_dataset("test"), 8, seed=0)
 
 
 def _one_by_one(network, order, names, params, images, target, indices):

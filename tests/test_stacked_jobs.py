@@ -3,7 +3,6 @@ every member is recorded as the run a sequential, unstacked grid records (Hooker
 retrain each cell from scratch; a stack changes how fast, not what)."""
 
 import pytest
-import torch
 
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions
@@ -13,13 +12,7 @@ from roar.benchmark.stacked_jobs import plan_jobs, stack_ignored_message
 from roar.models.checkpoint import load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the workers get one thread each below; the sequential grid too, so both sum in the same order
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; the workers get one thread each below; the sequential grid too, so both sum in the same order
 
 
 def config(**overrides) -> BenchmarkConfig:

@@ -21,13 +21,7 @@ from roar.models.stacked import StackedNetworks
 DATA = {"source": "digits", "image_size": 8, "batch_size": 32, "val_fraction": 0.5, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small models on a shared machine: one thread each is fastest (threads contending stall every step)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; small models on a shared machine: one thread each is fastest (threads contending stall every step)
 
 
 def config(**overrides) -> BenchmarkConfig:

@@ -115,13 +115,13 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
         return loggers
     loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
     if cfg.logger == "wandb":
-        from roar.benchmark.wandb_runs import retrain_logger, start_retrain_run
+        from roar.benchmark.wandb_runs import RetrainWandbLogger, start_retrain_run
 
         os.environ.setdefault("WANDB_SILENT", "true")
         # our own wandb.init: one run per retrain even when a stack's members are open at once, with
         # lean settings (no pip freeze, stats sampling, console capture, git probing)
         run = start_retrain_run(name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, dir=str(out), config=config, offline=cfg.wandb_offline)
-        loggers.append(retrain_logger(run, name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline))
+        loggers.append(RetrainWandbLogger(name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline, experiment=run))
     return loggers
 
 

@@ -53,9 +53,8 @@ def _is_done(row: dict[str, Any]) -> bool:
     return (row.get("status") or "done") == "done" and row.get("test_acc") not in (None, "")
 
 
-def row_fill(row: dict[str, Any], default: str = DEFAULT_FILL) -> str:
-    """The fill a row was run with: its own ``fill``, else its config's, else ``default`` (:func:`~roar.benchmark.plan.recorded_fill`)."""
-    return recorded_fill(row, default)
+row_fill = recorded_fill
+"""The fill a row was run with: its own ``fill``, else its config's, else the default (:func:`~roar.benchmark.plan.recorded_fill`)."""
 
 
 @dataclass

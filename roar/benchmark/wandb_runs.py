@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from lightning.pytorch.loggers import WandbLogger
+
 RETRAIN_SETTINGS: dict[str, Any] = {
     "x_save_requirements": False,  # the environment's package list: the summary run records it once
     "x_disable_stats": True,  # CPU/GPU/memory sampling threads: a retrain of seconds gets no useful sample
@@ -68,7 +70,7 @@ def start_retrain_run(*, offline: bool, **init: Any) -> Any:
     return run
 
 
-def retrain_logger(run: Any, *, name: str, project: str, save_dir: str, offline: bool) -> Any:
+class RetrainWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` on a retrain's own run, which keeps the config it started with.
 
     The run's config is complete at :func:`start_retrain_run` (the run spec and the benchmark's
@@ -76,13 +78,9 @@ def retrain_logger(run: Any, *, name: str, project: str, save_dir: str, offline:
     flat, and the datamodule's data-split ``seed`` overwrote the retrain's ``seed`` on every
     unstacked run, so a dashboard grouped by seed showed every run as seed 0.
     """
-    from lightning.pytorch.loggers import WandbLogger
 
-    class RetrainWandbLogger(WandbLogger):
-        def log_hyperparams(self, params: Any) -> None:  # the run's config is set at its start
-            return None
-
-    return RetrainWandbLogger(name=name, project=project, save_dir=save_dir, offline=offline, experiment=run)
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:  # the run's config is set at its start
+        return None
 
 
 @contextmanager
