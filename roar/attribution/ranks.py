@@ -9,7 +9,7 @@ computed first when missing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class StoreRanks(RankProvider):
         score: str = "abs",
         target: str = "predicted",
         tie_seed: int = 0,
-        batch_size: int | str = DEFAULT_BATCH_SIZE,
+        batch_size: int | Literal["auto"] = DEFAULT_BATCH_SIZE,
         device: str = "auto",
         memory_budget: float | str = DEFAULT_BUDGET,
     ) -> None:
