@@ -6,6 +6,7 @@ of both splits, computed once with the *base* model and reused by every retrain.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from roar.attribution.base import TARGETS, resolve_target
+from roar.attribution.batch_budget import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, auto_batch_size, check_batch_size, check_budget
 from roar.attribution.registry import get_method, needs_model, resolved_params
 from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
 from roar.data.masking import check_granularity, check_score
 from roar.fingerprint import fingerprint_key, jsonable, roar_version
 from roar.models.checkpoint import load_classifier
+
+log = logging.getLogger(__name__)
 
 ORACLES = ("ground_truth", "inverted")
 """Rankings that need the synthetic benchmark's informative weights."""
@@ -49,7 +54,16 @@ def check_ranking(method: str, params: dict[str, Any] | None, *, granularity: st
 
 BATCH_DEPENDENT = ("gradient_shap",)
 """Methods whose default references are the other images of the batch: their maps depend on the
-attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it)."""
+attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it).
+For them ``batch_size: auto`` is :data:`~roar.attribution.batch_budget.DEFAULT_BATCH_SIZE`, never
+a machine's memory: the same config gives the same ranks on any machine."""
+
+
+def is_batch_dependent(method: str, params: dict[str, Any]) -> bool:
+    """Whether ``method``'s maps depend on the attribution batch (see :data:`BATCH_DEPENDENT`)."""
+    resolved = resolved_params(method, params)
+    key = str(resolved.get("method", method))  # a key under a new name ({name: gs, method: gradient_shap}) too
+    return key.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
 
 
 def method_fingerprint(
@@ -60,18 +74,18 @@ def method_fingerprint(
     dataset_id: dict[str, Any],
     split: str,
     target: str,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
 ) -> dict[str, Any]:
     """What identifies a cached ranking (DESIGN.md, "Fingerprints").
 
     The method's *resolved* parameters (defaults filled in, memory-only ones left out), the base
     checkpoint's sha256 and the target (model-based methods only), the dataset, the split and
-    roar's major.minor version; the batch size only where it changes the maps.
+    roar's major.minor version; the batch size only where it changes the maps (``auto`` is then
+    :data:`~roar.attribution.batch_budget.DEFAULT_BATCH_SIZE`), so for every other method ranks
+    computed with any batch size, ``auto`` included, are reused by any other.
     """
     reads_model = needs_model(method, params)
     resolved = resolved_params(method, params)
-    key = str(resolved.get("method", method))  # a key under a new name ({name: gs, method: gradient_shap}) too
-    batch_dependent = key.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
     fingerprint = {
         "method": method,
         "params": jsonable(resolved),
@@ -81,8 +95,8 @@ def method_fingerprint(
         "split": split,
         "roar": roar_version(),
     }
-    if batch_dependent:
-        fingerprint["batch_size"] = batch_size
+    if is_batch_dependent(method, params):
+        fingerprint["batch_size"] = DEFAULT_BATCH_SIZE if batch_size == AUTO else batch_size
     return fingerprint
 
 
@@ -98,7 +112,8 @@ def compute_ranks(
     score: str = "abs",
     target: str = "predicted",
     tie_seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
+    memory_budget: float | str = DEFAULT_BUDGET,
     chunk_size: int = 4096,
     device: str | torch.device = "auto",
     splits: Sequence[str] = ("train", "test"),
@@ -116,7 +131,11 @@ def compute_ranks(
         method_params: the method's parameters (part of the fingerprint).
         granularity, score, tie_seed: how attributions become ranks (see :mod:`roar.data.masking`).
         target: ``predicted`` (base model's class, as the ROAR code) or ``label``.
-        batch_size: images per attribution call.
+        batch_size: images per attribution call, or ``auto``: the largest power of two whose
+            measured peak fits ``memory_budget`` (:mod:`roar.attribution.batch_budget`; the
+            fixed default for batch-dependent methods). Memory only, except for those methods.
+        memory_budget: ``auto``'s budget: a fraction in (0, 1] of the free memory, or a size
+            (``"8GiB"``).
         chunk_size: images per resumable unit.
         device: ``auto``, ``cpu``, ``cuda``...
         splits: the source splits to rank.
@@ -126,6 +145,7 @@ def compute_ranks(
         ``{split: (N, F) memmap of ranks}``.
     """
     check_ranking(method, method_params, granularity=granularity, score=score, target=target)
+    batch_size, budget = check_batch_size(batch_size), check_budget(memory_budget)
     store = store if isinstance(store, AttributionStore) else AttributionStore(store)
     params = _with_oracle_weights(datamodule, method, method_params)
     reads_model = needs_model(method, params)
@@ -145,23 +165,46 @@ def compute_ranks(
         targets = resolve_target(model, images, labels, target) if reads_model else labels
         return explain(images, targets, indices)
 
+    batch = batch_size if batch_size != AUTO else DEFAULT_BATCH_SIZE if is_batch_dependent(method, params) else None
+    if batch_size == AUTO and batch is not None:
+        log.info("attribution batch: %d (auto is the fixed default for %s: its maps depend on the batch)", batch, method)
     out = {}
     for split in splits:
+        fingerprint = method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size)
+        dataset, offset = datamodule.source_split(split), _index_offset(datamodule, split)
+        full = complete_fingerprint(fingerprint, granularity=granularity, score=score, tie_seed=tie_seed, index_offset=offset or None)
+        if batch is None and store.find(full) is None:  # auto, and something to compute: measure once per method
+            batch, line = auto_batch_size(_probe_step(store, attribute, dataset, dev, full), len(dataset), dev, budget)
+            log.info(line)
         out[split] = store.get_or_compute(
-            method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size),
-            datamodule.source_split(split),
+            fingerprint,
+            dataset,
             attribute,
             granularity=granularity,
             score=score,
             tie_seed=tie_seed,
-            batch_size=batch_size,
+            batch_size=batch or DEFAULT_BATCH_SIZE,  # None: this entry is cached, no batch runs
             chunk_size=chunk_size,
             device=dev,
             progress=progress,
             # one global index per sample (the datamodule's): test image j is not train image j
-            index_offset=_index_offset(datamodule, split),
+            index_offset=offset,
         )
     return out
+
+
+def _probe_step(store: AttributionStore, attribute: Any, dataset: Any, device: torch.device, fingerprint: dict[str, Any]) -> Any:
+    """``step(n)``: the store's whole per-batch work (load, attribute, score, rank) on the first ``n`` images."""
+    def step(n: int) -> torch.Tensor:
+        images, labels = next(iter(DataLoader(Subset(dataset, range(n)), batch_size=n)))[:2]
+        images, labels = images.to(device), torch.as_tensor(labels).to(device)
+        indices = torch.arange(n, device=device)
+        return store._batch_ranks(
+            attribute, images, labels, indices, fingerprint["granularity"], fingerprint["score"], fingerprint["tie_seed"],
+            store.entry_path(fingerprint), fingerprint["method"],
+        )  # fmt: skip
+
+    return step
 
 
 def _index_offset(datamodule: Any, split: str) -> int:
@@ -188,7 +231,7 @@ def rank_entry_keys(
     score: str = "abs",
     target: str = "predicted",
     tie_seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     splits: Sequence[str] = ("train", "test"),
 ) -> dict[str, str]:
     """The store keys of the entries :func:`compute_ranks` reads or writes with these arguments.

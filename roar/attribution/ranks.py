@@ -9,10 +9,11 @@ computed first when missing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, check_batch_size, check_budget
 from roar.attribution.compute import check_ranking, compute_ranks
 from roar.data.ranks import RankProvider
 
@@ -30,7 +31,9 @@ class StoreRanks(RankProvider):
         score: ``abs`` (default), ``square`` or ``raw`` attribution values are ranked.
         target: the class explained: ``predicted`` by the base model (default) or the ``label``.
         tie_seed: seed of the rank tie-breaking.
-        batch_size: images per attribution call when ranks must be computed.
+        batch_size: images per attribution call when ranks must be computed, or ``auto`` (the
+            largest that fits ``memory_budget``; :mod:`roar.attribution.batch_budget`).
+        memory_budget: ``auto``'s budget: a fraction in (0, 1] of the free memory, or ``"8GiB"``.
         device: ``auto``, ``cpu`` or ``cuda`` for that computation.
     """
 
@@ -44,8 +47,9 @@ class StoreRanks(RankProvider):
         score: str = "abs",
         target: str = "predicted",
         tie_seed: int = 0,
-        batch_size: int = 256,
+        batch_size: int | Literal["auto"] = DEFAULT_BATCH_SIZE,
         device: str = "auto",
+        memory_budget: float | str = DEFAULT_BUDGET,
     ) -> None:
         # Every argument is checked here, when the config is read, not when the first batch is masked.
         check_ranking(method, method_params, granularity=granularity, score=score, target=target)
@@ -55,7 +59,9 @@ class StoreRanks(RankProvider):
         self.method_params = dict(method_params or {})
         self.target = target
         self.tie_seed = tie_seed
-        self.batch_size = batch_size
+        self.batch_size = check_batch_size(batch_size)
+        check_budget(memory_budget)
+        self.memory_budget = memory_budget
         self.device = device
 
     def describe(self) -> dict[str, Any]:
@@ -69,7 +75,7 @@ class StoreRanks(RankProvider):
             datamodule, self.method, self.store,
             checkpoint=self.base_checkpoint, method_params=self.method_params, granularity=self.granularity,
             score=self.score, target=self.target, tie_seed=self.tie_seed, batch_size=self.batch_size,
-            device=self.device, progress=progress,
+            memory_budget=self.memory_budget, device=self.device, progress=progress,
         )  # fmt: skip
         return ranks["train"], ranks["test"]
 

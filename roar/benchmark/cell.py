@@ -153,6 +153,7 @@ def rank_provider(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, method: str)
         method, store=str(out / STORE_DIR), base_checkpoint=str(base_ckpt), method_params=cfg.method_params.get(method, {}),
         granularity=p.granularity, score=p.score, target=p.target, tie_seed=p.tie_seed,
         batch_size=cfg.attribution_batch_size, device=cfg.attribution_device,
+        memory_budget=cfg.attribution_memory_budget,
     )  # fmt: skip
 
 

@@ -131,7 +131,12 @@ class BenchmarkConfig:
             (confounded by distribution shift; reported for comparison), under ``protocol.fill``:
             ROAR order, and KAR order too when ``kar`` is among the modes.
         protocol: the protocol choices, see :class:`Protocol`.
-        attribution_batch_size: images per attribution call.
+        attribution_batch_size: images per attribution call, or ``auto``: the largest power of two
+            whose measured peak fits ``attribution_memory_budget`` (:mod:`roar.attribution.batch_budget`;
+            at most 4096 on CUDA, 256 on a CPU; 256 for GradientSHAP without ``baselines``, whose maps
+            depend on the batch). Memory only otherwise: ranks of any batch size are reused.
+        attribution_memory_budget: ``auto``'s budget: a fraction in (0, 1] of the free memory, or a
+            size such as ``8GiB``.
         attribution_device: ``auto``, ``cpu`` or ``cuda``.
         logger: ``wandb`` (offline by default, one run per retrain), ``csv`` or ``none``.
         wandb_project: W&B project.
@@ -164,7 +169,8 @@ class BenchmarkConfig:
     modes: list[str] = field(default_factory=lambda: ["roar"])
     noretrain: bool = True
     protocol: Protocol = field(default_factory=Protocol)
-    attribution_batch_size: int = 256
+    attribution_batch_size: int | Literal["auto"] = 256
+    attribution_memory_budget: float | str = 0.5
     attribution_device: str = "auto"
     logger: Literal["wandb", "csv", "none"] = "wandb"
     wandb_project: str = "roar"
@@ -266,6 +272,10 @@ class BenchmarkConfig:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         from roar.statistics import check_level, check_resamples
 
+        from roar.attribution.batch_budget import check_batch_size, check_budget
+
+        check_batch_size(self.attribution_batch_size, "attribution_batch_size")
+        check_budget(self.attribution_memory_budget, "attribution_memory_budget")
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
         from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason

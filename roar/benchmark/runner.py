@@ -188,7 +188,7 @@ def prepare_ranks(
             dm, method, out / STORE_DIR, checkpoint=base_ckpt, model=model,
             method_params=cfg.method_params.get(method, {}), granularity=p.granularity, score=p.score,
             target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
-            device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
+            memory_budget=cfg.attribution_memory_budget, device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
         )  # fmt: skip
         if say is not None:
             say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s)")
