@@ -2,6 +2,9 @@
 (the seeds of one cell), and every member is recorded as the run a sequential, unstacked grid
 records (Hooker et al. 2019 retrain each cell from scratch; a stack changes how fast, not what)."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from roar.benchmark.config import BenchmarkConfig
@@ -65,9 +68,11 @@ def test_stacks_on_two_workers_record_what_a_sequential_grid_records(tmp_path):
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(monkeypatch):
     """A small Ray instance on this machine (2 CPUs, no dashboard), shut down after the test."""
     ray = pytest.importorskip("ray")
+    # Ray's workers inherit the environment, not pytest's sys.path: they import tests/plugins.py through it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     ray.shutdown()
@@ -79,3 +84,28 @@ def test_stacks_as_ray_tasks_record_what_a_sequential_grid_records(tmp_path, loc
     # one Ray task per stack (1 CPU, so 1 torch thread each): the references' seeds, then random's
     parallel = run_benchmark(config(stack=2), tmp_path / "stacked", progress=False, report=False, launch=LaunchOptions(launcher="ray"))
     assert_records_what_a_sequential_grid_records(parallel, sequential)
+
+
+@pytest.mark.slow
+def test_a_stack_whose_ray_task_dies_is_run_one_per_task_or_recorded_failed_per_run(tmp_path, local_ray):
+    def dying(out: str):  # the first Ray task to build its network dies (a killed worker); the driver builds it too
+        model = {"arch": "plugins.DiesOutsideOnce", "arch_args": {"driver_pid": os.getpid(), "marker_dir": str(tmp_path / out)}, "lr": 0.05, "warmup_epochs": 0}
+        (tmp_path / out).mkdir()
+        return config(stack=2, model=model)
+
+    def stacked(row) -> bool:
+        return load_checkpoint(row["checkpoint"]).get("stacked") == 2
+
+    # no retries: the dead stack's two runs are recorded failed, each under its own run id, the other stack done
+    rows = run_benchmark(dying("no-retry"), tmp_path / "no-retry", progress=False, report=False, launch=LaunchOptions(launcher="ray", worker_retries=0)).rows()
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and len(failed) == 2 and len({(r["mode"], r["method"]) for r in failed}) == 1  # one cell's seeds
+    for row in failed:
+        assert f"the Ray task of the stack of 2 runs holding {row['run_id']} failed" in row["error"]
+    assert all(stacked(r) for r in rows if r["status"] == "done")
+
+    # one retry: the dead stack's runs go one per task and are done, alone; the other stack's, stacked
+    rows = run_benchmark(dying("retry"), tmp_path / "retry", progress=False, report=False, launch=LaunchOptions(launcher="ray", worker_retries=1)).rows()
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    alone = [r for r in rows if not stacked(r)]
+    assert len(alone) == 2 and len({(r["mode"], r["method"]) for r in alone}) == 1
