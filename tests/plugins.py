@@ -1,10 +1,12 @@
-"""Callbacks that a user could put in a benchmark config's ``trainer.callbacks``; the tests use them
-to make chosen runs die or fail, from the outside, as a crash or a bug in user code would."""
+"""Callbacks that a user could put in a benchmark config's ``trainer.callbacks`` (and a network for
+its ``model.arch``); the tests use them to make chosen runs die or fail, from the outside, as a
+crash or a bug in user code would."""
 
 import os
 from pathlib import Path
 
 from lightning.pytorch import Callback
+from torch import nn
 
 
 def _run_folder(trainer) -> str:
@@ -45,3 +47,23 @@ class CountFits(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         with self.path.open("a") as fh:
             fh.write(_run_folder(trainer) + "\n")
+
+
+class DiesOutsideOnce(nn.Module):
+    """A tiny CNN (``model.arch: plugins.DiesOutsideOnce``) whose construction makes a process other
+    than ``driver_pid`` exit abruptly, once: the first to create ``marker_dir/killed-model`` dies
+    (a stacked retrain refuses trainer callbacks, so the kill sits in the network it builds)."""
+
+    def __init__(self, num_classes: int, in_chans: int, driver_pid: int, marker_dir: str) -> None:
+        super().__init__()
+        if os.getpid() != driver_pid:
+            try:
+                os.close(os.open(Path(marker_dir) / "killed-model", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:  # another process died already
+                pass
+            else:
+                os._exit(137)
+        self.net = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        return self.net(x)

@@ -149,8 +149,10 @@ def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path):
 
 # --------------------------------------------------------------------------- Ray
 @pytest.mark.slow
-def test_ray_runs_the_grid_end_to_end_and_retries_a_dead_task(tmp_path):
+def test_ray_runs_the_grid_end_to_end_and_retries_a_dead_task(tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    # Ray's workers inherit the environment, not pytest's sys.path: they import tests/plugins.py through it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])))
     out = tmp_path / "ray"
     cfg = tiny_config()
     cfg.trainer["callbacks"] = [killing(tmp_path)]  # Ray's max_retries reruns the task whose worker died

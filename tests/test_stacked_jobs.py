@@ -1,6 +1,9 @@
-"""benchmark.stack with --workers N: each worker trains whole stacks (the seeds of one cell), and
-every member is recorded as the run a sequential, unstacked grid records (Hooker et al. 2019
-retrain each cell from scratch; a stack changes how fast, not what)."""
+"""benchmark.stack with --workers N or --launcher ray: each worker or Ray task trains whole stacks
+(the seeds of one cell), and every member is recorded as the run a sequential, unstacked grid
+records (Hooker et al. 2019 retrain each cell from scratch; a stack changes how fast, not what)."""
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +11,7 @@ from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.runner import run_benchmark
-from roar.benchmark.stacked_jobs import plan_jobs, stack_ignored_message
+from roar.benchmark.stacked_jobs import plan_jobs
 from roar.models.checkpoint import load_checkpoint
 
 
@@ -40,16 +43,8 @@ def test_jobs_are_stacks_of_one_cells_seeds_then_single_runs():
     assert plan_jobs(todo, clipped) == [[s] for s in todo]
 
 
-def test_ray_says_once_that_it_does_not_stack():
-    assert stack_ignored_message(config(stack=3), "ray") == "benchmark.stack: 3 is not used with --launcher ray: runs are trained one per Ray task"
-    assert stack_ignored_message(config(stack=3), "local") is None
-    assert stack_ignored_message(config(stack=1), "ray") is None
-
-
-@pytest.mark.slow
-def test_stacks_on_two_workers_record_what_a_sequential_grid_records(tmp_path):
-    sequential = run_benchmark(config(stack=1), tmp_path / "one-by-one", progress=False, report=False)
-    parallel = run_benchmark(config(stack=2), tmp_path / "stacked", progress=False, report=False, launch=LaunchOptions(workers=2, threads=1))
+def assert_records_what_a_sequential_grid_records(parallel, sequential) -> None:
+    """Every run id of the stacked grid has the sequential, unstacked grid's row: status, fingerprint, accuracy."""
     one = {r["run_id"]: r for r in sequential.rows()}
     stacked = {r["run_id"]: r for r in parallel.rows()}
     assert one.keys() == stacked.keys() and len(one) == 4  # 2 references + 2 roar runs
@@ -63,3 +58,54 @@ def test_stacks_on_two_workers_record_what_a_sequential_grid_records(tmp_path):
         assert together["config"]["benchmark"]["stack"] == 2
         assert load_checkpoint(together["checkpoint"]).get("stacked") == 2, f"{run_id} was not trained in a stack"
     assert len({round(r["test_acc"], 6) for r in one.values()}) > 1  # four different runs, not one copied
+
+
+@pytest.mark.slow
+def test_stacks_on_two_workers_record_what_a_sequential_grid_records(tmp_path):
+    sequential = run_benchmark(config(stack=1), tmp_path / "one-by-one", progress=False, report=False)
+    parallel = run_benchmark(config(stack=2), tmp_path / "stacked", progress=False, report=False, launch=LaunchOptions(workers=2, threads=1))
+    assert_records_what_a_sequential_grid_records(parallel, sequential)
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """A small Ray instance on this machine (2 CPUs, no dashboard), shut down after the test."""
+    ray = pytest.importorskip("ray")
+    # Ray's workers inherit the environment, not pytest's sys.path: they import tests/plugins.py through it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_stacks_as_ray_tasks_record_what_a_sequential_grid_records(tmp_path, local_ray):
+    sequential = run_benchmark(config(stack=1), tmp_path / "one-by-one", progress=False, report=False)
+    # one Ray task per stack (1 CPU, so 1 torch thread each): the references' seeds, then random's
+    parallel = run_benchmark(config(stack=2), tmp_path / "stacked", progress=False, report=False, launch=LaunchOptions(launcher="ray"))
+    assert_records_what_a_sequential_grid_records(parallel, sequential)
+
+
+@pytest.mark.slow
+def test_a_stack_whose_ray_task_dies_is_run_one_per_task_or_recorded_failed_per_run(tmp_path, local_ray):
+    def dying(out: str):  # the first Ray task to build its network dies (a killed worker); the driver builds it too
+        model = {"arch": "plugins.DiesOutsideOnce", "arch_args": {"driver_pid": os.getpid(), "marker_dir": str(tmp_path / out)}, "lr": 0.05, "warmup_epochs": 0}
+        (tmp_path / out).mkdir()
+        return config(stack=2, model=model)
+
+    def stacked(row) -> bool:
+        return load_checkpoint(row["checkpoint"]).get("stacked") == 2
+
+    # no retries: the dead stack's two runs are recorded failed, each under its own run id, the other stack done
+    rows = run_benchmark(dying("no-retry"), tmp_path / "no-retry", progress=False, report=False, launch=LaunchOptions(launcher="ray", worker_retries=0)).rows()
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 4 and len(failed) == 2 and len({(r["mode"], r["method"]) for r in failed}) == 1  # one cell's seeds
+    for row in failed:
+        assert f"the Ray task of the stack of 2 runs holding {row['run_id']} failed" in row["error"]
+    assert all(stacked(r) for r in rows if r["status"] == "done")
+
+    # one retry: the dead stack's runs go one per task and are done, alone; the other stack's, stacked
+    rows = run_benchmark(dying("retry"), tmp_path / "retry", progress=False, report=False, launch=LaunchOptions(launcher="ray", worker_retries=1)).rows()
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    alone = [r for r in rows if not stacked(r)]
+    assert len(alone) == 2 and len({(r["mode"], r["method"]) for r in alone}) == 1

@@ -49,7 +49,7 @@ def _add_launch_arguments(parser: ConfigParser) -> None:
     default = LaunchOptions()
     group = parser.add_argument_group("scale", "run the grid in parallel (docs/scale.md)")
     group.add_argument("--launcher", type=Literal["local", "ray"], default=default.launcher,
-                       help="local: this machine (--workers processes); ray: one Ray task per run on a Ray cluster")  # fmt: skip
+                       help="local: this machine (--workers processes); ray: one Ray task per run (or stack) on a Ray cluster")  # fmt: skip
     group.add_argument("--workers", type=Union[int, Literal["auto"]], default=default.workers,
                        help="local worker processes, each pinned to one CUDA device (round robin) or cores/N CPU threads; 1 runs in this process; "
                             "auto: from the cores and the model's size (one thread per small model)")  # fmt: skip
@@ -58,9 +58,9 @@ def _add_launch_arguments(parser: ConfigParser) -> None:
     group.add_argument("--ray_address", "--ray-address", type=Optional[str], default=default.ray_address,
                        help="Ray cluster: auto (started by `ray start` here), ray://host:10001, local (new instance); default: RAY_ADDRESS or a running local cluster")  # fmt: skip
     group.add_argument("--ray_cpus_per_task", "--ray-cpus-per-task", type=float, default=default.ray_cpus_per_task,
-                       help="CPUs (and torch threads) reserved by each run's Ray task")  # fmt: skip
+                       help="CPUs (and torch threads) reserved by each Ray task (a run, or a stack)")  # fmt: skip
     group.add_argument("--ray_gpus_per_task", "--ray-gpus-per-task", type=Optional[float], default=default.ray_gpus_per_task,
-                       help="GPUs reserved by each run's Ray task (default: 1 when trainer.accelerator is gpu/cuda, or auto on a GPU cluster)")  # fmt: skip
+                       help="GPUs reserved by each Ray task (a run, or a stack; default: 1 when trainer.accelerator is gpu/cuda, or auto on a GPU cluster)")  # fmt: skip
 
 
 def _launch_options(args: object):

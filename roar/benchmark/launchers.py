@@ -16,8 +16,9 @@ Two launchers:
   ``CUDA_VISIBLE_DEVICES`` (or, on CPU, given ``cores // N`` torch threads). Each worker records
   its own rows in ``results.db``; SQLite's WAL and one transaction per run make the concurrent
   writes safe (:mod:`roar.benchmark.results`).
-* ``ray`` (:mod:`roar.benchmark.ray_launcher`): one Ray task per run (``num_gpus=1`` on GPUs, ``num_cpus`` otherwise). A task returns
-  its outcome and the driver records it, so only the driver writes ``results.db``; the output
+* ``ray`` (:mod:`roar.benchmark.ray_launcher`): one Ray task per run, or per stack with
+  ``benchmark.stack`` (``num_gpus=1`` on GPUs, ``num_cpus`` otherwise). A task returns
+  its outcomes and the driver records them, so only the driver writes ``results.db``; the output
   folder must be on storage every node sees (it holds the base checkpoint and the ranks).
 
 A worker process that dies mid-run (out-of-memory kill, segfault, a preempted node) loses only
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 LAUNCHERS: Registry[str] = Registry("launcher")
 """Where a grid's runs go: ``local`` (this machine's processes) or ``ray`` (a Ray cluster)."""
 LAUNCHERS.add("local", "worker processes on this machine (--workers N)")
-LAUNCHERS.add("ray", "one Ray task per run on a Ray cluster")
+LAUNCHERS.add("ray", "one Ray task per run (or stack) on a Ray cluster")
 RAY_INSTALL = "pip install 'roar[ray]'"
 GPU_ACCELERATORS = ("gpu", "cuda")
 

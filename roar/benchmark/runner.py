@@ -37,7 +37,7 @@ from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import GridProvenance, base_training, check_recorded_rows, grid_fills, grid_settings, method_identity, refusal
 from roar.benchmark.results import ResultsStore
-from roar.benchmark.stacked_jobs import run_stacks, stack_ignored_message
+from roar.benchmark.stacked_jobs import run_stacks
 from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
@@ -268,8 +268,6 @@ def run_benchmark(
     """
     cfg.validate()
     launch = (launch or LaunchOptions()).validate()
-    if note := stack_ignored_message(cfg, launch.launcher):  # said once, before any training
-        log.warning(note)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).

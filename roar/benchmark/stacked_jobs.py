@@ -5,15 +5,15 @@ Hooker et al. (NeurIPS 2019) retrain every (method, threshold, seed, mode) cell 
 (:mod:`roar.benchmark.stacked_runner`); with ``--workers N`` each worker process trains whole
 stacks, so a grid can use both the cores (workers) and the small models' idle arithmetic
 (stacks). A stack's members are recorded one row each, with the fingerprint and config a separate
-run would have, in the driver (:func:`run_stacks`) as in a worker (:func:`run_job`); a stack that
-fails is run member by member, with the usual retries and records.
-
-Ray tasks still train one run each: :func:`stack_ignored_message` says so once, before any training.
+run would have, in the driver (:func:`run_stacks`), in a worker (:func:`run_job`) or, for a Ray
+task's outcomes, in the driver again (:func:`train_job` trains, the Ray launcher records); a stack
+that fails is run member by member, with the usual retries and records.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +39,25 @@ def stacks_of(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
     return [group for group in stack_groups(todo, size) if len(group) > 1]
 
 
+def train_stack(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path) -> list[dict[str, Any]] | None:
+    """Train ``group`` as one stack; each member's ``done`` outcome, or None when the stack failed
+    (the members are then for the one-by-one path). Records nothing."""
+    try:
+        outcomes = execute_stack(group, cfg, out, base_ckpt)
+    except Exception as err:  # the members run one by one instead, with the usual retries and records
+        log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
+        return None
+    return [{"status": "done", **outcome} for outcome in outcomes]
+
+
 def train_and_record_stack(
     group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: Any, provenance: Any = None
 ) -> list[dict[str, Any]] | None:
     """Train ``group`` as one stack and record each member as its own ``done`` row, with the
     fingerprint a separate run would have (the stack changes how fast, not what); the outcomes,
     or None when the stack failed (nothing recorded: the members are for the one-by-one path)."""
-    try:
-        outcomes = execute_stack(group, cfg, out, base_ckpt)
-    except Exception as err:  # the members run one by one instead, with the usual retries and records
-        log.warning("stack of %d runs (%s...) failed, running them one by one: %s", len(group), group[0].run_id, err)
-        return None
-    done = [{"status": "done", **outcome} for outcome in outcomes]
-    for spec, outcome in zip(group, done, strict=True):
+    done = train_stack(group, cfg, out, base_ckpt)
+    for spec, outcome in zip(group, done or [], strict=False):
         record_outcome(results, spec, cfg, outcome, provenance)
     return done
 
@@ -84,23 +90,23 @@ def plan_jobs(todo: list[RunSpec], cfg: Any) -> list[list[RunSpec]]:
     return stacks + [[spec] for spec in todo if spec.run_id not in stacked]
 
 
-def run_job(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None) -> list[dict[str, Any]]:
-    """One job of a worker: a stack (or, if it fails, its members one by one), or a single run; every
-    outcome recorded in ``results``. Returns the outcomes in ``group``'s order."""
-    if len(group) > 1:
-        outcomes = train_and_record_stack(group, cfg, out, base_ckpt, results, provenance)
-        if outcomes is not None:
-            return outcomes
+OnOutcome = Callable[[RunSpec, dict[str, Any]], None]
+
+
+def train_job(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, on_outcome: OnOutcome | None = None) -> list[dict[str, Any]]:
+    """One job (:func:`plan_jobs`): a stack, or if it fails its members one by one with ``cfg.retries``,
+    or a single run. Returns the outcomes in ``group``'s order; ``on_outcome(spec, outcome)`` is
+    called as each is known, so a worker records a finished run before the next one can kill it.
+    A Ray task passes none and returns the outcomes for the driver to record."""
+    stacked = train_stack(group, cfg, out, base_ckpt) if len(group) > 1 else None
     outcomes = []
-    for spec in group:
-        outcome = attempt_run(spec, cfg, out, base_ckpt, progress=False)
-        record_outcome(results, spec, cfg, outcome, provenance)
-        outcomes.append(outcome)
+    for index, spec in enumerate(group):
+        outcomes.append(stacked[index] if stacked is not None else attempt_run(spec, cfg, out, base_ckpt, progress=False))
+        if on_outcome is not None:
+            on_outcome(spec, outcomes[-1])
     return outcomes
 
 
-def stack_ignored_message(cfg: Any, launcher: str) -> str | None:
-    """The one line saying ``benchmark.stack`` is not used by this launcher, or None when it is (or is 1)."""
-    if launcher != "ray" or getattr(cfg, "stack", 1) == 1:
-        return None
-    return f"benchmark.stack: {cfg.stack} is not used with --launcher ray: runs are trained one per Ray task"
+def run_job(group: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, results: ResultsStore, provenance: Any = None) -> list[dict[str, Any]]:
+    """One job of a worker: :func:`train_job`, every outcome recorded in ``results`` as it is known."""
+    return train_job(group, cfg, out, base_ckpt, lambda spec, outcome: record_outcome(results, spec, cfg, outcome, provenance))
