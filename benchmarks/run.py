@@ -15,7 +15,8 @@ throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch),
 (digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``mprt`` (the cascade against
 Quantus's MPRT), 8 ``road`` (ROAD imputation against a ResNet50 forward pass and Quantus), 9 ``stacked``
 (N cells as one stacked model against one by one), 10 ``per_run`` (a grid cell's fixed cost
-against a digits-demo run). See benchmarks/README.md.
+against a digits-demo run), 11 ``gpu`` (a CIFAR-10 ResNet50 retrain's images/s and MFU on the device, the
+paper's grid in GPU-hours; bf16, channels-last and compile side by side). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ FIGURES: dict[str, tuple[int, str]] = {
     "road": (8, "benchmarks.road_imputation"),
     "stacked": (9, "benchmarks.stacked_training"),
     "per_run": (10, "benchmarks.run_overhead"),
+    "gpu": (11, "benchmarks.gpu_retrain"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
