@@ -21,7 +21,6 @@ verdict is left empty. No epoch is run in full: 50,000 images are extrapolated f
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from benchmarks.mfu import (
     EPOCH_IMAGES, GOAL_GPU_HOURS, GOAL_MFU, PAPER_CONFIG, forward_flops_per_image, grid_gpu_hours, mfu,
     needed_images_per_s, peak_bf16_flops, read_grid,
 )  # fmt: skip
-from benchmarks.timers import trainer_kwargs
+from benchmarks.timers import keep_cudnn_benchmark, trainer_kwargs
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "config": {},  # the YAML's settings (full precision on a CPU, where bf16 autocast rarely pays)
@@ -95,16 +94,6 @@ class WindowTimer(Callback):
         elif step == self.stop:
             synchronize(pl_module.device)
             self.window = since(self._t0)
-
-
-@contextlib.contextmanager
-def keep_cudnn_benchmark():
-    """``Trainer(benchmark=...)`` sets ``torch.backends.cudnn.benchmark`` for the whole process: put it back."""
-    before = torch.backends.cudnn.benchmark
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
 
 
 def variant_settings(name: str, base: dict[str, Any]) -> dict[str, Any]:

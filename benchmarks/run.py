@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,16 @@ def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
             if len(parts) != 3:
                 raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...], got {item!r}")
             cases.append(ModelCase(parts[0], int(parts[1]), int(parts[2])))
+        return tuple(cases)
+    if field.name == "cases":  # stacked cases: arch:in_chans:image_size:batch_size:members,...
+        from benchmarks.stacked_training import Case
+
+        cases = []
+        for item in value.split(","):
+            parts = item.split(":")
+            if len(parts) != 5:
+                raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...], got {item!r}")
+            cases.append(Case(parts[0], *(int(p) for p in parts[1:])))
         return tuple(cases)
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0"):
@@ -143,8 +154,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version(package: str) -> str:
+    """A package's version, or "not installed" (a GPU machine's image may lack captum: figure 11 needs none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def _meta(settings: Settings, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    import captum
     import lightning
 
     return {
@@ -155,7 +175,7 @@ def _meta(settings: Settings, args: argparse.Namespace, argv: list[str]) -> dict
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
-        "captum": captum.__version__,
+        "captum": _version("captum"),
         "threads": settings.threads,
         "repeats": settings.repeats,
         "clock": settings.clock,
@@ -244,10 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in figures:
             number, module_name = FIGURES[name]
             print(f"figure {number} ({name})...", file=sys.stderr, flush=True)
-            module = importlib.import_module(module_name)
             fig_start = time.perf_counter()
             kwargs = {"grid": args.grid} if name == "grid" else {}
-            figure = module.run(settings, configs[name], **kwargs)
+            try:
+                figure = importlib.import_module(module_name).run(settings, configs[name], **kwargs)
+            except Exception as err:  # noqa: BLE001 - one broken figure (a package missing on a GPU image) must not cost the others
+                traceback.print_exc()
+                message = f"{type(err).__name__}: {err}".splitlines()[0]
+                print(f"figure {number} ({name}) FAILED: {message}", file=sys.stderr, flush=True)
+                results["meta"].setdefault("failed", {})[name] = message  # with --merge an earlier result of it is kept
+                continue
             figure["seconds"] = time.perf_counter() - fig_start
             figure["measured"] = {key: results["meta"][key] for key in ("date", "device", "threads", "repeats", "clock", "preset", "load_average_at_start")}
             results["figures"][name] = figure
@@ -255,12 +281,14 @@ def main(argv: list[str] | None = None) -> int:
             print(render({"meta": results["meta"], "figures": {name: figure}}).split("\n", 2)[2], flush=True)
             results["meta"]["total_seconds"] = time.perf_counter() - started
             out.write_text(json.dumps(_jsonable(results), indent=1))  # after every figure: a crash keeps the rest
+    results["meta"]["total_seconds"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out.write_text(json.dumps(_jsonable(results), indent=1))
     if args.markdown:
         Path(args.markdown).write_text(render(results) + "\n")
-    print(f"wrote {out} ({results['meta']['total_seconds']:.0f} s)", file=sys.stderr)
-    return 0
+    failed = results["meta"].get("failed", {})
+    print(f"wrote {out} ({results['meta']['total_seconds']:.0f} s)" + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

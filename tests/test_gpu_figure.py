@@ -70,3 +70,20 @@ def test_bad_variant_is_refused_before_any_training(tmp_path):
     assert variant_settings("fp32", {"precision": "bf16-mixed", "channels_last": True})["precision"] == "32-true"
     with pytest.raises(ValueError, match="unknown gpu variant 'fp16'; valid choices: config, fp32"):
         run(None, Config(variants=("config", "fp16")))  # no settings needed: refused before anything runs
+
+
+def test_the_gpu_command_settings_parse():
+    # benchmarks/README.md's one GPU command sets figure 1's batches and can set figure 9's cases.
+    from benchmarks.attribution_cost import ModelCase
+    from benchmarks.run import figure_config
+    from benchmarks.stacked_training import Case
+
+    attribution = figure_config("attribution", "full", ["attribution.models=small_cnn:32:256,resnet50:32:32"])
+    assert attribution.models == (ModelCase("small_cnn", 32, 256), ModelCase("resnet50", 32, 32))
+    stacked = figure_config("stacked", "full", ["stacked.cases=resnet18:3:32:128:8"])
+    assert stacked.cases == (Case("resnet18", 3, 32, 128, 8),)
+    assert "resnet18" in {case.arch for case in figure_config("stacked", "full", []).cases}
+    gpu = figure_config("gpu", "full", ["gpu.variants=config,compile", "gpu.peak_tflops=989.4"])
+    assert gpu.variants == ("config", "compile") and gpu.peak_tflops == 989.4
+    with pytest.raises(ValueError, match="arch:in_chans:image_size:batch_size:members"):
+        figure_config("stacked", "full", ["stacked.cases=resnet18:32:128"])
