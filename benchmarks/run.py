@@ -60,7 +60,8 @@ DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
 
 
 def parse_figures(text: str) -> list[str]:
-    """``1,4`` or ``attribution,store`` (or ``all``) -> figure names in figure order."""
+    """``1,4`` or ``attribution,store`` (or ``all``, in figure order) -> figure names, run in the order
+    given: put the one that matters most first, so a run cut short (a GPU lease's time limit) has it."""
     if text.strip() == "all":
         return list(FIGURES)
     by_number = {str(number): name for name, (number, _) in FIGURES.items()}
@@ -71,7 +72,7 @@ def parse_figures(text: str) -> list[str]:
             choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
             raise ValueError(f"unknown figure {part!r}; valid figures: all, {choices}")
         names.append(name)
-    return sorted(set(names), key=lambda n: FIGURES[n][0])
+    return list(dict.fromkeys(names))
 
 
 def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
