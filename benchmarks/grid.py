@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import CLOCKS, Settings, median, now, quiet, since, write_fake_cifar10
-from benchmarks.timers import BatchTimer, trainer_kwargs
+from benchmarks.timers import BatchTimer, keep_cudnn_benchmark, trainer_kwargs
 from roar.attribution import StoreRanks
 from roar.data.roar import RoarDataModule
 from roar.models.classifier import ImageClassifier
@@ -90,7 +90,7 @@ def resnet50_epoch(settings: Settings, cfg: Config) -> dict[str, Any]:
     precision = "bf16-mixed" if settings.device.type == "cuda" else "32-true"
     timer = BatchTimer()
     print(f"  [grid] {cfg.arch} {cfg.image_size}px batch {cfg.batch_size}: {batches} batches", file=sys.stderr, flush=True)
-    with quiet():
+    with quiet(), keep_cudnn_benchmark():
         trainer = Trainer(**trainer_kwargs(
             settings, max_epochs=1, limit_train_batches=batches, limit_val_batches=0, callbacks=[timer],
             precision=precision, benchmark=settings.device.type == "cuda",

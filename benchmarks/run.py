@@ -15,7 +15,8 @@ throughput and peak memory), 5 ``sanity`` (sanity callbacks' share of an epoch),
 (digits demo wall time, CIFAR-10 ResNet50 epoch extrapolated), 7 ``mprt`` (the cascade against
 Quantus's MPRT), 8 ``road`` (ROAD imputation against a ResNet50 forward pass and Quantus), 9 ``stacked``
 (N cells as one stacked model against one by one), 10 ``per_run`` (a grid cell's fixed cost
-against a digits-demo run). See benchmarks/README.md.
+against a digits-demo run), 11 ``gpu`` (a CIFAR-10 ResNet50 retrain's images/s and MFU on the device, the
+paper's grid in GPU-hours; bf16, channels-last and compile side by side). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +53,15 @@ FIGURES: dict[str, tuple[int, str]] = {
     "road": (8, "benchmarks.road_imputation"),
     "stacked": (9, "benchmarks.stacked_training"),
     "per_run": (10, "benchmarks.run_overhead"),
+    "gpu": (11, "benchmarks.gpu_retrain"),
 }
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
 
 
 def parse_figures(text: str) -> list[str]:
-    """``1,4`` or ``attribution,store`` (or ``all``) -> figure names in figure order."""
+    """``1,4`` or ``attribution,store`` (or ``all``, in figure order) -> figure names, run in the order
+    given: put the one that matters most first, so a run cut short (a GPU lease's time limit) has it."""
     if text.strip() == "all":
         return list(FIGURES)
     by_number = {str(number): name for name, (number, _) in FIGURES.items()}
@@ -68,7 +72,7 @@ def parse_figures(text: str) -> list[str]:
             choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
             raise ValueError(f"unknown figure {part!r}; valid figures: all, {choices}")
         names.append(name)
-    return sorted(set(names), key=lambda n: FIGURES[n][0])
+    return list(dict.fromkeys(names))
 
 
 def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
@@ -81,6 +85,16 @@ def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
             if len(parts) != 3:
                 raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...], got {item!r}")
             cases.append(ModelCase(parts[0], int(parts[1]), int(parts[2])))
+        return tuple(cases)
+    if field.name == "cases":  # stacked cases: arch:in_chans:image_size:batch_size:members,...
+        from benchmarks.stacked_training import Case
+
+        cases = []
+        for item in value.split(","):
+            parts = item.split(":")
+            if len(parts) != 5:
+                raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...], got {item!r}")
+            cases.append(Case(parts[0], *(int(p) for p in parts[1:])))
         return tuple(cases)
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0"):
@@ -141,8 +155,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version(package: str) -> str:
+    """A package's version, or "not installed" (a GPU machine's image may lack captum: figure 11 needs none)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def _meta(settings: Settings, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    import captum
     import lightning
 
     return {
@@ -153,7 +176,7 @@ def _meta(settings: Settings, args: argparse.Namespace, argv: list[str]) -> dict
         "python": platform.python_version(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
-        "captum": captum.__version__,
+        "captum": _version("captum"),
         "threads": settings.threads,
         "repeats": settings.repeats,
         "clock": settings.clock,
@@ -242,10 +265,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in figures:
             number, module_name = FIGURES[name]
             print(f"figure {number} ({name})...", file=sys.stderr, flush=True)
-            module = importlib.import_module(module_name)
             fig_start = time.perf_counter()
             kwargs = {"grid": args.grid} if name == "grid" else {}
-            figure = module.run(settings, configs[name], **kwargs)
+            try:
+                figure = importlib.import_module(module_name).run(settings, configs[name], **kwargs)
+            except Exception as err:  # noqa: BLE001 - one broken figure (a package missing on a GPU image) must not cost the others
+                traceback.print_exc()
+                message = f"{type(err).__name__}: {err}".splitlines()[0]
+                print(f"figure {number} ({name}) FAILED: {message}", file=sys.stderr, flush=True)
+                results["meta"].setdefault("failed", {})[name] = message  # with --merge an earlier result of it is kept
+                continue
             figure["seconds"] = time.perf_counter() - fig_start
             figure["measured"] = {key: results["meta"][key] for key in ("date", "device", "threads", "repeats", "clock", "preset", "load_average_at_start")}
             results["figures"][name] = figure
@@ -253,12 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             print(render({"meta": results["meta"], "figures": {name: figure}}).split("\n", 2)[2], flush=True)
             results["meta"]["total_seconds"] = time.perf_counter() - started
             out.write_text(json.dumps(_jsonable(results), indent=1))  # after every figure: a crash keeps the rest
+    results["meta"]["total_seconds"] = time.perf_counter() - started
     results["meta"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out.write_text(json.dumps(_jsonable(results), indent=1))
     if args.markdown:
         Path(args.markdown).write_text(render(results) + "\n")
-    print(f"wrote {out} ({results['meta']['total_seconds']:.0f} s)", file=sys.stderr)
-    return 0
+    failed = results["meta"].get("failed", {})
+    print(f"wrote {out} ({results['meta']['total_seconds']:.0f} s)" + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

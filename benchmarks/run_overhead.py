@@ -13,7 +13,7 @@ with a short and a long number of epochs alternated::
     fixed     = T(short) - short * per_epoch
     share     = fixed / (fixed + demo_epochs * per_epoch)     # of one demo run
 
-Target (issue 12): ``share <= 10%`` on CPU. Both clocks are reported; W&B's work happens in its
+Target (issue 12): ``share <= 10%`` on CPU; on a GPU ``fixed <= 1 s`` (wall clock). Both clocks are reported; W&B's work happens in its
 own ``wandb-core`` process, so only wall time sees it.
 """
 
@@ -28,6 +28,8 @@ from benchmarks.common import CLOCKS, Settings, median, quiet, since, now
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.10
+GPU_TARGET_S = 1.0
+"""On a GPU the fixed cost itself is judged: at most 1 s per run (issue 12)."""
 
 
 @dataclass(frozen=True)
@@ -91,26 +93,30 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
                     for clock in CLOCKS:
                         times[epochs][clock].append(took[clock])
     rows = []
+    gpu = settings.device.type == "cuda"
     for clock in CLOCKS:
         short, long = median(times[cfg.short_epochs][clock]), median(times[cfg.long_epochs][clock])
         per_epoch = max(0.0, (long - short) / (cfg.long_epochs - cfg.short_epochs))
         fixed = max(0.0, short - cfg.short_epochs * per_epoch)
         demo_run = fixed + cfg.demo_epochs * per_epoch
         share = fixed / demo_run if demo_run > 0 else float("nan")
+        met = fixed <= GPU_TARGET_S if gpu else share <= TARGET
         rows.append({
             "clock": clock, "fixed_s": fixed, "per_epoch_s": per_epoch, "demo_run_s": demo_run, "share": share,
-            "meets_target": bool(share <= TARGET) if clock == settings.clock else None,
+            "meets_target": bool(met) if clock == settings.clock else None,
         })  # fmt: skip
     verdict = next(r for r in rows if r["clock"] == settings.clock)
     return {
         "title": "Per-run overhead: a grid cell's fixed cost against one digits-demo run",
-        "target": f"fixed cost <= {TARGET:.0%} of a demo run ({settings.clock} clock)",
+        "target": f"fixed cost <= {GPU_TARGET_S:g} s per run on a GPU ({settings.clock} clock)" if gpu
+        else f"fixed cost <= {TARGET:.0%} of a demo run ({settings.clock} clock)",
         "meets_target": verdict["meets_target"],
         "config": {**cfg.__dict__, "repeats": repeats},
         "rows": rows,
         "samples": times,
         "columns": [
             ("clock", "clock"), ("fixed_s", "fixed s / run"), ("per_epoch_s", "s / epoch"),
-            ("demo_run_s", f"demo run s ({cfg.demo_epochs} epochs)"), ("share", "fixed share"), ("meets_target", f"<= {TARGET:.0%}"),
+            ("demo_run_s", f"demo run s ({cfg.demo_epochs} epochs)"), ("share", "fixed share"),
+            ("meets_target", f"<= {GPU_TARGET_S:g} s" if gpu else f"<= {TARGET:.0%}"),
         ],
     }

@@ -6,8 +6,11 @@ import Lightning (seconds of start-up on a busy machine).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback
 
 from benchmarks.common import CLOCKS, Settings, now, since, synchronize
@@ -115,3 +118,14 @@ def trainer_kwargs(settings: Settings, **overrides: Any) -> dict[str, Any]:
     }
     kwargs.update(overrides)
     return kwargs
+
+
+@contextlib.contextmanager
+def keep_cudnn_benchmark() -> Iterator[None]:
+    """``Trainer(benchmark=...)`` sets ``torch.backends.cudnn.benchmark`` for the whole process:
+    put it back, so a figure's autotuning does not leak into the figures after it."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

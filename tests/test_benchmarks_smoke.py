@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from benchmarks.attribution_cost import METHODS
@@ -48,6 +49,15 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert demo["status"].startswith("not run")
     assert epoch["status"] == "extrapolated" and epoch["epoch_s"] > 0
 
+    gpu = results["figures"]["gpu"]  # on a CPU: smoke numbers, no MFU, no verdict
+    assert gpu["meets_target"] is None and gpu["status"].startswith("CPU smoke number")
+    assert [row["variant"] for row in gpu["rows"]] == ["config", "bf16", "contiguous"]
+    assert [row["settings"] for row in gpu["rows"]] == ["32-true, channels_last", "bf16-mixed, channels_last", "32-true, contiguous"]
+    assert all(row["status"] == "measured" and row["images_per_s"] > 0 and row["mfu"] is None for row in gpu["rows"])
+    assert gpu["config"]["retrains"] == 350 and gpu["config"]["forward_gflops_per_image"] > 0
+    hours = gpu["rows"][0]["grid_gpu_hours"]
+    assert hours * 3600 == pytest.approx(350 * gpu["config"]["max_epochs"] * 50_000 / gpu["rows"][0]["images_per_s"])
+
 
 def test_smoke_road_imputation_figure(tmp_path):
     threads = torch.get_num_threads()
@@ -59,3 +69,19 @@ def test_smoke_road_imputation_figure(tmp_path):
     row = json.loads(out.read_text())["figures"]["road"]["rows"][0]
     assert row["batch"] == "4x3x8x8" and row["impute_s"] > 0 and row["resnet50_s"] > 0
     assert math.isfinite(row["vs_resnet50"])
+
+
+def test_a_failing_figure_does_not_stop_the_others(tmp_path, capsys):
+    # A GPU session runs several figures in one command: one that breaks (here an unknown
+    # architecture; on a GPU image, a missing package) is reported, the rest still measured.
+    threads = torch.get_num_threads()
+    out = tmp_path / "r.json"
+    argv = ["--smoke", "--figures", "stacked,gpu", "--set", "stacked.cases=no_such_arch:1:8:4:2", "--set", "stacked.grid_members=0"]
+    try:
+        assert main([*argv, "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads(out.read_text())
+    assert list(results["figures"]) == ["gpu"] and results["figures"]["gpu"]["rows"]
+    assert "no_such_arch" in results["meta"]["failed"]["stacked"]
+    assert "FAILED: stacked" in capsys.readouterr().err

@@ -74,3 +74,20 @@ def test_classifier_rejects_bad_choices():
         ImageClassifier(optimizer="adam")
     with pytest.raises(ValueError, match="channel_mean has 1 values for in_chans=3"):
         ImageClassifier(in_chans=3, channel_mean=[0.5], channel_std=[0.5])
+
+
+def test_compiled_classifier_runs_its_compiled_network(monkeypatch):
+    # model.compile: true wraps the network in torch.compile; forward must call that wrapper (a
+    # compiled module refuses bool(), which `compiled or net` asked for). Dynamo is switched off
+    # (torch's own setting) so the wrapper runs eagerly: the dispatch is tested, not inductor's minutes.
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    torch.manual_seed(0)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, compile=True, channels_last=True)
+    assert model._compiled is not None
+    x = torch.rand(3, 1, 8, 8)
+    out = model(x)
+    assert out.shape == (3, 10)
+    assert torch.allclose(out, model.net(model.normalize(x)))
+    assert set(model.state_dict()) == set(ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8).state_dict())

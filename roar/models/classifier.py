@@ -120,7 +120,8 @@ class ImageClassifier(LightningModule):
         x = self.normalize(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return (self._compiled or self.net)(x)
+        # not `self._compiled or self.net`: a compiled module refuses bool() (it has no len())
+        return (self._compiled if self._compiled is not None else self.net)(x)
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
