@@ -9,7 +9,7 @@ model FLOPs utilisation (MFU, Chowdhery et al. 2022, "PaLM", appendix B):
     MFU = 3 x (forward FLOPs per image) x images/s / (the device's peak dense bf16 FLOP/s)
 
 The factor 3 is one forward and a backward of twice its cost (gradients of activations and of
-weights). Forward FLOPs are counted by ``torch.utils.flop_counter`` on the meta device (no
+weights). Forward FLOPs are counted by :func:`benchmarks.flops.count_flops` (torch's formulas) on the meta device (no
 compute): convolutions and matrix products, 2 FLOPs per multiply-add, as peaks are quoted.
 """
 
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from benchmarks.flops import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "benchmark" / "cifar10_resnet50.yaml"
@@ -62,16 +64,12 @@ def forward_flops_per_image(arch: str, image_size: int, in_chans: int = 3, num_c
     ImageNet stem) gives 8.17e9, twice torchvision's documented 4.09 GMACs; at 32 px (the small
     stem of :mod:`roar.models.factory`) 2.60e9.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     from roar.models.classifier import ImageClassifier
 
     with torch.device("meta"):
         model = ImageClassifier(arch=arch, num_classes=num_classes, in_chans=in_chans, image_size=image_size, channels_last=channels_last).eval()
         x = torch.empty(1, in_chans, image_size, image_size)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    return float(counter.get_total_flops())
+        return float(count_flops(lambda: model(x))["total"])
 
 
 def mfu(forward_flops: float, images_per_s: float, peak_flops: float | None) -> float | None:
