@@ -109,3 +109,17 @@ def test_a_stack_whose_ray_task_dies_is_run_one_per_task_or_recorded_failed_per_
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
     alone = [r for r in rows if not stacked(r)]
     assert len(alone) == 2 and len({(r["mode"], r["method"]) for r in alone}) == 1
+
+
+@pytest.mark.slow
+def test_starting_a_local_ray_prints_nothing(capfd):
+    ray = pytest.importorskip("ray")
+    from roar.benchmark.ray_launcher import _connect_ray
+
+    try:
+        assert _connect_ray(ray, "local") is True
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    printed = capfd.readouterr()
+    assert "Ray" not in printed.out + printed.err, printed

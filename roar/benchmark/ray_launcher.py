@@ -43,14 +43,33 @@ def _ray_task(spec_dicts: list[dict[str, Any]], cfg_dict: dict[str, Any], out: s
     return train_job(specs, cfg, Path(out), Path(base_ckpt))
 
 
+RAY_NOTICES = ("Token authentication is enabled for this Ray cluster",)
+"""Ray's warning-level notices that say nothing about the user's grid (said at every ``ray.init``)."""
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_NOTICES)
+
+
 def _connect_ray(ray: Any, address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it, so the driver shuts it down after."""
+    """Connect to (or start) Ray, quietly; True when this call started it, so the driver shuts it down after.
+
+    Ray's info lines ("Started a local Ray instance", "Connecting to existing Ray cluster") and
+    :data:`RAY_NOTICES` are left out: the grid prints one line per run and nothing else.
+    """
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"address": address}
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
     if address == "local":
         kwargs["include_dashboard"] = False  # a throwaway single-machine instance
-    ray.init(**kwargs)
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    drop = _DropNotices()
+    notices.addFilter(drop)
+    try:
+        ray.init(**kwargs)
+    finally:
+        notices.removeFilter(drop)
     return True
 
 
