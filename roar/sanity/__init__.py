@@ -1,6 +1,7 @@
 """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018; Binder et al., arXiv 2211.12486).
 
-Pure parts: :mod:`roar.sanity.similarity` compares batches of maps, :mod:`roar.sanity.randomization`
+Pure parts: :mod:`roar.sanity.similarity` compares batches of maps (prepared by
+:mod:`roar.sanity.map_prep`), :mod:`roar.sanity.randomization`
 randomises copies of a model layer group by layer group, :mod:`roar.sanity.settings` holds the
 protocol details the papers differ on, :mod:`roar.sanity.batched` explains several randomised
 copies in one call, and :mod:`roar.sanity.revisited` adds sMPRT and eMPRT (Hedström et al. 2023). The Lightning callbacks live in
@@ -16,16 +17,14 @@ from roar.sanity.randomization import (
     randomization_steps,
     reinitialize_,
 )
+from roar.sanity.map_prep import aggregate_channels, normalize_maps, percentile_normalize
 from roar.sanity.settings import SanitySettings
 from roar.sanity.similarity import (
     SIMILARITY_METRICS,
-    aggregate_channels,
     compare_maps,
     get_metric,
     hog,
     list_metrics,
-    normalize_maps,
-    percentile_normalize,
     spearman,
     spearman_abs,
     ssim,
