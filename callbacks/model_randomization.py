@@ -41,7 +41,7 @@ from roar.sanity.maps import (
     explained_network,
     model_randomization,
 )
-from roar.sanity.randomization import describe_layers
+from roar.sanity.layer_groups import describe_layers
 from roar.sanity.settings import SanitySettings
 
 Order = Literal["cascading", "independent", "bottom_up"]
