@@ -66,7 +66,8 @@ def _config(cfg: Config, settings: Settings):
 def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     from roar.benchmark.cell import execute_run
     from roar.benchmark.plan import RunSpec
-    from roar.benchmark.runner import grid_provenance, prepare_ranks, train_base
+    from roar.benchmark.prepare import prepare_ranks, train_base
+    from roar.benchmark.runner import grid_provenance
     from roar.benchmark.wandb_runs import wandb_service
 
     cfg = cfg or PRESETS[settings.preset]

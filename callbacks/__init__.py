@@ -9,6 +9,7 @@ only, and never modify the model being trained.
 """
 
 from callbacks.data_randomization import DataRandomizationCheck
-from callbacks.model_randomization import ModelRandomizationCheck, SanityCheckCallback
+from callbacks.model_randomization import ModelRandomizationCheck
+from callbacks.sanity_callback import SanityCheckCallback
 
 __all__ = ["DataRandomizationCheck", "ModelRandomizationCheck", "SanityCheckCallback"]

@@ -30,7 +30,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from callbacks.model_randomization import SanityCheckCallback, Target
+from callbacks.sanity_callback import SanityCheckCallback, Target
 from roar.models.checkpoint import load_classifier
 from roar.sanity.maps import DATA_CHECK, DEFAULT_METHODS, DEFAULT_METRICS, CheckResult, data_randomization
 

@@ -6,7 +6,7 @@ import torch
 from roar.attribution.compute import rank_entry_keys
 from roar.benchmark.config import BaseModel, BenchmarkConfig
 from roar.benchmark.provenance import ConfigChangedError, base_training, grid_settings
-from roar.benchmark.runner import train_base
+from roar.benchmark.prepare import train_base
 from roar.data.datamodule import ImageDataModule
 from roar.models.checkpoint import provenance
 

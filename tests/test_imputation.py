@@ -11,7 +11,7 @@ import scipy.sparse.linalg as spl
 import torch
 
 from roar.data.imputation import ImputationError, blur_fill, gaussian_blur, noisy_linear_impute, standard_normal
-from roar.data.masking import tie_break_keys
+from roar.data.ranking import tie_break_keys
 from roar.data.road_solver import CPU_CHUNK_VALUES, solve_road_system
 
 

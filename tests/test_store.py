@@ -18,7 +18,7 @@ from roar.attribution.store import (
     fingerprint_key,
     ranks_dtype,
 )
-from roar.data.masking import attribution_scores, ranks_from_scores
+from roar.data.ranking import attribution_scores, ranks_from_scores
 from roar.data.sources import TensorImageDataset
 
 N, C, H, W = 23, 2, 3, 3

@@ -20,7 +20,7 @@ from roar.attribution.base import TARGETS, resolve_target
 from roar.attribution.batch_budget import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, auto_batch_size, check_batch_size, check_budget
 from roar.attribution.registry import get_method, needs_model, resolved_params
 from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
-from roar.data.masking import check_granularity, check_score
+from roar.data.ranking import check_granularity, check_score
 from roar.fingerprint import fingerprint_key, jsonable, roar_version
 from roar.models.checkpoint import load_classifier
 
@@ -129,7 +129,7 @@ def compute_ranks(
         checkpoint: the base model's checkpoint; required by model-based methods (its sha256 is
             part of the fingerprint). ``model`` may be passed too, to skip reloading it.
         method_params: the method's parameters (part of the fingerprint).
-        granularity, score, tie_seed: how attributions become ranks (see :mod:`roar.data.masking`).
+        granularity, score, tie_seed: how attributions become ranks (see :mod:`roar.data.ranking`).
         target: ``predicted`` (base model's class, as the ROAR code) or ``label``.
         batch_size: images per attribution call, or ``auto``: the largest power of two whose
             measured peak fits ``memory_budget`` (:mod:`roar.attribution.batch_budget`; the

@@ -25,7 +25,7 @@ from roar.attribution.store_format import (
     META_FILE, PROGRESS_FILE, RANKS_FILE, AttributeFn, StoreError, _versions, _write_json_atomic, complete_fingerprint, file_sha256, ranks_dtype,
 )  # fmt: skip
 from roar.attribution.store_reader import StoreReadMixin
-from roar.data.masking import attribution_scores, check_granularity, check_score, num_features, ranks_from_scores
+from roar.data.ranking import attribution_scores, check_granularity, check_score, num_features, ranks_from_scores
 from roar.fingerprint import fingerprint_key
 
 log = logging.getLogger("roar.attribution.store")  # the store's one logger, whichever module logs: users and tests filter on it
@@ -63,7 +63,7 @@ class StoreComputeMixin(StoreReadMixin):
             attribute_fn: ``(images, labels, indices) -> (B, C, H, W)`` attributions, all on
                 ``device``; ``indices`` are the samples' positions in ``dataset``. A
                 ``(B, 1, H, W)`` map is broadcast over channels.
-            granularity: ``element`` or ``pixel`` (see :mod:`roar.data.masking`).
+            granularity: ``element`` or ``pixel`` (see :mod:`roar.data.ranking`).
             score: ``abs``, ``square`` or ``raw``.
             tie_seed: seed of the tie-breaking hash.
             batch_size: samples per ``attribute_fn`` call.

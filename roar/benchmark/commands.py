@@ -82,7 +82,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from roar.attribution.store import StoreError
     from roar.benchmark.lock import FolderBusyError
     from roar.benchmark.provenance import ConfigChangedError
-    from roar.benchmark.runner import BaseModelError
+    from roar.benchmark.prepare import BaseModelError
     from roar.models.checkpoint import CheckpointError
 
     # ValueError covers the checks that need the data (e.g. two thresholds masking the same features)
@@ -137,7 +137,7 @@ def benchmark_main(argv: list[str]) -> int:
 
 def attribute_main(argv: list[str]) -> int:
     from roar.benchmark.lock import FolderLock
-    from roar.benchmark.runner import BASE_CHECKPOINT, prepare_ranks
+    from roar.benchmark.prepare import BASE_CHECKPOINT, prepare_ranks
     from roar.quiet import quiet_third_party, say
 
     parser = _parser("attribute", "Rank every feature of every train/test image with each method, into the attribution store. "

@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from roar.data.masking import _GAMMA_FEATURE, _GAMMA_INDEX, _MIX1, _MIX2, _mix64, _signed
+from roar.data.ranking import _GAMMA_FEATURE, _GAMMA_INDEX, _MIX1, _MIX2, _mix64, _signed
 from roar.data.road_solver import ImputationError, solve_road_system
 
 # ROAD's neighbour weights up to scale (1/6 direct, 1/12 diagonal): the scale cancels in w = c / D.
@@ -88,7 +88,7 @@ def blur_fill(images: torch.Tensor, removed: torch.Tensor, sigma: float = DEFAUL
 
 
 def _uniform24_(x: torch.Tensor) -> torch.Tensor:
-    """Finish :func:`~roar.data.masking.tie_break_keys`' hash in place on ``x = row key + feature * gamma``
+    """Finish :func:`~roar.data.ranking.tie_break_keys`' hash in place on ``x = row key + feature * gamma``
     and return its top 24 bits as float32 uniforms in (0, 1).
 
     The same splitmix64 arithmetic on one buffer (fresh multi-megabyte int64 temporaries cost more
@@ -117,7 +117,7 @@ def _box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
 def standard_normal(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """``(B, *shape)`` float32 standard normal draws that depend only on ``(seed, sample index, position)``.
 
-    Box-Muller on two 24-bit uniforms from :func:`~roar.data.masking.tie_break_keys` (splitmix64) at
+    Box-Muller on two 24-bit uniforms from :func:`~roar.data.ranking.tie_break_keys` (splitmix64) at
     features ``f`` and ``n + f`` (``n`` values per sample), so the draws of an image are the same in
     any batch and on any device.
     """

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from roar.data.masking import check_granularity, num_features, ranks_from_scores
+from roar.data.ranking import check_granularity, num_features, ranks_from_scores
 
 
 class RankProvider:

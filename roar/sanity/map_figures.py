@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from roar.sanity.similarity import aggregate_channels, normalize_maps
+from roar.sanity.map_prep import aggregate_channels, normalize_maps
 
 
 def display_maps(maps: Tensor) -> np.ndarray:

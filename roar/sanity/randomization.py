@@ -25,20 +25,21 @@ batch norm sets ``weight = 1``, ``bias = 0`` and resets the running statistics: 
 norm is reset, not random (``batchnorm="keep_stats"`` keeps the trained running statistics instead,
 as Adebayo et al.'s code does; see :mod:`roar.sanity.settings`). Each group's fresh weights depend only on the seed and the group's
 name, so a layer gets the same random weights in every order and at every step.
+
+The layer groups are found by :mod:`roar.sanity.layer_groups` and re-initialised by
+:mod:`roar.sanity.reinitialization`; this module holds the orders, and re-exports their names.
 """
 
 from __future__ import annotations
 
 import copy
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-import numpy as np
-import torch
 from torch import nn
 
+from roar.sanity.layer_groups import LayerGroup as LayerGroup, describe_layers as describe_layers, layer_groups
+from roar.sanity.reinitialization import _check_resettable, group_seed, reinitialize_
 from roar.sanity.settings import BATCHNORM_MODES, check_choice
 
 ORDERS = ("cascading", "independent", "bottom_up")
@@ -46,21 +47,6 @@ ORDERS = ("cascading", "independent", "bottom_up")
 
 ORIGINAL = "original"
 """The ``layer`` of the optional step 0, the unrandomised copy."""
-
-_EXPANDED_CONTAINERS = (nn.Sequential, nn.ModuleList)
-
-
-class LayerGroup(NamedTuple):
-    """One block that is randomised as a unit.
-
-    Attributes:
-        name: the block's name relative to the network (``"layer1.0"``), as a user names it.
-        modules: the qualified names of its modules in the model passed in; they differ from
-            ``name`` only by the root prefix (``"net.layer1.0"`` for a wrapped network).
-    """
-
-    name: str
-    modules: list[str]
 
 
 @dataclass(frozen=True)
@@ -82,190 +68,6 @@ class RandomizationStep:
     layer: str
     randomized: list[str]
     model: nn.Module
-
-
-def _holds_parameters(module: nn.Module, recurse: bool = True) -> bool:
-    return next(module.parameters(recurse=recurse), None) is not None
-
-
-def _detect_root(model: nn.Module) -> str:
-    """Descend through wrappers to the network whose children are the layers.
-
-    A wrapper is a module with no parameters of its own whose parameters all sit in a single
-    child, itself without parameters of its own (the project's classifier keeps a parameter-free
-    ``normalize`` and the network at ``net``). A single parameter-holding leaf (a linear model's
-    ``fc``) is a layer, not a network, so the descent stops above it.
-    """
-    path: list[str] = []
-    module = model
-    while not _holds_parameters(module, recurse=False):
-        holders = [(n, c) for n, c in module.named_children() if _holds_parameters(c)]
-        if len(holders) != 1 or _holds_parameters(holders[0][1], recurse=False):
-            break
-        name, module = holders[0]
-        path.append(name)
-    return ".".join(path)
-
-
-def _resolve_root(model: nn.Module, root: str | None) -> str:
-    if root is None:
-        return _detect_root(model)
-    if root == "":
-        return ""
-    try:
-        model.get_submodule(root)
-    except AttributeError:
-        children = [n for n, c in model.named_children() if _holds_parameters(c)]
-        raise ValueError(
-            f"root {root!r} is not a submodule of {type(model).__name__}; "
-            f"children holding parameters: {', '.join(children) or '(none)'}"
-        ) from None
-    return root
-
-
-def layer_groups(model: nn.Module, root: str | None = None) -> list[LayerGroup]:
-    """The model's parameter-holding blocks, ordered from input to output.
-
-    The rule, with no per-model tables: the children of the network (in registration order)
-    that hold parameters, with ``nn.Sequential``/``nn.ModuleList`` stages expanded into their
-    own parameter-holding children. Parameter-free modules (ReLU, pooling, flatten) are skipped.
-
-    - timm ResNet: ``conv1, bn1, layer1.0, layer1.1, ..., layer4.1, fc`` (resnet18);
-    - ``small_cnn``: ``conv1, conv2, conv3, fc1, fc2``; ``mlp``: ``fc1, fc2, fc3``; ``linear``: ``fc``.
-
-    Parameters held directly by the network (not by a child) belong to no group and are never
-    randomised.
-
-    Args:
-        model: the network, or a wrapper around it (such as the project's classifier, which holds
-            the network at ``.net`` after a parameter-free normalisation layer).
-        root: where the network sits inside ``model``: ``None`` to detect it (descend through
-            modules whose parameters all sit in one child, see :func:`_detect_root`), ``""`` for
-            ``model`` itself, or a dotted submodule name such as ``"net"``.
-
-    Returns:
-        ``LayerGroup(name, modules)`` tuples; ``name`` is relative to the network, ``modules``
-        are qualified names in ``model``.
-
-    Raises:
-        ValueError: if ``root`` is not a submodule, or the network holds no parameters.
-    """
-    root = _resolve_root(model, root)
-    network = model.get_submodule(root) if root else model
-    prefix = f"{root}." if root else ""
-    groups: list[LayerGroup] = []
-    for name, child in network.named_children():
-        if not _holds_parameters(child):
-            continue
-        if isinstance(child, _EXPANDED_CONTAINERS):
-            for sub_name, sub in child.named_children():
-                if _holds_parameters(sub):
-                    qualified = f"{name}.{sub_name}"
-                    groups.append(LayerGroup(qualified, [prefix + qualified]))
-        else:
-            groups.append(LayerGroup(name, [prefix + name]))
-    if not groups:
-        raise ValueError(f"{type(network).__name__} has no child modules holding parameters to randomise")
-    return groups
-
-
-def describe_layers(model: nn.Module, root: str | None = None) -> list[str]:
-    """One human-readable line per layer group, input to output, for logging.
-
-    Example line: ``"layer1.0: BasicBlock, 73,984 parameters"``.
-    """
-    lines = []
-    for group in layer_groups(model, root):
-        modules = [model.get_submodule(m) for m in group.modules]
-        count = sum(p.numel() for m in modules for p in m.parameters())
-        kinds = "+".join(type(m).__name__ for m in modules)
-        lines.append(f"{group.name}: {kinds}, {count:,} parameters")
-    return lines
-
-
-def _check_resettable(module: nn.Module) -> None:
-    """Refuse a module whose parameters no ``reset_parameters`` would touch.
-
-    A silently unrandomised layer would make the sanity check pass or fail for the wrong reason.
-    """
-    missing = []
-
-    def visit(m: nn.Module, name: str, covered: bool) -> None:
-        covered = covered or callable(getattr(m, "reset_parameters", None))
-        if _holds_parameters(m, recurse=False) and not covered:
-            missing.append(f"{name or '(root)'} ({type(m).__name__})")
-        for child_name, child in m.named_children():
-            visit(child, f"{name}.{child_name}" if name else child_name, covered)
-
-    visit(module, "", False)
-    if missing:
-        raise ValueError(
-            f"cannot re-initialise {type(module).__name__}: these modules hold parameters but have no "
-            f"reset_parameters(): {', '.join(missing)}"
-        )
-
-
-def reinitialize_(modules: nn.Module | Iterable[nn.Module], generator_seed: int, batchnorm: str = "reset") -> None:
-    """Re-initialise modules in place with their own initialisers, reproducibly.
-
-    Calls ``reset_parameters()`` on every submodule that has it (which, for batch norm, also
-    resets the running statistics unless ``batchnorm="keep_stats"``), under a forked RNG seeded with ``generator_seed``: the
-    result depends only on the seed (and device), and the global RNG state is left as it was.
-    CPU and the CUDA devices the modules live on are forked and seeded.
-
-    Args:
-        modules: a module or modules to re-initialise in place.
-        generator_seed: a non-negative integer seed.
-        batchnorm: ``reset`` (the running statistics too) or ``keep_stats`` (the trainable
-            scale and shift only, as Adebayo et al.'s code re-initialises trainable variables only).
-
-    Raises:
-        ValueError: for a negative or non-integer seed, an unknown ``batchnorm``, or a module
-            holding parameters that no ``reset_parameters()`` covers.
-    """
-    check_choice("batchnorm", batchnorm, BATCHNORM_MODES)
-    if not isinstance(generator_seed, (int, np.integer)) or isinstance(generator_seed, bool) or generator_seed < 0:
-        raise ValueError(f"generator_seed must be a non-negative integer, got {generator_seed!r}")
-    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
-    for module in modules:
-        _check_resettable(module)
-    cuda_devices = sorted(
-        {t.device.index or 0 for m in modules for t in [*m.parameters(), *m.buffers()] if t.device.type == "cuda"}
-    )
-    # Forking only the generators that are seeded keeps every other RNG untouched
-    # (torch.manual_seed would also reseed CUDA devices that fork_rng does not restore).
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.default_generator.manual_seed(int(generator_seed))
-        for index in cuda_devices:
-            torch.cuda.default_generators[index].manual_seed(int(generator_seed))
-        with torch.no_grad():
-            for module in modules:
-                for sub in module.modules():
-                    reset = getattr(sub, "reset_parameters", None)
-                    if not callable(reset):
-                        continue
-                    kept = _running_stats(sub) if batchnorm == "keep_stats" else {}
-                    reset()
-                    for name, value in kept.items():
-                        getattr(sub, name).copy_(value)
-
-
-def _running_stats(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of a batch norm's running statistics (none for any other module)."""
-    if not isinstance(module, nn.modules.batchnorm._NormBase) or not module.track_running_stats:
-        return {}
-    return {n: getattr(module, n).clone() for n in ("running_mean", "running_var", "num_batches_tracked")}
-
-
-def group_seed(seed: int, group_name: str) -> int:
-    """The seed a group is re-initialised with: a mix of the run seed and the group's name.
-
-    Tied to the name (not the step), so a layer gets the same random weights in every order.
-    """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    mixed = np.random.SeedSequence([int(seed), zlib.crc32(group_name.encode())]).generate_state(1)
-    return int(mixed[0])
 
 
 def _ordered_groups(groups: Sequence[LayerGroup], order: str) -> list[LayerGroup]:

@@ -43,7 +43,8 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call
 
 from roar.sanity.batched import can_stack, method_maps
-from roar.sanity.randomization import ORIGINAL, RandomizationStep, layer_groups
+from roar.sanity.layer_groups import layer_groups
+from roar.sanity.randomization import ORIGINAL, RandomizationStep
 
 State = dict[str, Tensor]
 

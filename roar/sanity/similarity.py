@@ -22,6 +22,9 @@ NaN, because "no structure in common" is what a constant map means for a sanity 
 would poison every mean taken downstream. A constant map compared with itself therefore scores
 0 for ``spearman``, ``spearman_abs`` and ``hog`` (its HOG vector is all zeros). SSIM is defined
 for constant maps (its stabilising constants keep it finite): two equal constant maps score 1.
+
+The maps are checked, channel-reduced and normalised before any metric sees them by
+:mod:`roar.sanity.map_prep`; its functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from skimage.feature import hog as _skimage_hog
 from skimage.metrics import structural_similarity
 
 from roar.registry import Registry
-from roar.sanity.settings import NORMALIZATIONS, PERCENTILE, REDUCTIONS, check_choice
+from roar.sanity.map_prep import (
+    _abs_normalized_numpy,
+    _check_pair,
+    aggregate_channels as aggregate_channels,
+    normalize_maps as normalize_maps,
+    percentile_normalize as percentile_normalize,
+)
+from roar.sanity.settings import NORMALIZATIONS, REDUCTIONS, check_choice
 
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,98 +56,6 @@ HOG_ORIENTATIONS = 9
 HOG_MAX_CELL = 8
 HOG_CELLS_PER_BLOCK = (2, 2)
 """Dalal & Triggs' (CVPR 2005) 9 orientations, 8x8-pixel cells and 2x2-cell blocks."""
-
-
-def _as_maps(maps: torch.Tensor | np.ndarray, name: str = "maps") -> torch.Tensor:
-    maps = torch.as_tensor(maps).detach()
-    if maps.ndim not in (3, 4):
-        raise ValueError(f"{name} must be shaped (B, C, H, W) or (B, H, W), got shape {tuple(maps.shape)}")
-    if maps.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(maps.shape)})")
-    if maps.is_floating_point() and not torch.isfinite(maps).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return maps
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    a, b = _as_maps(a, "a"), _as_maps(b, "b")
-    if a.shape != b.shape:
-        raise ValueError(f"maps to compare must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return a, b
-
-
-def aggregate_channels(maps: torch.Tensor, absolute: bool, reduction: str = "sum_abs") -> torch.Tensor:
-    """Sum a batch of maps over channels, giving one ``(H, W)`` map per image.
-
-    Args:
-        maps: ``(B, C, H, W)`` maps, or ``(B, H, W)`` maps that have a single channel already.
-        absolute: take absolute values (the "absolute value" variant of Adebayo et al. 2018)
-            instead of keeping the signed sum.
-        reduction: with ``absolute``, ``sum_abs`` (the sum of ``|a|``, Adebayo et al.) or
-            ``abs_sum`` (``|sum a|``); see :mod:`roar.sanity.settings`.
-
-    Returns:
-        A ``(B, H, W)`` tensor.
-    """
-    maps = _as_maps(maps)
-    check_choice("reduction", reduction, REDUCTIONS)
-    if absolute and reduction == "sum_abs":
-        maps = maps.abs()
-    summed = maps.sum(dim=1) if maps.ndim == 4 else maps
-    return summed.abs() if absolute and reduction == "abs_sum" else summed
-
-
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each image's map to ``[0, 1]``.
-
-    A constant map (max == min) becomes all zeros instead of 0/0 = NaN.
-
-    Args:
-        maps: a batch of maps, any shape ``(B, ...)``.
-
-    Returns:
-        A floating-point tensor of the same shape with, per image, minimum 0 and maximum 1
-        (or all zeros where the map is constant).
-    """
-    maps = torch.as_tensor(maps).detach()
-    if maps.ndim < 2:
-        raise ValueError(f"maps must have a batch dimension and at least one more, got shape {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        maps = maps.to(torch.get_default_dtype())
-    flat = maps.reshape(maps.shape[0], -1)
-    low = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - low
-    # Dividing by 1 where the span is 0 turns a constant map into (x - x) / 1 = 0.
-    out = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return out.reshape(maps.shape)
-
-
-def percentile_normalize(maps: torch.Tensor, percentile: float = PERCENTILE) -> torch.Tensor:
-    """Adebayo et al.'s ``abs_grayscale_norm`` scaling: ``clip((x - min) / (p - min), 0, 1)`` per image.
-
-    ``p`` is the map's ``percentile``-th percentile (99 in their code; numpy's linear
-    interpolation), so the top 1% of values saturate at 1 instead of squashing the rest toward 0.
-    A map whose percentile equals its minimum becomes all zeros.
-
-    Args:
-        maps: a batch of (already absolute, channel-reduced) maps ``(B, ...)``.
-        percentile: the clipping percentile, in ``(0, 100]``.
-
-    Returns:
-        A float64 tensor of the same shape, values in ``[0, 1]``.
-    """
-    maps = torch.as_tensor(maps).detach().to(torch.float64)
-    if maps.ndim < 2:
-        raise ValueError(f"maps must have a batch dimension and at least one more, got shape {tuple(maps.shape)}")
-    flat = maps.reshape(maps.shape[0], -1)
-    low = flat.min(dim=1, keepdim=True).values
-    high = torch.quantile(flat, percentile / 100.0, dim=1, keepdim=True)
-    span = high - low
-    out = ((flat - low) / torch.where(span > 0, span, torch.ones_like(span))).clamp(0.0, 1.0)
-    return out.reshape(maps.shape)
-
-
-_NORMALIZE = {"minmax": normalize_maps, "percentile": percentile_normalize}
 
 
 def _pearson_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -202,16 +120,6 @@ def spearman_abs(a: torch.Tensor, b: torch.Tensor, *, reduction: str = "sum_abs"
         ``(B,)`` float32 correlations in ``[-1, 1]``; 0 where a map is constant.
     """
     return _spearman(a, b, absolute=True, reduction=reduction)
-
-
-def _abs_normalized_numpy(
-    a: torch.Tensor, b: torch.Tensor, normalization: str = "minmax", reduction: str = "sum_abs"
-) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _check_pair(a, b)
-    normalize = _NORMALIZE[check_choice("normalization", normalization, NORMALIZATIONS)]
-    na = normalize(aggregate_channels(a, absolute=True, reduction=reduction)).to(torch.float64).cpu().numpy()
-    nb = normalize(aggregate_channels(b, absolute=True, reduction=reduction)).to(torch.float64).cpu().numpy()
-    return na, nb
 
 
 def ssim_window(height: int, width: int) -> int:
