@@ -5,6 +5,8 @@ fixture of the same name takes precedence, as pytest resolves names."""
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -41,3 +43,22 @@ def trained(digits) -> ImageClassifier:
 @pytest.fixture(scope="module")
 def batch(digits):
     return select_batch(digits.split_dataset("test"), 8, seed=0)
+
+
+@pytest.fixture
+def run_benchmarks(tmp_path):
+    """``python -m benchmarks.run ARGS --device cpu`` in-process, into ``tmp_path``: returns (exit code, results.json).
+
+    The command pins the thread count for its figures; the suite gets its own back after.
+    """
+    from benchmarks.run import main
+
+    def run(*argv: str) -> tuple[int, dict]:
+        threads, out = torch.get_num_threads(), tmp_path / "results.json"
+        try:
+            code = main([*argv, "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "work")])
+        finally:
+            torch.set_num_threads(threads)
+        return code, json.loads(out.read_text())
+
+    return run

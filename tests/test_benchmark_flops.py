@@ -1,12 +1,9 @@
 """The FLOP counting behind figure 7's bound: torch's formulas, through repeated backward passes."""
 
-import json
-
 import torch
 from torch import nn
 
 from benchmarks.flops import count_flops, dense_ceiling
-from benchmarks.run import main
 
 
 def test_counts_a_matmul_and_an_input_only_backward_walked_twice():
@@ -31,14 +28,10 @@ def test_dense_ceiling_is_a_rate_a_cpu_can_have():
     assert 1e8 < dense_ceiling(torch.device("cpu"), repeats=1) < 1e13
 
 
-def test_figure_7_counts_less_work_for_the_shared_cascade(tmp_path):
-    threads = torch.get_num_threads()
-    out = tmp_path / "mprt.json"
-    try:
-        assert main(["--smoke", "--figures", "mprt", "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "w")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    rows = {row["way"]: row for row in json.loads(out.read_text())["figures"]["mprt"]["rows"]}
+def test_figure_7_counts_less_work_for_the_shared_cascade(run_benchmarks):
+    code, results = run_benchmarks("--smoke", "--figures", "mprt")
+    assert code == 0
+    rows = {row["way"]: row for row in results["figures"]["mprt"]["rows"]}
     one_at_a_time = rows["ours, one model at a time (stack=1, share=False)"]["gflop"]
     shared = rows["ours, shared layers (stack=1, the default on CPU)"]["gflop"]
     # small_cnn's five groups: six models. One at a time, each is run forward and backward in full

@@ -59,29 +59,19 @@ def test_smoke_run_writes_every_figure(tmp_path):
     assert hours * 3600 == pytest.approx(350 * gpu["config"]["max_epochs"] * 50_000 / gpu["rows"][0]["images_per_s"])
 
 
-def test_smoke_road_imputation_figure(tmp_path):
-    threads = torch.get_num_threads()
-    out = tmp_path / "road.json"
-    try:
-        assert main(["--smoke", "--figures", "road", "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    row = json.loads(out.read_text())["figures"]["road"]["rows"][0]
+def test_smoke_road_imputation_figure(run_benchmarks):
+    code, results = run_benchmarks("--smoke", "--figures", "road")
+    assert code == 0
+    row = results["figures"]["road"]["rows"][0]
     assert row["batch"] == "4x3x8x8" and row["impute_s"] > 0 and row["resnet50_s"] > 0
     assert math.isfinite(row["vs_resnet50"])
 
 
-def test_a_failing_figure_does_not_stop_the_others(tmp_path, capsys):
+def test_a_failing_figure_does_not_stop_the_others(run_benchmarks, capsys):
     # A GPU session runs several figures in one command: one that breaks (here an unknown
     # architecture; on a GPU image, a missing package) is reported, the rest still measured.
-    threads = torch.get_num_threads()
-    out = tmp_path / "r.json"
-    argv = ["--smoke", "--figures", "stacked,gpu", "--set", "stacked.cases=no_such_arch:1:8:4:2", "--set", "stacked.grid_members=0"]
-    try:
-        assert main([*argv, "--device", "cpu", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 1
-    finally:
-        torch.set_num_threads(threads)
-    results = json.loads(out.read_text())
+    code, results = run_benchmarks("--smoke", "--figures", "stacked,gpu", "--set", "stacked.cases=no_such_arch:1:8:4:2", "--set", "stacked.grid_members=0")
+    assert code == 1
     assert list(results["figures"]) == ["gpu"] and results["figures"]["gpu"]["rows"]
     assert "no_such_arch" in results["meta"]["failed"]["stacked"]
     assert "FAILED: stacked" in capsys.readouterr().err
