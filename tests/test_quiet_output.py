@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,18 @@ def test_verbose_brings_the_runs_own_output_back(tmp_path):
     done = _benchmark(tmp_path / "grid", "--verbose", "true")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "GPU available" in done.stdout + done.stderr
+
+
+def test_a_stacks_lines_share_one_eta(capsys):
+    from roar.benchmark.plan import RunSpec
+    from roar.benchmark.progress import GridProgress
+
+    specs = [RunSpec(dataset="digits", model="small_cnn", method="gradient", mode="roar", threshold=0.5, seed=seed) for seed in (0, 1)]
+    outcome = {"status": "done", "test_acc": 0.5, "seconds": 0.2}
+    with GridProgress(total=100, done=0) as bar:
+        time.sleep(0.2)  # the stack's training: both members end now
+        bar.finished_together(specs, [outcome, outcome])
+    etas = [int(m) * 60 + int(s) for m, s in re.findall(r"eta (\d+):(\d\d)", capsys.readouterr().out)]
+    # Both members count as done on both lines: about 0.2 s / 2 runs x 98 left = 10 s each. Counted
+    # one at a time, the first line would say 0.2 s / 1 run x 99 left = 20 s, the second 10 s.
+    assert len(etas) == 2 and abs(etas[0] - etas[1]) <= 1, etas

@@ -52,6 +52,7 @@ class GridProgress:
     def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None) -> None:
         self.total, self.count, self.enabled = total, done, enabled
         self._start, self._first = time.perf_counter(), done
+        self._credited = done  # runs the ETA counts as finished: a stack's members all at once
         self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
         self._evaluations_done = 0
         self._evaluation_seconds = 0.0
@@ -72,8 +73,16 @@ class GridProgress:
         if self._bar is not None:
             self._bar.set_postfix_str(run_label(spec))
 
+    def finished_together(self, specs: list[RunSpec], outcomes: list[dict[str, Any]]) -> None:
+        """Runs that ended at the same moment (the members of a stack): one line each, and every
+        line's ETA counts all of them as done, so it does not swing with each member's line."""
+        self._credited = self.count + len(specs)
+        for spec, outcome in zip(specs, outcomes, strict=True):
+            self.finished(spec, outcome)
+
     def finished(self, spec: RunSpec, outcome: dict[str, Any]) -> None:
         self.count += 1
+        self._credited = max(self._credited, self.count)
         if not self.enabled:
             return
         line = f"[{self.count}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
@@ -89,8 +98,8 @@ class GridProgress:
                 line = (f"[{self.count}/{self.total}] no retraining: {self._evaluations_done} evaluations of the base model on "
                         f"masked test data ({self._evaluation_seconds:.1f} s; accuracies in report.md)")  # fmt: skip
         if self._bar is None and self.count < self.total:  # a log file: the ETA the bar would show
-            finished = self.count - self._first
-            left = (time.perf_counter() - self._start) / finished * (self.total - self.count)
+            finished = self._credited - self._first
+            left = (time.perf_counter() - self._start) / finished * (self.total - self._credited)
             line += f", eta {_duration(left)}"
         say(line)
         if self._bar is not None:

@@ -72,10 +72,11 @@ def run_stacks(todo: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, result
         if bar is not None:
             bar.started(group[0])
         outcomes = train_and_record_stack(group, cfg, out, base_ckpt, results, provenance)
-        for spec, outcome in zip(group, outcomes or [], strict=False):
-            done.add(spec.run_id)
-            if bar is not None:
-                bar.finished(spec, outcome)
+        if outcomes is None:  # failed as a stack: its runs go one by one
+            continue
+        done.update(spec.run_id for spec in group)
+        if bar is not None:
+            bar.finished_together(group, outcomes)
     return [spec for spec in todo if spec.run_id not in done]
 
 
