@@ -211,3 +211,10 @@ def test_on_cuda_the_chosen_batch_peaks_within_the_budget():
         torch.cuda.reset_peak_memory_stats()
         step(2 * batch)
         assert torch.cuda.max_memory_allocated() - before > 0.8 * GiB
+
+
+def test_the_grid_says_the_batch_auto_chose_on_the_methods_line(tmp_path, base_checkpoint, capsys):
+    argv = [a for a in TINY if a not in ("--progress", "false")]
+    assert roar_main(["attribute", *argv, "--benchmark.attribution_batch_size", "auto", "--ckpt", str(base_checkpoint), "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ranks of gradient: ready")]
+    assert len(lines) == 1 and f"; attribution batch: {CPU_MAX_AUTO_BATCH} (auto, budget 0.5 of " in lines[0], lines

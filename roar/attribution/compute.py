@@ -7,7 +7,7 @@ of both splits, computed once with the *base* model and reused by every retrain.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ def compute_ranks(
     device: str | torch.device = "auto",
     splits: Sequence[str] = ("train", "test"),
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, np.memmap]:
     """Rank every feature of every image of ``splits`` with ``method``, through the store.
 
@@ -140,6 +141,8 @@ def compute_ranks(
         device: ``auto``, ``cpu``, ``cuda``...
         splits: the source splits to rank.
         progress: progress bars.
+        say: where ``batch_size: auto`` says the batch it chose, in one line (default: this
+            module's logger, at info level).
 
     Returns:
         ``{split: (N, F) memmap of ranks}``.
@@ -167,7 +170,7 @@ def compute_ranks(
 
     batch = batch_size if batch_size != AUTO else DEFAULT_BATCH_SIZE if is_batch_dependent(method, params) else None
     if batch_size == AUTO and batch is not None:
-        log.info("attribution batch: %d (auto is the fixed default for %s: its maps depend on the batch)", batch, method)
+        (say or log.info)(f"attribution batch: {batch} (auto is the fixed default for {method}: its maps depend on the batch)")
     out = {}
     for split in splits:
         fingerprint = method_fingerprint(method, params, checkpoint_sha=sha, dataset_id=datamodule.dataset_id, split=split, target=target, batch_size=batch_size)
@@ -175,7 +178,7 @@ def compute_ranks(
         full = complete_fingerprint(fingerprint, granularity=granularity, score=score, tie_seed=tie_seed, index_offset=offset or None)
         if batch is None and store.find(full) is None:  # auto, and something to compute: measure once per method
             batch, line = auto_batch_size(_probe_step(store, attribute, dataset, dev, full), len(dataset), dev, budget)
-            log.info(line)
+            (say or log.info)(line)
         out[split] = store.get_or_compute(
             fingerprint,
             dataset,

@@ -165,12 +165,14 @@ def prepare_ranks(
             dm, method, checkpoint_sha=sha, method_params=cfg.method_params.get(method, {}), granularity=p.granularity,
             score=p.score, target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
         )  # fmt: skip
+        chosen: list[str] = []  # batch_size auto's choice, said on the method's line
         compute_ranks(
             dm, method, out / STORE_DIR, checkpoint=base_ckpt, model=model,
             method_params=cfg.method_params.get(method, {}), granularity=p.granularity, score=p.score,
             target=p.target, tie_seed=p.tie_seed, batch_size=cfg.attribution_batch_size,
             memory_budget=cfg.attribution_memory_budget, device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
+            say=chosen.append if say is not None else None,  # no lines wanted: the logger keeps it
         )  # fmt: skip
         if say is not None:
-            say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s)")
+            say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s{''.join(f'; {line}' for line in chosen)})")
     return keys
