@@ -116,7 +116,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     # kernel's rate and every other op free; and the share of that rate the target asks for.
     reach = ratio(reference, flops[SHARED] / ceiling) if reference else float("nan")
     needed = flops[SHARED] / (reference / TARGET) if reference else float("nan")
-    bound = reference and (f"the shared path counts {flops[SHARED] / 1e9:.1f} GFLOP; this device's fastest dense float32 kernel runs "
+    bound = None if reference is None else (f"the shared path counts {flops[SHARED] / 1e9:.1f} GFLOP; this device's fastest dense float32 kernel runs "
              f"{ceiling / 1e9:.0f} GFLOP/s, so at best {reach:.2f}x Quantus; {TARGET:g}x needs {needed / 1e9:.0f} GFLOP/s over the "
              f"whole check ({needed / ceiling:.0%} of that kernel's rate)")  # fmt: skip
     return {

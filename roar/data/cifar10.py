@@ -130,12 +130,4 @@ def load_cifar10(root: str | Path | None = None, download: bool = False, image_s
             )
         images = resize_images(_uint8_to_unit(np.concatenate([b[0] for b in batches])), image_size)
         splits.append(TensorImageDataset(images, torch.from_numpy(labels)))
-    return ImageSource(
-        name="cifar10",
-        train=splits[0],
-        test=splits[1],
-        num_classes=len(class_names),
-        in_chans=3,
-        image_size=splits[0].images.shape[-1],
-        class_names=class_names,
-    )
+    return ImageSource.from_tensors("cifar10", splits[0], splits[1], class_names)

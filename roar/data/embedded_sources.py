@@ -36,13 +36,8 @@ def load_digits(image_size: int | None = None, test_fraction: float = 0.2, split
     images = resize_images(images, image_size)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     train_idx, test_idx = _stratified_split(bunch.target, test_fraction, split_seed)
-    return ImageSource(
-        name="digits",
-        train=TensorImageDataset(images[train_idx], labels[train_idx]),
-        test=TensorImageDataset(images[test_idx], labels[test_idx]),
-        num_classes=10,
-        in_chans=1,
-        image_size=images.shape[-1],
+    return ImageSource.from_tensors(
+        "digits", TensorImageDataset(images[train_idx], labels[train_idx]), TensorImageDataset(images[test_idx], labels[test_idx]),
         class_names=[str(d) for d in range(10)],
     )
 
@@ -86,13 +81,7 @@ def load_synthetic_linear(n_train: int = 8000, n_test: int = 2000, n_informative
     """The synthetic benchmark as a 1 x 4 x 4 "image" so masking and models treat it like any other."""
     x, y, a, d = make_synthetic_linear(n_train, n_test, n_informative, seed)
     images = x.view(-1, 1, 4, 4)
-    return ImageSource(
-        name="synthetic_linear",
-        train=TensorImageDataset(images[:n_train], y[:n_train]),
-        test=TensorImageDataset(images[n_train:], y[n_train:]),
-        num_classes=2,
-        in_chans=1,
-        image_size=4,
-        class_names=["z<=0", "z>0"],
-        extras={"informative_weights": a.view(1, 4, 4), "distractor": d.view(1, 4, 4)},
+    return ImageSource.from_tensors(
+        "synthetic_linear", TensorImageDataset(images[:n_train], y[:n_train]), TensorImageDataset(images[n_train:], y[n_train:]),
+        class_names=["z<=0", "z>0"], extras={"informative_weights": a.view(1, 4, 4), "distractor": d.view(1, 4, 4)},
     )

@@ -58,6 +58,16 @@ class ImageSource:
     class_names: list[str]
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_tensors(
+        cls, name: str, train: TensorImageDataset, test: TensorImageDataset, class_names: list[str], extras: dict[str, Any] | None = None
+    ) -> ImageSource:
+        """A source of two in-memory splits: classes, channels and size read from the names and the images."""
+        return cls(
+            name=name, train=train, test=test, num_classes=len(class_names), in_chans=train.images.shape[1],
+            image_size=train.images.shape[-1], class_names=class_names, extras=extras or {},
+        )  # fmt: skip
+
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, TensorImageDataset) and isinstance(self.test, TensorImageDataset)

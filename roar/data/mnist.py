@@ -88,15 +88,7 @@ def _load_idx_source(name: str, folder_name: str, dataset_class: str, class_name
             raise ValueError(f"{labels_path}: labels must lie in [0, {len(class_names)}), got a {labels.max()}")
         tensor = resize_images(_uint8_to_unit(images[:, None]), image_size)
         splits.append(TensorImageDataset(tensor, torch.from_numpy(labels.astype(np.int64))))
-    return ImageSource(
-        name=name,
-        train=splits[0],
-        test=splits[1],
-        num_classes=len(class_names),
-        in_chans=1,
-        image_size=splits[0].images.shape[-1],
-        class_names=class_names,
-    )
+    return ImageSource.from_tensors(name, splits[0], splits[1], class_names)
 
 
 def load_mnist(root: str | Path | None = None, download: bool = False, image_size: int | None = None, **options: Any) -> ImageSource:
