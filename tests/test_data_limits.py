@@ -1,16 +1,23 @@
 """data.limit_train / data.limit_test: a seeded, class-stratified part of the data, fingerprinted downstream."""
 
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
+from roar.__main__ import main as roar_main
 from roar.attribution.compute import rank_entry_keys
 from roar.benchmark.config import BaseModel, BenchmarkConfig
 from roar.benchmark.provenance import ConfigChangedError, base_training, grid_settings
 from roar.benchmark.prepare import train_base
+from roar.benchmark.results import ResultsStore
 from roar.data.datamodule import ImageDataModule
+from roar.data.roar import RoarDataModule
 from roar.models.checkpoint import provenance
 
 DIGITS = {"source": "digits", "image_size": 8}
+DEMO = str(Path(__file__).resolve().parents[1] / "configs/benchmark/digits_demo.yaml")
 
 
 def test_a_part_keeps_each_class_in_proportion():
@@ -75,3 +82,27 @@ def test_a_base_model_of_one_part_is_refused_for_another_and_retrained_with_forc
         train_base(config(150), tmp_path, progress=False)
     train_base(config(150), tmp_path, progress=False, force=True)
     assert provenance(path)["dataset"]["limit"]["train"] == 150
+
+
+def test_the_masked_datamodule_takes_every_setting_of_the_plain_one():
+    # The grid builds each retrain's RoarDataModule from the data section the base model was trained
+    # with: a setting only the plain module takes fails every masked run (limit_train once did).
+    plain, masked = inspect.signature(ImageDataModule).parameters, inspect.signature(RoarDataModule).parameters
+    assert [name for name in plain if name not in masked] == []
+    assert {name: masked[name].default for name in plain} == {name: p.default for name, p in plain.items()}
+
+
+def test_a_grid_on_a_part_retrains_every_masked_run_on_that_part(tmp_path):
+    out = tmp_path / "part"
+    args = [
+        "benchmark", "--config", DEMO, "--data.image_size", "8", "--data.init_args.limit_train", "200", "--data.init_args.limit_test", "60",
+        "--trainer.max_epochs", "1", "--benchmark.base.max_epochs", "2", "--benchmark.base.min_accuracy", "0", "--benchmark.methods", "[gradient]",
+        "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.modes", "[roar, kar]", "--benchmark.noretrain", "false",
+        "--benchmark.logger", "none", "--progress", "false", "--out", str(out),
+    ]  # fmt: skip
+    assert roar_main(args) == 0
+    rows = ResultsStore(out / "results.db").rows()
+    assert sorted((r["mode"], r["status"]) for r in rows) == [("kar", "done"), ("reference", "done"), ("roar", "done")]
+    for row in rows:
+        data = row["provenance"]["settings"]["data"]
+        assert (data["limit_train"], data["limit_test"]) == (200, 60)

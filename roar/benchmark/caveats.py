@@ -85,7 +85,7 @@ def caveats(rows: list[dict[str, Any]], analysed: Iterable[Evaluation], out_dir:
         reference, (base, where) = statistics.fmean(values), bases[pair]
         if abs(reference - base) > REFERENCE_GAP:
             lines.append(
-                f"On {pair[0]}/{pair[1]} the retrained unmasked reference reaches {reference:.3f} test accuracy (mean of {len(values)} seeds) "
+                f"On {pair[0]}/{pair[1]} the retrained unmasked reference reaches {reference:.3f} test accuracy ({'one seed' if len(values) == 1 else f'mean of {len(values)} seeds'}) "
                 f"but the base model {base:.3f} ({where}): {abs(reference - base) * 100:.1f} points apart (more than {REFERENCE_GAP * 100:.0f}). "
                 "The retrained models are not the model that was explained; train the retrains as the base (trainer.max_epochs) before reading the curves."
             )

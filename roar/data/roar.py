@@ -77,6 +77,8 @@ class RoarDataModule(ImageDataModule):
         label_permutation: bool = False,
         stats_samples: int = 10_000,
         source_options: dict[str, Any] | None = None,
+        limit_train: int | float | None = None,
+        limit_test: int | float | None = None,
         *,
         ranks: RankProvider | None = None,
         threshold: float = 0.0,
@@ -105,6 +107,7 @@ class RoarDataModule(ImageDataModule):
             source=source, root=root, download=download, image_size=image_size, batch_size=batch_size,
             val_fraction=val_fraction, num_workers=num_workers, augment=augment, crop_padding=crop_padding,
             seed=seed, label_permutation=label_permutation, stats_samples=stats_samples, source_options=source_options,
+            limit_train=limit_train, limit_test=limit_test,
         )  # fmt: skip
         # Checkpoints keep plain hyperparameters (they load with weights_only): the provider is
         # recorded by what it is, not pickled.
