@@ -19,178 +19,39 @@ The unmasked reference is shared: its rows (``method="unmasked"``) appear once i
 themselves, and are also copied onto every method's curves, at fraction removed 0 (ROAR), at
 fraction kept 1 (KAR) and, for the base model, at 0 on the noretrain curves.
 
-Matplotlib and wandb are imported inside the functions that need them, so importing this module
-stays cheap.
+The sections of report.md are written by :mod:`roar.benchmark.report_markdown`; this module
+puts them together with the figures, the CSV files and the terminal's rankings. Matplotlib and
+wandb are imported inside the functions that need them, so importing this module stays cheap.
 """
 
 
 from __future__ import annotations
 
-import json
 import warnings
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from roar.benchmark import consistency
 from roar.benchmark.caveats import caveats
 from roar.benchmark.curves import (
-    AXIS_LABEL, BASELINE, LOWER_IS_BETTER, MODE_SHORT, MODE_TITLE, SUMMARY_COLUMNS, area_under_curve, curve_fills, figure_name, ranking,
-    settings_keys, summarize, write_summary_csv,
+    LOWER_IS_BETTER, MODE_SHORT, SUMMARY_COLUMNS, area_under_curve, curve_fills, figure_name, ranking, settings_keys, summarize,
+    write_summary_csv,
 )  # fmt: skip
-from roar.benchmark.evaluations import Evaluation, MethodResult, analyse, evaluations
+from roar.benchmark.evaluations import analyse, evaluations
 from roar.benchmark.figures import plot_curves
 from roar.benchmark.leakage_report import leakage_report
-from roar.benchmark.plan import DEFAULT_FILL, MODES, SPEC_MODES, RunSpec, evaluation_label
+from roar.benchmark.plan import DEFAULT_FILL, MODES, evaluation_label
+from roar.benchmark.report_markdown import _counts_lines, _failures_lines, _md_table, _mode_section, _protocol_lines
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
-from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean
+from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning
 
 
 def _fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
     if value is None:
         return "–"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    def esc(cell: Any) -> str:
-        return str(cell).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            items += _flatten(value, name + ".")
-        else:
-            items.append((name, json.dumps(value, default=str) if isinstance(value, (list, tuple, dict)) else value))
-    return items
-
-
-def _protocol_lines(config: dict[str, Any]) -> list[str]:
-    # The protocol choices move results (DESIGN.md, "Protocol choices"): list them first.
-    protocol = config.get("protocol") if isinstance(config.get("protocol"), dict) else None
-    rest = {k: v for k, v in config.items() if k != "protocol"}
-    lines = ["## Protocol", ""]
-    if protocol:
-        lines += _md_table(("choice", "value"), [(f"`{k}`", f"`{v}`") for k, v in _flatten(protocol)]) + [""]
-    if rest:
-        lines += ["<details><summary>Full configuration</summary>", ""]
-        lines += _md_table(("setting", "value"), [(f"`{k}`", f"`{v}`") for k, v in _flatten(rest)]) + ["", "</details>", ""]
-    return lines
-
-
-def _versus_random(result: MethodResult, lower_is_better: bool) -> str:
-    if result.method == BASELINE or result.delta is None:
-        return "–"
-    if result.distinguishable is None:
-        return "undefined (1 seed)"
-    if not result.distinguishable:
-        return "**not distinguishable from random**"
-    return "better than random" if (result.delta.estimate < 0) == lower_is_better else "worse than random"
-
-
-def _positions(result: MethodResult) -> str:
-    # every position held in at least 1% of the resamples, most frequent first
-    held = sorted(((f, k) for k, f in result.stability.items() if f >= 0.01), reverse=True)
-    return ", ".join(f"{k}: {f:.0%}" for f, k in held) or "–"
-
-
-def _evaluation_tables(ev: Evaluation, results: list[MethodResult], level: float, resamples: int) -> list[str]:
-    table = [
-        (
-            r.rank if r.rank is not None else "–", f"`{r.method}`", r.auc.format(4),
-            "–" if r.delta is None else r.delta.format(4, signed=True), _versus_random(r, ev.lower_is_better),
-            _positions(r), r.points if r.complete else f"{r.points} (incomplete)",
-        )
-        for r in results
-    ]  # fmt: skip
-    pct = f"{level:.0%}"
-    lines = _md_table(("rank", "method", f"AUC [{pct} CI]", f"Δ random [{pct} CI]", "vs random", "rank under resampling", "points"), table) + [""]
-    lines += [f"Test accuracy, mean [{pct} CI] (n seeds):", ""]
-    thresholds = [f"{t:g}" for t in ev.thresholds]
-    acc_rows = []
-    with warnings.catch_warnings():  # one seed: "[–]" in the cell; the report's warnings say why
-        warnings.simplefilter("ignore", IntervalUndefinedWarning)
-        for r in results:
-            cells = []
-            for values in ev.accuracy[r.method]:
-                present = values[~np.isnan(values)]
-                cells.append(f"{bootstrap_mean(present, level, resamples).format(3)} ({present.size})" if present.size else "")
-            acc_rows.append((f"`{r.method}`", *cells))
-    return lines + _md_table(("method", *thresholds), acc_rows) + [""]
-
-
-def _mode_section(
-    mode: str, analysed: list[tuple[Evaluation, list[MethodResult]]], figures: dict[tuple[str, str], Path], level: float, resamples: int
-) -> list[str]:
-    lines = [f"## {MODE_TITLE.get(mode, mode)}", ""]
-    mine = [(ev, results) for ev, results in analysed if ev.mode == mode]
-    if not mine:
-        return lines + [f"No {mode} runs.", ""]
-    better = "lower" if LOWER_IS_BETTER.get(mode, mine[0][0].lower_is_better) else "higher"
-    lines += [
-        f"Area under the mean test-accuracy curve over the {AXIS_LABEL.get(mode, 'threshold')} (trapezoid, reference point "
-        f"included): **{better} is better**; `[low, high]` is its {level:.0%} percentile bootstrap interval over seeds. "
-        "Δ random is the area minus the `random` baseline's, its interval paired (both areas on the same resampled seeds): "
-        "a method whose interval contains 0 is **not distinguishable from random**. Rank under resampling: how often "
-        "the method holds each rank when the seeds are resampled.",
-        "",
-    ]
-    if mode in ("noretrain", "noretrain_kar"):
-        lines += ["Without retraining, a drop in accuracy mixes removed information with distribution shift; see ROAR.", ""]
-    fills = list(dict.fromkeys(ev.fill for ev, _ in mine))  # the default fill first (evaluations' order)
-    for fill in fills:
-        of_fill = [(ev, results) for ev, results in mine if ev.fill == fill]
-        for ev, results in of_fill:
-            if len(mine) > 1 or ev.fill != DEFAULT_FILL:  # a fill other than the paper's is always named
-                lines += [f"### {ev.dataset} / {ev.model}, fill `{ev.fill}`", ""]
-            lines += _evaluation_tables(ev, results, level, resamples)
-        if (mode, fill) in figures:  # only a figure that was drawn from these runs; one per fill
-            label = evaluation_label(mode, fill) if len(fills) > 1 or fill != DEFAULT_FILL else mode
-            lines += [f"![{label} curves]({figures[(mode, fill)].name})", ""]
-    return lines
-
-
-def _failures_lines(rows: list[dict[str, Any]]) -> list[str]:
-    failed = [r for r in rows if r.get("status") == "failed"]
-    lines = ["## Failures", ""]
-    if not failed:
-        return lines + ["None.", ""]
-    lines += [f"{len(failed)} run(s) failed; run the same benchmark command again to retry them.", ""]
-    for row in failed:
-        error = (row.get("error") or "no error recorded").rstrip()
-        last = error.splitlines()[-1] if error else ""
-        tail = "\n".join(error.splitlines()[-40:])  # the end of a traceback says what went wrong
-        lines += [f"### `{_run_id(row)}`", "", f"{last}", "", "```text", tail.replace("```", "'''"), "```", ""]
-    return lines
-
-
-def _run_id(row: dict[str, Any]) -> str:
-    return str(row["run_id"]) if row.get("run_id") else RunSpec.from_dict(row).run_id
-
-
-def _counts_lines(rows: list[dict[str, Any]]) -> list[str]:
-    per_mode: dict[str, dict[str, int]] = defaultdict(lambda: {"done": 0, "failed": 0})
-    modes: dict[str, str] = {}
-    for row in rows:
-        status = row.get("status") or "done"
-        label = evaluation_label(str(row["mode"]), DEFAULT_FILL if row["method"] == "unmasked" else str(row.get("fill") or DEFAULT_FILL))
-        modes[label] = str(row["mode"])
-        per_mode[label][status if status in ("done", "failed") else "failed"] += 1
-    done = sum(c["done"] for c in per_mode.values())
-    failed = sum(c["failed"] for c in per_mode.values())
-    lines = ["## Runs", "", f"**{done} done, {failed} failed.**", ""]
-    order = sorted(per_mode, key=lambda m: (SPEC_MODES.index(modes[m]) if modes[m] in SPEC_MODES else len(SPEC_MODES), m))
-    return lines + _md_table(("mode", "done", "failed"), [(m, per_mode[m]["done"], per_mode[m]["failed"]) for m in order]) + [""]
 
 
 def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str = DEFAULT_FILL) -> None:
