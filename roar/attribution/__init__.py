@@ -7,10 +7,11 @@ al. 2018) ensembles, the ROAR baselines, and the control of Binder et al. (2022)
 method joins them with :func:`register_method`, or by import path in a config (any captum class,
 any function ``explain(model, inputs, target)``): see :mod:`roar.attribution.registry`.
 
-One concept per module: :mod:`~roar.attribution.base` (the contract), :mod:`~roar.attribution.captum_adapter`
-(any captum class), :mod:`~roar.attribution.function_method` (a plain function),
-:mod:`~roar.attribution.gradients` (the six built-ins), :mod:`~roar.attribution.ensembles`,
-:mod:`~roar.attribution.baselines`, :mod:`~roar.attribution.registry`, and
+One concept per module: :mod:`~roar.attribution.base` (the contract), :mod:`~roar.attribution.checks`
+(its argument checks), :mod:`~roar.attribution.captum_adapter` (any captum class),
+:mod:`~roar.attribution.function_method` (a plain function), :mod:`~roar.attribution.gradients`
+(the six built-ins), :mod:`~roar.attribution.ensembles`, :mod:`~roar.attribution.baselines`,
+:mod:`~roar.attribution.registry` (names), :mod:`~roar.attribution.method_factory` (what a name builds), and
 :mod:`~roar.attribution.ranks` (a method's cached ranks for the masking datamodule).
 """
 

@@ -10,6 +10,9 @@ all live in ``[0, 1]`` pixel space and checkpoints are self-contained.
 ``0 .. num_train_pool - 1`` (validation is carved out of them), samples of its test split
 follow at ``num_train_pool + j``. Masks look ranks up by it, so a mask always matches the image
 it was computed on, whatever the sampler, the worker or the process.
+
+The datasets that carry that index are in :mod:`roar.data.indexed`, the crop and flip in
+:mod:`roar.data.augmentation`; both names are importable from here too.
 """
 
 from __future__ import annotations
@@ -21,23 +24,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from roar.data import lightning_source  # noqa: F401  (registers the "lightning" source)
+from roar.data.augmentation import AUGMENTATIONS, DEFAULT_AUGMENTATION, random_crop_flip
+from roar.data.indexed import Batch, IndexedDataset, collate_batch
 from roar.data.sources import SOURCES, ImageSource, TensorImageDataset, load_source
 from roar.data.subset import limit_source
 from roar.registry import import_object
-
-AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
-
-DEFAULT_AUGMENTATION = {
-    "digits": "crop",
-    "mnist": "crop",
-    "fashion_mnist": "crop",
-    "cifar10": "crop_flip",
-    "image_folder": "crop_flip",
-    "synthetic_linear": "none",
-}
-"""Digits and MNIST-like sets are not mirror-symmetric (a flipped 2 is no 2): crop only."""
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 SourceName = str
 """A registered source (``roar.data.sources.list_sources``); checked when the datamodule is built, listing the choices."""
@@ -70,67 +61,6 @@ def datamodule_arguments(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(init_args.get("batch_size"), int):
         arguments["batch_size"] = init_args["batch_size"]
     return arguments
-
-
-class IndexedDataset(Dataset):
-    """Yields ``(image, label, offset + i)``; optionally replaces the labels.
-
-    With ``batched`` and a :class:`TensorImageDataset` it serves whole batches through
-    ``__getitems__`` (one tensor index instead of ``batch_size`` item reads and a collate);
-    such batches need :func:`collate_batch` as the loader's ``collate_fn``.
-    """
-
-    def __init__(self, dataset: Dataset, offset: int = 0, labels: torch.Tensor | None = None, batched: bool = True) -> None:
-        self.dataset = dataset
-        self.offset = offset
-        self.labels = labels
-        self.batched = batched
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.dataset[i][:2]
-        if self.labels is not None:
-            label = int(self.labels[i])
-        return image, label, self.offset + i
-
-    def __getitems__(self, indices: list[int]) -> Batch | list[tuple[torch.Tensor, int, int]]:
-        if not (self.batched and isinstance(self.dataset, TensorImageDataset)):
-            return [self[i] for i in indices]
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        labels = (self.labels if self.labels is not None else self.dataset.labels)[idx]
-        return self.dataset.images[idx], labels, idx + self.offset
-
-
-def collate_batch(batch: Batch | list[tuple[torch.Tensor, int, int]]) -> Batch:
-    """Collate per-item samples; pass through batches already built by ``__getitems__``."""
-    if isinstance(batch, tuple):
-        return batch
-    images, labels, indices = zip(*batch, strict=True)
-    return torch.stack(images), torch.as_tensor(labels, dtype=torch.long), torch.as_tensor(indices, dtype=torch.long)
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop after zero padding, and a random horizontal flip, vectorised.
-
-    The standard CIFAR augmentation (He et al. 2016), done on the device in a few tensor ops.
-    """
-    b, _, h, w = images.shape
-    device = images.device
-    if padding > 0:
-        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
-        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        batch_idx = torch.arange(b, device=device)[:, None, None, None]
-        chan_idx = torch.arange(images.shape[1], device=device)[None, :, None, None]
-        images = padded[batch_idx, chan_idx, rows, cols]
-    if flip:
-        do_flip = torch.rand(b, device=device, generator=generator) < 0.5
-        images = torch.where(do_flip[:, None, None, None], images.flip(-1), images)
-    return images
 
 
 class ImageDataModule(LightningDataModule):
