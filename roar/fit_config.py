@@ -63,7 +63,19 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
         return message
     close = difflib.get_close_matches(bad, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"{message.rstrip()}\n'{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
+    text = f"{message.rstrip()}\n'{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
+    return text + _wrap_hint(data.group(1), bad) if data else text
+
+
+def _wrap_hint(class_path: str, key: str) -> str:
+    """How to give roar's own data settings (limit_train, augment, ...) to a user's datamodule, which does not take them."""
+    from roar.data.datamodule import ImageDataModule
+
+    if key not in inspect.signature(ImageDataModule).parameters:
+        return ""
+    return (f"\n'{key}' is a setting of roar.data.ImageDataModule: wrap {class_path} to use it, e.g. --data "
+            f"'{{class_path: roar.data.ImageDataModule, init_args: {{source: lightning, "
+            f"source_options: {{class_path: {class_path}, init_args: {{...}}}}, {key}: ...}}}}'")
 
 
 def add_fit_sections(parser: ConfigParser) -> None:

@@ -142,6 +142,18 @@ def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
     assert entry.shape == (360, 64), "every 5th of 1,797 digits, 8x8 x 1 channel"
 
 
+def test_a_users_datamodule_wrapped_in_roars_takes_roars_data_settings(tmp_path):
+    # roar's own data settings (here a first look on part of the data) apply to any datamodule
+    # once it is the `lightning` source of an ImageDataModule, the form the error below suggests
+    out = tmp_path / "out"
+    wrapped = "{class_path: roar.data.ImageDataModule, init_args: {source: lightning, limit_test: 50, batch_size: 32, source_options: {class_path: user_code.TinyDigits}}}"
+    assert benchmark(out, "--data", wrapped, "--benchmark.methods", "[gradient]") == 0
+    assert {r["status"] for r in ResultsStore(out / "results.db").rows()} == {"done"}
+    entry = next(e for e in AttributionStore(out / "attributions").entries() if e.split == "test")
+    assert entry.fingerprint["dataset"]["identity"]["class_path"] == "user_code.TinyDigits"
+    assert entry.shape == (50, 64), "50 of the datamodule's 360 test digits"
+
+
 def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp_path):
     from roar.models.classifier import ImageClassifier
 
@@ -169,6 +181,7 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
         (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),
         (["--data", "{class_path: user_code.DigitPairs}"], "does not correspond to a subclass of LightningDataModule"),
+        (["--data", "{class_path: user_code.TinyDigits}", "--data.init_args.limit_train", "100"], "wrap user_code.TinyDigits to use it"),
     ],
 )
 def test_bad_input_fails_at_config_time_naming_the_value(tmp_path, capsys, override, message):
