@@ -319,6 +319,25 @@ def test_a_report_only_reads_the_results_database(finished, tmp_path):
     assert (db.read_bytes(), sorted(p.name for p in archived.iterdir())) == before
 
 
+def test_a_report_from_the_folder_alone_describes_the_grid_that_ran(finished, tmp_path):
+    # `python -m roar report --out DIR` without the grid's config: the title, the configuration
+    # table and the methods are those the results recorded, not the defaults; options still apply
+    out, report = copy_of(finished, tmp_path), tmp_path / "report"
+    assert roar_main(["report", "--out", str(out), "--report_dir", str(report), "--benchmark.confidence_level", "0.9"]) == 0
+    text = (report / "report.md").read_text()
+    assert text.startswith("# ROAR/KAR benchmark: digits_demo\n")
+    assert '| `methods` | `["random", "integrated_gradients"]` |' in text and "| `trainer.max_epochs` | `1` |" in text
+    assert "| `confidence_level` | `0.9` |" in text and "90% percentile bootstrap interval" in text
+
+
+def test_a_report_logs_its_wandb_summary_without_banners(finished, tmp_path, capfd):
+    out = copy_of(finished, tmp_path)
+    assert roar_main(["report", "--out", str(out), "--benchmark.logger", "wandb"]) == 0
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1, "the summary run"
+    printed = capfd.readouterr()
+    assert "wandb:" not in printed.out + printed.err and "ROAR/KAR benchmark: digits_demo" in printed.out
+
+
 def test_random_ranks_of_train_and_test_images_differ(finished):
     import numpy as np
 

@@ -158,6 +158,26 @@ def attribute_main(argv: list[str]) -> int:
     return 0
 
 
+def _recorded_config(db: Path) -> str | None:
+    """The config the latest run in ``db`` recorded, as a ``--config`` for a report of those results.
+
+    Without it, a report rebuilt from the folder alone (``python -m roar report --out DIR``) would
+    title, describe and log the results under the default config's name, methods and protocol.
+    """
+    import json
+
+    from roar.benchmark.results import ResultsStore
+
+    rows = [row for row in ResultsStore(db, read_only=True).rows() if isinstance(row.get("config"), dict) and "benchmark" in row["config"]]
+    if not rows:
+        return None
+    benchmark = dict(max(rows, key=lambda row: str(row.get("finished_at") or ""))["config"]["benchmark"])
+    data, model, trainer = (benchmark.pop(section, None) or {} for section in FIT_SECTIONS)
+    if "class_path" not in data:  # recorded as ImageDataModule arguments
+        data = {"class_path": "roar.data.ImageDataModule", "init_args": data}
+    return json.dumps({"data": data, "model": model, "trainer": trainer, "benchmark": benchmark})
+
+
 def report_main(argv: list[str]) -> int:
     import os
     import shutil
@@ -165,6 +185,8 @@ def report_main(argv: list[str]) -> int:
     from roar.benchmark.leakage_report import LEAKAGE_CSV
     from roar.benchmark.results import ResultsStore
     from roar.benchmark.runner import write_benchmark_report
+    from roar.benchmark.wandb_runs import wandb_service
+    from roar.quiet import quiet_third_party
 
     parser = _parser("report", "Rewrite results.csv, summary.csv, the curves and report.md from <out>/results.db.")
     parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
@@ -173,6 +195,9 @@ def report_main(argv: list[str]) -> int:
     db = out / "results.db"
     if not db.is_file():
         parser.error(f"no results database at {db}; run `python -m roar benchmark` first")
+    recorded = None if args.config else _recorded_config(db)
+    if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
+        cfg, out, args = _config(parser, ["--config", recorded, *argv])
     report_dir = Path(args.report_dir) if args.report_dir else out
     if report_dir.exists() and not os.access(report_dir, os.W_OK):
         parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
@@ -180,7 +205,8 @@ def report_main(argv: list[str]) -> int:
         report_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)
     try:
-        write_benchmark_report(cfg, report_dir, ResultsStore(db, read_only=True))
+        with quiet_third_party(), wandb_service(cfg.logger == "wandb"):  # the summary run without W&B's banners, as after a grid
+            write_benchmark_report(cfg, report_dir, ResultsStore(db, read_only=True))
     except ValueError as err:  # e.g. results of two configurations
         return _fail(err)
     return 0
