@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
+from roar.quiet import ignore_known_warnings
 
 LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
 
@@ -31,6 +32,7 @@ class RoarCLI(LightningCLI):
         # A re-run into the same folder must not fail on the config it saved last time.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        ignore_known_warnings()  # third-party deprecations that say nothing about the user's run
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -35,6 +35,11 @@ def silence_third_party() -> None:
     """Silence the known banners and warnings for the rest of this process (a worker's, or the CLI's)."""
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    ignore_known_warnings()
+
+
+def ignore_known_warnings() -> None:
+    """Ignore :data:`KNOWN_WARNINGS` for the rest of this process; ``train.py`` keeps its one run's banners."""
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
 

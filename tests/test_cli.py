@@ -29,6 +29,16 @@ def test_fit_fast_dev_run(tmp_path):
     assert cli.model.hparams.num_classes == 10 and cli.model.hparams.in_chans == 1
 
 
+def test_fit_shows_no_known_third_party_deprecation(tmp_path):
+    # Lightning's own use of a deprecated torch API (roar.quiet.KNOWN_WARNINGS) says nothing about the user's run
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(fit_args(tmp_path, "--trainer.fast_dev_run", "true"))
+    assert [str(w.message) for w in caught if "LeafSpec" in str(w.message)] == []
+
+
 def test_links_pass_data_facts_to_the_model(tmp_path):
     cli = main(fit_args(tmp_path, "--trainer.fast_dev_run", "true", "--data.init_args.image_size", "12"))
     assert cli.model.hparams.image_size == 12
