@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
@@ -33,6 +33,7 @@ from torch import nn
 from callbacks.sanity_callback import SanityCheckCallback, Target
 from roar.models.checkpoint import load_classifier
 from roar.sanity.maps import DATA_CHECK, DEFAULT_METHODS, DEFAULT_METRICS, CheckResult, data_randomization
+from roar.sanity.settings import SanitySettings
 
 
 class DataRandomizationCheck(SanityCheckCallback):
@@ -50,6 +51,9 @@ class DataRandomizationCheck(SanityCheckCallback):
         method_params: optional ``{method: {param: value}}``.
         seed: seeds the images and the random methods.
         target: ``predicted`` (the current model's class, for both models) or ``label``.
+        normalization: ``minmax`` (default) or ``percentile`` (99th-percentile clip) before SSIM/HOG,
+            as ``python -m roar sanity``'s data check.
+        reduction: ``sum_abs`` (sum of ``|a|`` over channels, default) or ``abs_sum`` (``|sum a|``).
 
     Raises:
         FileNotFoundError: if ``reference_checkpoint`` does not exist (checked at construction,
@@ -67,8 +71,12 @@ class DataRandomizationCheck(SanityCheckCallback):
         method_params: Mapping[str, Mapping[str, Any]] | None = None,
         seed: int = 0,
         target: Target = "predicted",
+        normalization: Literal["minmax", "percentile"] = "minmax",
+        reduction: Literal["sum_abs", "abs_sum"] = "sum_abs",
     ) -> None:
         super().__init__(methods, metrics, num_images, every_n_epochs, log_images, method_params, seed, target)
+        # no weights are re-initialised here, so batchnorm has nothing to choose
+        self.settings = SanitySettings(normalization=normalization, reduction=reduction)
         path = Path(reference_checkpoint)
         if not path.is_file():
             raise FileNotFoundError(
@@ -107,6 +115,7 @@ class DataRandomizationCheck(SanityCheckCallback):
                 method_params=self.method_params,
                 seed=self.seed,
                 keep_maps=self.log_images,
+                settings=self.settings,
             )
         ]
 

@@ -24,7 +24,8 @@ import yaml
 from callbacks import DataRandomizationCheck, ModelRandomizationCheck
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
-from roar.sanity.maps import model_randomization, select_batch
+from roar.models.checkpoint import load_classifier
+from roar.sanity.maps import data_randomization, model_randomization, select_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 8
@@ -384,3 +385,18 @@ def test_randomisation_settings_reach_every_result_row(trained, digits):
     plain = ModelRandomizationCheck(methods=["gradient"], metrics=["ssim"]).compute(None, trained, images, None, indices)[0]
     assert plain.records[-1].row()["normalization"] == "minmax"
     assert plain.records[-1].mean != pytest.approx(result.records[-1].mean)
+
+
+def test_the_data_check_takes_the_map_settings_of_python_m_roar_sanity(trained, digits, permuted_checkpoint):
+    images, _, indices = select_batch(digits.split_dataset("val"), 4, seed=0)
+    check = DataRandomizationCheck(reference_checkpoint=str(permuted_checkpoint), methods=["gradient"], metrics=["ssim"], normalization="percentile", reduction="abs_sum")
+    (result,) = check.compute(None, trained, images, None, indices)
+    (row,) = [record.row() for record in result.records]
+    assert (row["normalization"], row["reduction"]) == ("percentile", "abs_sum")
+    reference = load_classifier(permuted_checkpoint)
+    same = data_randomization(trained, reference, images, ["gradient"], ["ssim"], indices=indices, settings={"normalization": "percentile", "reduction": "abs_sum"})
+    assert result.records[0].mean == pytest.approx(same.records[0].mean)
+    (plain,) = DataRandomizationCheck(reference_checkpoint=str(permuted_checkpoint), methods=["gradient"], metrics=["ssim"]).compute(None, trained, images, None, indices)
+    assert plain.records[0].mean != pytest.approx(result.records[0].mean)
+    with pytest.raises(ValueError, match="'zscore'.*minmax"):
+        DataRandomizationCheck(reference_checkpoint=str(permuted_checkpoint), normalization="zscore")
