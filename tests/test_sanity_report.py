@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from roar.__main__ import main as roar_main
-from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, read_csv, run_report
+from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, model_warnings, read_csv, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "sanity" / "digits.yaml")
@@ -96,6 +97,18 @@ def test_printed_tables_put_the_noise_control_beside_each_method(report):
     assert flat.count("noise (control)") == len(METHODS)
     assert "necessary but not sufficient" in flat
     assert "Binder et al. 2022" in flat
+
+
+def test_a_permuted_label_model_that_has_not_memorised_its_labels_is_flagged(report):
+    # 2 epochs cannot memorise 1,617 permuted labels (Adebayo et al. train until they are fitted)
+    out, printed = report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["permuted_model"]["train_acc_permuted_labels"] < 0.5
+    (warning,) = summary["warnings"]
+    assert "sanity.permuted_epochs" in warning and "after 2 epochs" in warning
+    assert "warning: the permuted-label model fits" in " ".join(printed.split())
+    memorised = {"permuted_model": {**summary["permuted_model"], "train_acc_permuted_labels": 0.99}}
+    assert model_warnings(memorised, permuted_epochs=60) == [] and model_warnings({}, permuted_epochs=60) == []
 
 
 def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):

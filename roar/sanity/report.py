@@ -120,6 +120,9 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         if "test_acc" in info:
             extra = f", train accuracy on the permuted labels {info['train_acc_permuted_labels']:.3f}" if "train_acc_permuted_labels" in info else ""
             say(f"{name}: test accuracy {info['test_acc']:.3f}{extra}")
+    summary["warnings"] = model_warnings(summary, cfg.permuted_epochs)
+    for line in summary["warnings"]:
+        say(f"warning: {line}")
 
     target = fixed_target(model, images, labels, cfg.target)
     results: list[CheckResult] = []
@@ -210,6 +213,28 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
     except ValueError as err:
         parser.error(str(err))
     return SanityReportConfig(**values), Path(args.out)
+
+
+MEMORISED = 0.9
+"""Train accuracy on its permuted labels above which the permuted-label model counts as having memorised them."""
+
+
+def model_warnings(summary: dict[str, Any], permuted_epochs: int) -> list[str]:
+    """What makes the data randomisation test of Adebayo et al. (2018) uninformative on these models.
+
+    The test compares the maps of a model that learned the labels with those of one that could
+    only memorise permuted labels. A permuted-label model that has not memorised them is barely
+    trained, so its maps differ from the true-label model's for that reason alone.
+    """
+    lines = []
+    permuted = summary.get("permuted_model")
+    if permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED:
+        lines.append(
+            f"the permuted-label model fits {permuted['train_acc_permuted_labels']:.3f} of its training labels after {permuted_epochs} epochs "
+            f"(memorised: > {MEMORISED}); the data randomisation test then compares against a barely trained model. "
+            "Raise sanity.permuted_epochs until it memorises them (the model is retrained: its checkpoint is reused only for the same settings)"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
