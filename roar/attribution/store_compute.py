@@ -260,6 +260,7 @@ def _progress_bar(enabled: bool):
         TimeRemainingColumn(),
         console=_console(),
         disable=not enabled,
-        transient=False,
+        # gone when done: the caller's one line per method (ranks of X: ready) stays, not a bar per split
+        transient=True,
     )
 
