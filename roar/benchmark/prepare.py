@@ -27,6 +27,7 @@ from roar.benchmark.cell import RUNS_DIR, STORE_DIR, _classifier, _finish_logger
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.provenance import base_training, refusal
 from roar.data.datamodule import ImageDataModule
+from roar.epoch_progress import EpochProgress
 from roar.fingerprint import differences
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 
@@ -71,7 +72,8 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     itself: it is reused only when that matches, refused otherwise (``force`` retrains it). A
     ``base.checkpoint`` of the user's is checked against the config's architecture and the data.
     A base model that diverged or stayed near chance is never kept. ``progress``: Lightning's
-    bars; ``say``: where the one line saying what happened goes (nowhere by default).
+    bars; ``say``: where the one line saying what happened goes (nowhere by default). With ``say``
+    and without Lightning's bars, a terminal shows one bar over the epochs while the model trains.
 
     Raises:
         ConfigChangedError: ``<out>/base.ckpt`` was trained with other settings (and not ``force``).
@@ -104,6 +106,8 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     run_dir = out / RUNS_DIR / "base"
     loggers = _loggers(cfg, out, run_dir, "base", "base", {**cfg.to_dict(), "run": "base"})
     trainer = _trainer(cfg, run_dir, logger=loggers, max_epochs=cfg.base.max_epochs, progress=progress)
+    if say is not None and not progress:
+        trainer.callbacks.append(EpochProgress("base model"))
     try:
         trainer.fit(model, datamodule=dm)
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from roar.epoch_progress import EpochProgress
 from roar.sanity.maps import build_methods, explained_network
 from roar.sanity.report_config import SanityReportConfig
 
@@ -63,6 +64,8 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
         "max_epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "logger": CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
         "enable_checkpointing": False, "enable_progress_bar": cfg.progress and cfg.verbose, "enable_model_summary": False,
+        # without Lightning's bars (--verbose), one bar over the epochs in a terminal
+        "callbacks": [EpochProgress("permuted-label model" if permuted else "true-label model")] if cfg.progress and not cfg.verbose else None,
     })  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(checkpoint)
