@@ -64,7 +64,7 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     close = difflib.get_close_matches(bad, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     text = f"{message.rstrip()}\n'{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
-    return text + _wrap_hint(data.group(1), bad) if data else text
+    return (text + _wrap_hint(data.group(1), bad)) if data else text
 
 
 def _wrap_hint(class_path: str, key: str) -> str:
