@@ -26,7 +26,8 @@ from roar.benchmark.cell import (
     execute_run, record_outcome, run_config,
 )  # fmt: skip
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import LaunchOptions, run_local_pool
+from roar.benchmark.launchers import LaunchOptions
+from roar.benchmark.local_pool import run_local_pool
 from roar.benchmark.ray_launcher import run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan

@@ -8,22 +8,23 @@ every step shares the forward pass of the unchanged bottom with the trained mode
 0), as does every ``independent`` step; in ``bottom_up`` (Binder et al., arXiv 2211.12486, 2022)
 each step shares the random bottom of the step before it.
 
-How: the network is traced once with ``torch.fx``; each node of the graph reads the weights of
-some groups (its own module's, and through its inputs those of every group below it). A node's
-value is computed once per distinct *version* of those groups (trained or randomised), and kept
-with its autograd graph, so every step's logit hangs off the one input tensor and its input
-gradient is one ``torch.autograd.grad`` (``retain_graph``) through the shared activations. The
-arithmetic is the model's own, op for op: the maps equal the model-by-model maps within float
-tolerance (the tests check them against captum). Each group's randomised weights are recorded
-once, when its step comes: they depend only on the seed and the group's name
-(:mod:`roar.sanity.randomization`), so one trained and one random version per group describe
-every step of every order.
+How: the network is traced once with ``torch.fx`` (:mod:`roar.sanity.traced_graph`); each node
+of the graph reads the weights of some groups (its own module's, and through its inputs those of
+every group below it). A node's value is computed once per distinct *version* of those groups
+(trained or randomised), and kept with its autograd graph, so every step's logit hangs off the
+one input tensor and its input gradient is one ``torch.autograd.grad`` (``retain_graph``)
+through the shared activations. The arithmetic is the model's own, op for op: the maps equal the
+model-by-model maps within float tolerance (the tests check them against captum). Each group's
+randomised weights are recorded once, when its step comes: they depend only on the seed and the
+group's name (:mod:`roar.sanity.randomization`), so one trained and one random version per group
+describe every step of every order.
 
 The forward passes saved are what this buys; the backward passes are not shared (each step's
 upstream gradient differs), so the saving is largest where the bottom is costly. Two rewrites
 that keep the maps make each pass cheaper: ``max_pool(relu(x))`` runs as ``relu(max_pool(x))``
-(:func:`_pool_before_relu`), and on a CPU conv nets run in ``channels_last`` layout, where
-oneDNN's pooling and first convolution are several times faster (``benchmarks/sanity_mprt.py``).
+(:func:`roar.sanity.traced_graph.pool_before_relu`), and on a CPU conv nets run in
+``channels_last`` layout, where oneDNN's pooling and first convolution are several times faster
+(``benchmarks/sanity_mprt.py``).
 ``channels_last`` sums in another order: a max-pool window whose two largest values agree to
 about 1e-7 may then route its gradient to the other pixel (the gradient is discontinuous
 there), so the maps equal the model-by-model maps except at such near-ties.
@@ -34,8 +35,6 @@ A network that ``torch.fx`` cannot trace, or a method other than the gradient fa
 
 from __future__ import annotations
 
-import copy
-import operator
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +44,7 @@ from torch.func import functional_call
 from roar.sanity.batched import can_stack, method_maps
 from roar.sanity.layer_groups import layer_groups
 from roar.sanity.randomization import ORIGINAL, RandomizationStep
+from roar.sanity.traced_graph import TracedGraph
 
 State = dict[str, Tensor]
 
@@ -56,114 +56,10 @@ activations of several steps are alive together."""
 can_share = can_stack
 """Whether :class:`SharedSteps` reproduces a method: the gradient family and its ensembles."""
 
-_INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                      operator.itruediv: operator.truediv}  # fmt: skip
-
 
 def prefers_channels_last(network: nn.Module, device: torch.device) -> bool:
     """``channels_last`` for a network with 2-D convolutions on a CPU (measured faster there)."""
     return device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in network.modules())
-
-
-class _Graph:
-    """The traced network: its nodes, the groups each node reads, and out-of-place versions of in-place ops.
-
-    Cached activations are shared between steps, so no op may write into one: ``x += y``,
-    ``x.add_(y)``, ``relu(inplace=True)`` (timm's ResNets use the first and the last) run out of
-    place. That is exact only where nothing reads the overwritten input after the op (the graph
-    does not record what a mutation changes); a network that does is not shared (``TypeError``).
-    """
-
-    def __init__(self, network: nn.Module, groups: dict[str, list[str]]) -> None:
-        self.module = fx.symbolic_trace(network)
-        _pool_before_relu(self.module)
-        self.nodes = list(self.module.graph.nodes)
-        placeholders = [n for n in self.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise TypeError(f"forward takes {len(placeholders)} inputs; shared layers need exactly one")
-        self.deps: dict[fx.Node, frozenset[str]] = {}
-        self.calls: dict[fx.Node, object] = {}
-        position = {node: i for i, node in enumerate(self.nodes)}
-        for node in self.nodes:
-            direct = {g for g, prefixes in groups.items() for p in prefixes if _overlaps(str(node.target), p)} \
-                if node.op in ("call_module", "get_attr") else set()  # fmt: skip
-            self.deps[node] = frozenset(direct).union(*(self.deps[i] for i in node.all_input_nodes))
-            self.calls[node], in_place = self._callable(node)
-            overwritten = node.args[0] if in_place and node.args and isinstance(node.args[0], fx.Node) else None
-            if overwritten is not None and any(position[u] > position[node] for u in overwritten.users):
-                raise TypeError(f"{node.name} overwrites {overwritten.name}, which is read again after it")
-
-    def _callable(self, node: fx.Node) -> tuple[object, bool]:
-        """What runs ``node``, out of place, and whether the traced op was in place."""
-        if node.op == "call_module":
-            module = self.module.get_submodule(str(node.target))
-            if getattr(module, "inplace", False) is True:
-                module = copy.copy(module)
-                module.inplace = False
-                return module, True
-            return module, False
-        if node.op == "call_function":
-            if node.target in _INPLACE_FUNCTIONS:
-                return _INPLACE_FUNCTIONS[node.target], True
-            name = getattr(node.target, "__name__", "")
-            if name.endswith("_") and not name.startswith("_"):  # torch.relu_, F.relu_
-                source = torch.nn.functional if getattr(torch.nn.functional, name, None) is node.target else torch
-                if not callable(getattr(source, name[:-1], None)):
-                    raise TypeError(f"no out-of-place version of {name}")
-                return getattr(source, name[:-1]), True
-            return node.target, node.kwargs.get("inplace") is True
-        if node.op == "call_method":
-            name = str(node.target)
-            if name.endswith("_") and not name.startswith("_"):
-                if not hasattr(Tensor, name[:-1]):
-                    raise TypeError(f"no out-of-place version of Tensor.{name}")
-                return name[:-1], True
-            return name, False
-        return None, False
-
-
-def _kind(module: fx.GraphModule, node: fx.Node) -> str | None:
-    """``relu`` or ``max_pool`` for the ops :func:`_pool_before_relu` may swap, else ``None``."""
-    if node.op == "call_module":
-        sub = module.get_submodule(str(node.target))
-        if type(sub) is nn.ReLU:
-            return "relu"
-        if type(sub) is nn.MaxPool2d and not sub.return_indices:
-            return "max_pool"
-    if node.op == "call_function" and node.target in (torch.relu, torch.nn.functional.relu) and not node.kwargs.get("inplace"):
-        return "relu" if len(node.args) == 1 else None
-    if node.op == "call_method" and node.target == "relu" and len(node.args) == 1:
-        return "relu"
-    if node.op == "call_function" and node.target is torch.nn.functional.max_pool2d and not node.kwargs.get("return_indices"):
-        return "max_pool" if len(node.args) < 7 else None
-    return None
-
-
-def _pool_before_relu(module: fx.GraphModule) -> None:
-    """Rewrite ``max_pool(relu(x))`` as ``relu(max_pool(x))``: the same values and input gradient.
-
-    ReLU is monotonic, so the window maxima agree, and so do the pixels the gradient reaches: a
-    window with a positive maximum routes it to the same (first) largest pixel, one without sends
-    no gradient either way. The ReLU and its backward then touch a quarter of the values
-    (for 2x2 pooling); ``small_cnn`` pools after each of its two large convolutions.
-    """
-    graph = module.graph
-    for pool in list(graph.nodes):
-        relu = pool.args[0] if pool.args and isinstance(pool.args[0], fx.Node) else None
-        if _kind(module, pool) != "max_pool" or relu is None or _kind(module, relu) != "relu" or len(relu.users) != 1:
-            continue
-        with graph.inserting_after(pool):
-            moved = graph.create_node(relu.op, relu.target, (pool,), dict(relu.kwargs), name=f"{relu.name}_pooled")
-        pool.replace_all_uses_with(moved, delete_user_cb=lambda user: user is not moved)
-        pool.args = (relu.args[0], *pool.args[1:])
-        graph.erase_node(relu)
-    graph.lint()
-    module.recompile()
-
-
-def _overlaps(target: str, prefix: str) -> bool:
-    """Whether module/attribute ``target`` lies inside module ``prefix`` or contains it."""
-    return target == prefix or target.startswith(prefix + ".") or prefix.startswith(target + ".")
 
 
 class SharedSteps:
@@ -174,7 +70,7 @@ class SharedSteps:
     :meth:`for_network`, which returns ``None`` where the network cannot be traced.
     """
 
-    def __init__(self, network: nn.Module, graph: _Graph, groups: dict[str, list[str]], channels_last: bool) -> None:
+    def __init__(self, network: nn.Module, graph: TracedGraph, groups: dict[str, list[str]], channels_last: bool) -> None:
         self.graph = graph
         self.groups = groups
         self.channels_last = channels_last
@@ -193,7 +89,7 @@ class SharedSteps:
         """
         groups = {g.name: list(g.modules) for g in layer_groups(network)}
         try:
-            graph = _Graph(network, groups)
+            graph = TracedGraph(network, groups)
         except Exception:  # noqa: BLE001 - any tracing failure means: explain model by model
             return None
         device = next(network.parameters()).device
