@@ -32,6 +32,9 @@ from torch.utils.data import Dataset
 from benchmarks.common import PeakSampler, Settings, memory_status, now, reset_peak_rss, since
 
 TARGET = 2.0
+JUDGED_FROM = 50_000
+"""Images from which the peak/ranks ratio is judged: a CIFAR-10 training split, as the title says (the
+full preset). At 2,000 (``--quick``) the same code measured 4.8x to 9.9x: fixed allocations, not the store."""
 """Peak memory growth <= 2x the bytes of the stored ranks."""
 
 POOL = 1024
@@ -128,12 +131,17 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     row["peak_mb"] = row["peak_rss_growth_bytes"] / 2**20
     row["anon_mb"] = row["peak_anon_growth_bytes"] / 2**20
     row["ratio"] = row["peak_rss_growth_bytes"] / row["ranks_bytes"]
-    row["meets_target"] = bool(row["ratio"] <= TARGET)
+    # Below JUDGED_FROM images the process's fixed allocations (tens of MiB, varying run to run)
+    # outweigh the ranks themselves, so the ratio says nothing about the store's scaling.
+    judged = cfg.n >= JUDGED_FROM
+    row["meets_target"] = bool(row["ratio"] <= TARGET) if judged else None
     row["runs"] = runs
     return {
         "title": "Attribution store: ranks of a CIFAR-10-sized split from precomputed attributions",
         "target": f"peak memory growth <= {TARGET}x the stored ranks",
         "meets_target": row["meets_target"],
+        "status": "" if judged else f"{cfg.n} images hold {row['ranks_mb']:.1f} MiB of ranks, less than the fixed allocations: "
+        f"judged from {JUDGED_FROM:,} images (the full preset)",
         "config": cfg.__dict__,
         "rows": [row],
         "columns": [
