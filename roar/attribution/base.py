@@ -25,9 +25,6 @@ from torch import Tensor, nn
 
 from roar.attribution.checks import _check_indices, _check_inputs, _check_model, _check_target, _choice
 
-# Re-exported: the methods (ensembles, gradients, baselines) import these from here.
-from roar.attribution.checks import _image_tensor, _non_negative_float, _positive_int, _seed  # noqa: F401
-
 TARGETS = ("predicted", "label")
 """What a map explains: the base model's predicted class (ROAR code) or the true label (ROAD)."""
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from roar.attribution.base import _STREAM_RANDOM_BASELINE, AttributionMethod, _derived_seed, _generator, _image_tensor, _seed
+from roar.attribution.base import _STREAM_RANDOM_BASELINE, AttributionMethod, _derived_seed, _generator
+from roar.attribution.checks import _image_tensor, _seed
 
 
 class RandomBaseline(AttributionMethod):

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from captum.attr import Attribution, LayerAttribution
 from torch import Tensor, nn
 
-from roar.attribution.base import INTERPOLATE_MODES, ModelMethod, _choice, _eval_mode
+from roar.attribution.base import INTERPOLATE_MODES, ModelMethod, _eval_mode
+from roar.attribution.checks import _choice
 
 
 # captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.

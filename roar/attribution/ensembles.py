@@ -19,17 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from roar.attribution.base import (
-    _STREAM_ENSEMBLE_NOISE,
-    NOISE_MODES,
-    ModelMethod,
-    _choice,
-    _derived_seed,
-    _generator,
-    _non_negative_float,
-    _positive_int,
-    _seed,
-)
+from roar.attribution.base import _STREAM_ENSEMBLE_NOISE, NOISE_MODES, ModelMethod, _derived_seed, _generator
+from roar.attribution.checks import _choice, _non_negative_float, _positive_int, _seed
 
 ENSEMBLE_REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     # Each reduces the draws axis (dim 1) of a (samples, draws, C, H, W) tensor.

@@ -36,17 +36,8 @@ from captum.attr import Saliency as _CaptumSaliency
 from torch import Tensor, nn
 
 from roar.attribution.captum_adapter import CaptumMethod, find_last_conv_block, get_layer
-from roar.attribution.base import (
-    _STREAM_GRADIENT_SHAP,
-    INTERPOLATE_MODES,
-    ModelMethod,
-    _choice,
-    _image_tensor,
-    _non_negative_float,
-    _positive_int,
-    _seed,
-    _seeded_global_rngs,
-)
+from roar.attribution.base import _STREAM_GRADIENT_SHAP, INTERPOLATE_MODES, ModelMethod, _seeded_global_rngs
+from roar.attribution.checks import _choice, _image_tensor, _non_negative_float, _positive_int, _seed
 
 
 class Gradient(CaptumMethod):

@@ -23,7 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from roar.attribution.base import AttributionMethod, ModelMethod, _check_model
+from roar.attribution.base import AttributionMethod, ModelMethod
+from roar.attribution.checks import _check_model
 from roar.attribution.captum_adapter import check_captum_args, check_captum_class
 from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
 from roar.attribution.function_method import function_params
