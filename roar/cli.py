@@ -6,6 +6,7 @@ statistics of its data, and ``link_arguments`` hands them to the model when both
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
-from roar.quiet import ignore_known_warnings
+from roar.quiet import drop_banners, ignore_known_warnings
 
 LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
 
@@ -33,6 +34,11 @@ class RoarCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
         ignore_known_warnings()  # third-party deprecations that say nothing about the user's run
+        drop_banners()  # "GPU available: False", a litlogger ad: Lightning's own lines and the summary stay
+        # W&B's banner (and its warnings about settings Lightning passes) in one line of ours, after the run;
+        # WANDB_SILENT=false brings W&B's own output back.
+        self._wandb_line_owed = "WANDB_SILENT" not in os.environ
+        os.environ.setdefault("WANDB_SILENT", "true")
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -91,15 +97,31 @@ class RoarCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_ckpt_fits_data()
+        self._drop_unset_wandb_anonymous()
 
     def before_validate(self) -> None:
         self._check_ckpt_fits_data()
+        self._drop_unset_wandb_anonymous()
 
     def before_test(self) -> None:
         self._check_ckpt_fits_data()
+        self._drop_unset_wandb_anonymous()
 
     def before_predict(self) -> None:
         self._check_ckpt_fits_data()
+        self._drop_unset_wandb_anonymous()
+
+    def _drop_unset_wandb_anonymous(self) -> None:
+        """Lightning's ``WandbLogger`` passes ``anonymous=None`` to ``wandb.init``, which W&B >= 0.19 warns about.
+
+        The setting does nothing in those versions; passing it only when the user set it ends the warning.
+        """
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.trainer.loggers:
+            init = getattr(logger, "_wandb_init", None) if isinstance(logger, WandbLogger) else None
+            if init is not None and init.get("anonymous") is None:
+                init.pop("anonymous", None)
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir D`` holds everything of the run: loggers, hence checkpoints, go under D.
@@ -140,3 +162,29 @@ class RoarCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit", True) and not self.trainer.interrupted and not self.trainer.fast_dev_run:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
+        self._say_where_wandb_wrote()
+
+    def after_validate(self) -> None:
+        self._say_where_wandb_wrote()
+
+    def after_test(self) -> None:
+        self._say_where_wandb_wrote()
+
+    def after_predict(self) -> None:
+        self._say_where_wandb_wrote()
+
+    def _say_where_wandb_wrote(self) -> None:
+        """One line for W&B's silenced banner: where the run is, and how an offline one is uploaded."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        if not self._wandb_line_owed:
+            return
+        for logger in self.trainer.loggers:
+            run = getattr(logger, "_experiment", None) if isinstance(logger, WandbLogger) else None
+            if run is None or self.trainer.global_rank != 0:
+                continue  # never started (fast_dev_run logs nothing), or another rank's
+            if run.settings._offline:
+                folder = os.path.relpath(run.settings.sync_dir)
+                print(f"W&B run saved offline in {folder}; upload it with: wandb sync {folder}", flush=True)
+            else:
+                print(f"W&B run: {run.url}", flush=True)

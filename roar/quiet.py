@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -27,6 +28,20 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 """Third-party warnings that say nothing about the user's run (message regex, category)."""
 
+BANNER_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.seed",
+    "lightning.pytorch.trainer.connectors.checkpoint_connector",
+)
+"""Where Lightning logs the banners of :data:`BANNERS` (and useful lines, which stay)."""
+
+BANNERS = re.compile(
+    r"^(GPU available|TPU available|HPU available|💡 Tip|Loading `train_dataloader`|Seed set to)"
+    r"|`weights_only` was not set"
+)
+"""Lightning's greetings that say nothing about a run: the devices it did not use, an ad, a default."""
+
 WIDE_LOG_COLUMNS = 200
 """Width of rich tables written to a file or a pipe (rich's default there is 80, which wraps method names)."""
 
@@ -39,9 +54,29 @@ def silence_third_party() -> None:
 
 
 def ignore_known_warnings() -> None:
-    """Ignore :data:`KNOWN_WARNINGS` for the rest of this process; ``train.py`` keeps its one run's banners."""
+    """Ignore :data:`KNOWN_WARNINGS` for the rest of this process (``train.py`` also :func:`drop_banners`)."""
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+class _DropBanners(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not BANNERS.search(record.getMessage())
+
+
+_DROP_BANNERS = _DropBanners()
+
+
+def drop_banners() -> None:
+    """Drop :data:`BANNERS` for the rest of this process and keep Lightning's other lines.
+
+    For ``train.py``: one fit's info lines ("Restoring states from the checkpoint", "`Trainer.fit`
+    stopped") and its model summary are the user's, the greetings are not. Idempotent.
+    """
+    for name in BANNER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _DROP_BANNERS not in logger.filters:
+            logger.addFilter(_DROP_BANNERS)
 
 
 @contextlib.contextmanager

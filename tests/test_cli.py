@@ -1,5 +1,6 @@
 """The training CLI as a user drives it: `python train.py fit --config configs/digits.yaml ...`."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,23 @@ def test_default_digits_config_reaches_95_percent(tmp_path):
     cli = main(["fit", "--config", DIGITS, "--trainer.logger", str(ROOT / "configs/logger/csv.yaml"),
                 "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert cli.trainer.callback_metrics["test/acc"].item() >= 0.95
+
+
+def test_fit_prints_its_own_output_not_lightnings_or_wandbs_banners(tmp_path):
+    """The README's first command: the model summary, the bars, the test table, one W&B line; no greetings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # the user's default, not CI's silence
+    env["PYTHONPATH"] = str(ROOT)
+    command = [
+        sys.executable, str(ROOT / "train.py"), "fit", "--config", DIGITS,
+        "--data.limit_train", "100", "--data.limit_test", "50", "--trainer.max_epochs", "1",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout + done.stderr
+    for banner in ("GPU available", "TPU available", "litlogger", "Seed set", "anonymous setting", "wandb:"):
+        assert banner not in text, f"{banner!r} printed:\n{text}"
+    assert "`Trainer.fit` stopped" in text and "test/acc" in text  # Lightning's lines about this run stay
+    [line] = [line for line in text.splitlines() if line.startswith("W&B run")]
+    folder = line.removeprefix("W&B run saved offline in ").split(";")[0]
+    assert line.endswith(f"upload it with: wandb sync {folder}")
+    assert list((tmp_path / folder).glob("*.wandb")), f"{folder} holds no W&B run"
