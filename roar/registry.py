@@ -159,3 +159,14 @@ def import_object(path: str, what: str) -> Any:
             public = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
             raise ValueError(f"{what} {text!r} does not import: {module_name} has no {attribute!r} (it has {', '.join(public)})") from None
     return obj
+
+
+def import_modules(modules: list[str] | None) -> None:
+    """Import the user's modules that register methods, models or sources; name the one that fails."""
+    import importlib
+
+    for module in modules or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"imports: {module!r} does not import ({err}); is its folder on PYTHONPATH or the package installed?") from None

@@ -4,6 +4,7 @@ Tiny runs (8 px digits, one epoch of four batches); the user's code lives in tes
 and is named by import path, as a package of the user's would be.
 """
 
+import csv
 import os
 import subprocess
 import sys
@@ -109,6 +110,30 @@ def test_an_entry_point_plugin_is_found_by_name(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert benchmark(out, "--benchmark.methods", "[random, edge_plugin_method]") == 0
     assert done_methods(out) == {"random", "edge_plugin_method", "unmasked"}
+
+
+def test_a_registered_method_runs_in_the_sanity_checks_through_imports(tmp_path, monkeypatch):
+    # README: `methods` of a sanity config mixes the same entries as a benchmark's, `imports:` included
+    (tmp_path / "sanity_plugin.py").write_text(
+        "import torch\nfrom roar.attribution import register_method\n\n"
+        "@register_method('sanity_plugin_gradient')\ndef explain(model, inputs, target):\n"
+        "    (grad,) = torch.autograd.grad(model(inputs).gather(1, target[:, None]).sum(), inputs)\n    return grad\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--data.image_size", "8", "--sanity.epochs", "1",
+              "--sanity.data_check", "false", "--sanity.num_images", "2", "--sanity.orders", "[cascading]", "--sanity.progress", "false"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        roar_main([*sanity, "--sanity.imports", "[no_such_plugin]", "--out", str(tmp_path / "never")])
+    assert exit_info.value.code == 2 and not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    methods = "[gradient, sanity_plugin_gradient]"
+    assert roar_main([*sanity, "--sanity.imports", "[sanity_plugin]", "--sanity.methods", methods, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "sanity.csv").open()))
+    mean = {m: {(r["layer"], r["metric"]): float(r["mean"]) for r in rows if r["method"] == m} for m in ("gradient", "sanity_plugin_gradient")}
+    # the plugin is the gradient under another name: the same maps at every randomised layer, so the same similarities
+    assert len(mean["gradient"]) > 4 and mean["sanity_plugin_gradient"].keys() == mean["gradient"].keys()
+    for key, value in mean["gradient"].items():
+        assert mean["sanity_plugin_gradient"][key] == pytest.approx(value, abs=1e-4), key
 
 
 # ------------------------------------------------------------------------------ models, data
