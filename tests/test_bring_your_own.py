@@ -229,6 +229,18 @@ def test_a_method_failing_on_the_probe_batch_is_refused_before_training(tmp_path
     assert not (out / "base.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "layer,message",
+    [("conv2", "did you mean net.conv2?"), ("net.conv9", "its modules under net are: net.conv1, net.relu1, net.conv2"), ("net.conv3.wieght", "net.conv3 has no children")],
+)
+def test_a_layer_that_does_not_exist_is_refused_naming_the_layers_there_are(tmp_path, capsys, layer, message):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", f"[{{name: cam, class_path: captum.attr.LayerGradCam, layer: {layer}}}]") == 2
+    err = capsys.readouterr().err
+    assert f"no layer {layer!r}" in err and message in err
+    assert not (out / "base.ckpt").exists()
+
+
 def test_a_datamodule_that_does_not_yield_image_label_pairs_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     assert benchmark(out, "--data", "{class_path: user_code.TripletDigits}", "--benchmark.methods", "[random]") == 2
