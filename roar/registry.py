@@ -153,6 +153,13 @@ def import_object(path: str, what: str) -> Any:
     except ImportError as err:
         raise ValueError(f"{what} {text!r} does not import: {err}") from None
     for part in attribute.split("."):
+        if not hasattr(obj, part) and hasattr(obj, "__path__"):  # a package's submodule is no attribute until imported
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{part}")
+                continue
+            except ModuleNotFoundError as err:
+                if err.name != f"{obj.__name__}.{part}":  # the submodule is there, one of its imports is not
+                    raise ValueError(f"{what} {text!r} does not import: {err}") from None
         try:
             obj = getattr(obj, part)
         except AttributeError:

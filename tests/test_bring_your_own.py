@@ -217,6 +217,19 @@ def test_bad_input_fails_at_config_time_naming_the_value(tmp_path, capsys, overr
     assert not (tmp_path / "out" / "base.ckpt").exists()
 
 
+def test_a_model_path_that_names_a_module_not_a_class_says_so(tmp_path, capsys, monkeypatch):
+    # the package does not import its submodule: the path must still be read as that module, not as "mypkg has no 'nets'"
+    (tmp_path / "byo_nets_pkg").mkdir()
+    (tmp_path / "byo_nets_pkg" / "__init__.py").write_text("")
+    (tmp_path / "byo_nets_pkg" / "nets.py").write_text("from torch import nn\n\nclass MyNet(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit):
+        benchmark(tmp_path / "out", "--model.arch", "byo_nets_pkg.nets")
+    err = capsys.readouterr().err
+    assert "model.arch 'byo_nets_pkg.nets' is <module 'byo_nets_pkg.nets'" in err and "not an nn.Module class" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "function,message",
     [("wrong_shape", "returned shape (2, 8, 8)"), ("not_finite", "non-finite values"), ("raises", "RuntimeError: my method is broken")],
