@@ -156,6 +156,15 @@ def test_a_timm_model_and_a_class_path_module_train_through_train_py(tmp_path, a
     assert cli.model.hparams.arch == arch and "test/acc" in cli.trainer.callback_metrics
 
 
+def test_train_py_refuses_an_arch_arg_the_network_does_not_take(capsys):
+    from train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"])
+    assert exit_info.value.code == 2
+    assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
+
+
 def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
     out = tmp_path / "out"
     assert benchmark(out, "--data", "{class_path: user_code.TinyDigits, init_args: {batch_size: 32}}", "--benchmark.methods", "[gradient]") == 0
@@ -202,6 +211,8 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--benchmark.methods", "[{name: x, method: random, ensemble: sg}]"], "reads no model"),
         (["--model.arch", "timm/resnet10x"], "close matches: timm/resnet10t"),
         (["--model.arch", "user_code.NoSuchNet"], "user_code has no 'NoSuchNet'"),
+        (["--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"], "'hiden' (did you mean hidden?); it takes"),
+        (["--model.arch", "linear", "--model.arch_args", "{width: 16}"], "linear takes no arch_args"),
         (["--data.imgsize", "8"], "did you mean image_size"),
         (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
         (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),

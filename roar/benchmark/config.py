@@ -257,7 +257,7 @@ class BenchmarkConfig:
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))
-        check_arch(self.model.get("arch", "small_cnn"))
+        check_arch(self.model.get("arch", "small_cnn"), self.model.get("arch_args"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         from roar.statistics import check_level, check_resamples
