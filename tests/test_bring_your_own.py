@@ -265,6 +265,15 @@ def test_a_layer_that_does_not_exist_is_refused_naming_the_layers_there_are(tmp_
     assert not (out / "base.ckpt").exists()
 
 
+def test_the_sanity_checks_refuse_a_method_returning_the_wrong_shape_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--data.image_size", "8", "--sanity.progress", "false"]
+    assert roar_main([*sanity, "--sanity.methods", "[gradient, {name: bad, function: 'user_code:wrong_shape'}]", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'bad'" in err and "returned shape (2, 8, 8)" in err
+    assert not (out / "model.ckpt").exists()
+
+
 def test_a_datamodule_that_does_not_yield_image_label_pairs_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     assert benchmark(out, "--data", "{class_path: user_code.TripletDigits}", "--benchmark.methods", "[random]") == 2
