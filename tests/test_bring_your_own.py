@@ -156,12 +156,15 @@ def test_a_timm_model_and_a_class_path_module_train_through_train_py(tmp_path, a
     assert cli.model.hparams.arch == arch and "test/acc" in cli.trainer.callback_metrics
 
 
-def test_train_py_refuses_an_arch_arg_the_network_does_not_take(capsys):
+def test_train_py_and_sanity_refuse_an_arch_arg_the_network_does_not_take(capsys):
     from train import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"])
     assert exit_info.value.code == 2
+    assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"]
+    assert roar_main(sanity) == 2
     assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
 
 

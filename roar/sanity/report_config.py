@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from roar.models.factory import check_arch
 from roar.registry import import_modules
 from roar.sanity.maps import CONTROL, DEFAULT_METRICS, check_methods, check_metrics, check_orders, check_stack, check_target
 from roar.sanity.randomization import ORDERS
@@ -135,6 +136,7 @@ class SanityReportConfig:
         self.metrics = check_metrics(self.metrics)
         self.orders = check_orders(self.orders)
         check_target(self.target)
+        check_arch(self.model.get("arch", "small_cnn"), self.model.get("arch_args"))
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():
