@@ -43,7 +43,8 @@ class DataRandomizationCheck(SanityCheckCallback):
         reference_checkpoint: checkpoint of an :class:`~roar.models.classifier.ImageClassifier`
             trained on permuted labels (``--data.init_args.label_permutation true``), with the
             same architecture, classes and input size.
-        methods: attribution method names; keep ``noise`` as the control.
+        methods: attribution method names, or definitions as in a benchmark config
+            (``{name: deeplift, class_path: captum.attr.DeepLift}``); keep ``noise`` as the control.
         metrics: similarity metric names.
         num_images: size of the fixed batch of validation images.
         every_n_epochs: run every n-th validation epoch.
@@ -63,7 +64,7 @@ class DataRandomizationCheck(SanityCheckCallback):
     def __init__(
         self,
         reference_checkpoint: str,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str | Mapping[str, Any]] = DEFAULT_METHODS,
         metrics: Sequence[str] = DEFAULT_METRICS,
         num_images: int = 16,
         every_n_epochs: int = 1,

@@ -63,7 +63,8 @@ class ModelRandomizationCheck(SanityCheckCallback):
       step (W&B image, or a PNG in ``<log folder>/sanity/``).
 
     Args:
-        methods: attribution method names; keep ``noise`` as the control.
+        methods: attribution method names, or definitions as in a benchmark config
+            (``{name: deeplift, class_path: captum.attr.DeepLift}``); keep ``noise`` as the control.
         order: ``cascading`` (logits to input, cumulative), ``independent`` (one layer at a time)
             or ``bottom_up`` (input to logits, cumulative).
         metrics: similarity metric names.
@@ -82,7 +83,7 @@ class ModelRandomizationCheck(SanityCheckCallback):
 
     def __init__(
         self,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str | Mapping[str, Any]] = DEFAULT_METHODS,
         order: Order = "cascading",
         metrics: Sequence[str] = DEFAULT_METRICS,
         num_images: int = 16,

@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from roar.attribution.registry import normalize_methods
 from roar.sanity.maps import (
     DEFAULT_METHODS,
     DEFAULT_METRICS,
@@ -67,7 +68,8 @@ class SanityCheckCallback(Callback):
     is logged or written; the latest results stay in :attr:`last_results` (on rank 0).
 
     Args:
-        methods: attribution method names (``noise`` is the control of Binder et al. 2022).
+        methods: attribution method names, or definitions as in a benchmark config
+            (``{name: deeplift, class_path: captum.attr.DeepLift}``); ``noise`` is the control of Binder et al. 2022.
         metrics: similarity metric names (``spearman``, ``spearman_abs``, ``ssim``, ``hog``).
         num_images: how many validation images form the fixed batch.
         every_n_epochs: run at the end of every n-th validation epoch (1: every epoch).
@@ -81,7 +83,7 @@ class SanityCheckCallback(Callback):
 
     def __init__(
         self,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str | Mapping[str, Any]] = DEFAULT_METHODS,
         metrics: Sequence[str] = DEFAULT_METRICS,
         num_images: int = 16,
         every_n_epochs: int = 1,
@@ -91,6 +93,7 @@ class SanityCheckCallback(Callback):
         target: Target = "predicted",
     ) -> None:
         super().__init__()
+        methods, method_params = normalize_methods(list(methods) if not isinstance(methods, str) else methods, method_params)
         self.methods = check_methods(methods, method_params)
         self.metrics = check_metrics(metrics)
         for name, value in (("num_images", num_images), ("every_n_epochs", every_n_epochs)):

@@ -151,7 +151,7 @@ class RoarCLI(LightningCLI):
         from roar.models.factory import check_arch
 
         try:
-            check_arch(config.model.get("arch", "small_cnn"))
+            check_arch(config.model.get("arch", "small_cnn"), config.model.get("arch_args"))
             data = config.get("data")
             source = data.get("init_args", {}).get("source") if data is not None and hasattr(data, "get") else None
             if source is not None and source not in SOURCES:

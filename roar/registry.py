@@ -153,9 +153,27 @@ def import_object(path: str, what: str) -> Any:
     except ImportError as err:
         raise ValueError(f"{what} {text!r} does not import: {err}") from None
     for part in attribute.split("."):
+        if not hasattr(obj, part) and hasattr(obj, "__path__"):  # a package's submodule is no attribute until imported
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{part}")
+                continue
+            except ModuleNotFoundError as err:
+                if err.name != f"{obj.__name__}.{part}":  # the submodule is there, one of its imports is not
+                    raise ValueError(f"{what} {text!r} does not import: {err}") from None
         try:
             obj = getattr(obj, part)
         except AttributeError:
             public = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
             raise ValueError(f"{what} {text!r} does not import: {module_name} has no {attribute!r} (it has {', '.join(public)})") from None
     return obj
+
+
+def import_modules(modules: list[str] | None) -> None:
+    """Import the user's modules that register methods, models or sources; name the one that fails."""
+    import importlib
+
+    for module in modules or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"imports: {module!r} does not import ({err}); is its folder on PYTHONPATH or the package installed?") from None

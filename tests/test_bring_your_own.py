@@ -4,6 +4,7 @@ Tiny runs (8 px digits, one epoch of four batches); the user's code lives in tes
 and is named by import path, as a package of the user's would be.
 """
 
+import csv
 import os
 import subprocess
 import sys
@@ -111,6 +112,30 @@ def test_an_entry_point_plugin_is_found_by_name(tmp_path, monkeypatch):
     assert done_methods(out) == {"random", "edge_plugin_method", "unmasked"}
 
 
+def test_a_registered_method_runs_in_the_sanity_checks_through_imports(tmp_path, monkeypatch):
+    # README: `methods` of a sanity config mixes the same entries as a benchmark's, `imports:` included
+    (tmp_path / "sanity_plugin.py").write_text(
+        "import torch\nfrom roar.attribution import register_method\n\n"
+        "@register_method('sanity_plugin_gradient')\ndef explain(model, inputs, target):\n"
+        "    (grad,) = torch.autograd.grad(model(inputs).gather(1, target[:, None]).sum(), inputs)\n    return grad\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--data.image_size", "8", "--sanity.epochs", "1",
+              "--sanity.data_check", "false", "--sanity.num_images", "2", "--sanity.orders", "[cascading]", "--sanity.progress", "false"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        roar_main([*sanity, "--sanity.imports", "[no_such_plugin]", "--out", str(tmp_path / "never")])
+    assert exit_info.value.code == 2 and not (tmp_path / "never").exists()
+    out = tmp_path / "out"
+    methods = "[gradient, sanity_plugin_gradient]"
+    assert roar_main([*sanity, "--sanity.imports", "[sanity_plugin]", "--sanity.methods", methods, "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "sanity.csv").open()))
+    mean = {m: {(r["layer"], r["metric"]): float(r["mean"]) for r in rows if r["method"] == m} for m in ("gradient", "sanity_plugin_gradient")}
+    # the plugin is the gradient under another name: the same maps at every randomised layer, so the same similarities
+    assert len(mean["gradient"]) > 4 and mean["sanity_plugin_gradient"].keys() == mean["gradient"].keys()
+    for key, value in mean["gradient"].items():
+        assert mean["sanity_plugin_gradient"][key] == pytest.approx(value, abs=1e-4), key
+
+
 # ------------------------------------------------------------------------------ models, data
 def test_a_timm_model_and_a_class_path_module_train_through_the_benchmark(tmp_path):
     for arch, extra in (("timm/resnet10t", []), ("user_code.TwoLayerNet", ["--model.arch_args", "{hidden: 16}"])):
@@ -129,6 +154,18 @@ def test_a_timm_model_and_a_class_path_module_train_through_train_py(tmp_path, a
                 "--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
                 "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert cli.model.hparams.arch == arch and "test/acc" in cli.trainer.callback_metrics
+
+
+def test_train_py_and_sanity_refuse_an_arch_arg_the_network_does_not_take(capsys):
+    from train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/digits.yaml"), "--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"])
+    assert exit_info.value.code == 2
+    assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"]
+    assert roar_main(sanity) == 2
+    assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
 
 
 def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
@@ -177,6 +214,8 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--benchmark.methods", "[{name: x, method: random, ensemble: sg}]"], "reads no model"),
         (["--model.arch", "timm/resnet10x"], "close matches: timm/resnet10t"),
         (["--model.arch", "user_code.NoSuchNet"], "user_code has no 'NoSuchNet'"),
+        (["--model.arch", "user_code.TwoLayerNet", "--model.arch_args", "{hiden: 16}"], "'hiden' (did you mean hidden?); it takes"),
+        (["--model.arch", "linear", "--model.arch_args", "{width: 16}"], "linear takes no arch_args"),
         (["--data.imgsize", "8"], "did you mean image_size"),
         (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
         (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),
@@ -192,6 +231,19 @@ def test_bad_input_fails_at_config_time_naming_the_value(tmp_path, capsys, overr
     assert not (tmp_path / "out" / "base.ckpt").exists()
 
 
+def test_a_model_path_that_names_a_module_not_a_class_says_so(tmp_path, capsys, monkeypatch):
+    # the package does not import its submodule: the path must still be read as that module, not as "mypkg has no 'nets'"
+    (tmp_path / "byo_nets_pkg").mkdir()
+    (tmp_path / "byo_nets_pkg" / "__init__.py").write_text("")
+    (tmp_path / "byo_nets_pkg" / "nets.py").write_text("from torch import nn\n\nclass MyNet(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit):
+        benchmark(tmp_path / "out", "--model.arch", "byo_nets_pkg.nets")
+    err = capsys.readouterr().err
+    assert "model.arch 'byo_nets_pkg.nets' is <module 'byo_nets_pkg.nets'" in err and "not an nn.Module class" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "function,message",
     [("wrong_shape", "returned shape (2, 8, 8)"), ("not_finite", "non-finite values"), ("raises", "RuntimeError: my method is broken")],
@@ -202,6 +254,27 @@ def test_a_method_failing_on_the_probe_batch_is_refused_before_training(tmp_path
     err = capsys.readouterr().err
     assert "'bad'" in err and message in err
     assert not (out / "base.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "layer,message",
+    [("conv2", "did you mean net.conv2?"), ("net.conv9", "its modules under net are: net.conv1, net.relu1, net.conv2"), ("net.conv3.wieght", "net.conv3 has no children")],
+)
+def test_a_layer_that_does_not_exist_is_refused_naming_the_layers_there_are(tmp_path, capsys, layer, message):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", f"[{{name: cam, class_path: captum.attr.LayerGradCam, layer: {layer}}}]") == 2
+    err = capsys.readouterr().err
+    assert f"no layer {layer!r}" in err and message in err
+    assert not (out / "base.ckpt").exists()
+
+
+def test_the_sanity_checks_refuse_a_method_returning_the_wrong_shape_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    sanity = ["sanity", "--config", str(ROOT / "configs/sanity/digits.yaml"), "--data.image_size", "8", "--sanity.progress", "false"]
+    assert roar_main([*sanity, "--sanity.methods", "[gradient, {name: bad, function: 'user_code:wrong_shape'}]", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'bad'" in err and "returned shape (2, 8, 8)" in err
+    assert not (out / "model.ckpt").exists()
 
 
 def test_a_datamodule_that_does_not_yield_image_label_pairs_is_refused(tmp_path, capsys):

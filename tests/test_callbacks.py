@@ -241,6 +241,29 @@ def test_csv_logger_gets_every_key_through_a_config(tmp_path, permuted_checkpoin
     assert hparams["sanity/data/reference"] == [str(permuted_checkpoint)]
 
 
+def test_a_users_method_definitions_run_in_a_callback_through_a_config(tmp_path):
+    """``methods`` takes the entries of a benchmark or sanity config: a captum class, a function by path."""
+    from train import main
+
+    methods = [{"name": "deeplift", "class_path": "captum.attr.DeepLift"}, {"name": "doubled", "function": "user_code:gradient_times_two"}, "gradient"]
+    callback = {"class_path": "callbacks.ModelRandomizationCheck", "init_args": {"order": "independent", "methods": methods, "metrics": ["spearman"], "num_images": 4}}
+    path = tmp_path / "callbacks.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
+    cli = main([
+        "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer", str(ROOT / "configs/trainer/debug.yaml"),
+        "--config", str(path), "--data.init_args.image_size", str(SIZE), "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    (row,) = [r for r in _metrics_rows(Path(cli.trainer.log_dir)) if r.get("sanity/independent/gradient/spearman")]
+    assert -1.0 <= float(row["sanity/independent/deeplift/spearman"]) <= 1.0
+    # twice the gradient is the gradient up to scale: the same Spearman correlation at every layer
+    for layer in ["original", *LAYERS]:
+        key = "sanity/independent/{}/spearman/{:02d}_" + layer
+        index = ["original", *LAYERS].index(layer)
+        assert float(row[key.format("doubled", index)]) == pytest.approx(float(row[key.format("gradient", index)]), abs=1e-5)
+
+
 def test_wandb_offline_run_gets_scalars_tables_and_images(trained, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -15,6 +15,7 @@ layer's channels, then repeated over the input's), as Grad-CAM is (Selvaraju et 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import warnings
 from collections.abc import Iterator
@@ -73,14 +74,34 @@ def find_last_conv_block(model: nn.Module, example: Tensor) -> str:
 
 
 def get_layer(model: nn.Module, layer: Any) -> nn.Module:
-    """``model.get_submodule(layer)``, with the model's top-level modules listed when it is not there."""
+    """``model.get_submodule(layer)``; when it is not there, the layers that are, where the name went wrong."""
     if not isinstance(layer, str):
         raise ValueError(f"layer must be a dotted module name, got {type(layer).__name__}")
     try:
         return model.get_submodule(layer)
     except AttributeError:
-        children = ", ".join(name for name, _ in model.named_children())
-        raise ValueError(f"model has no layer {layer!r}; its top-level modules are: {children}") from None
+        raise ValueError(_missing_layer(model, layer)) from None
+
+
+def _missing_layer(model: nn.Module, layer: str) -> str:
+    """Name the deepest part of ``layer`` that exists and list its children; suggest a full name."""
+    parts = layer.split(".")
+    found = 0  # how many leading parts of the name are a module
+    while found < len(parts) - 1:
+        try:
+            model.get_submodule(".".join(parts[: found + 1]))
+        except AttributeError:
+            break
+        found += 1
+    parent = ".".join(parts[:found])
+    prefix = parent + "." if parent else ""
+    children = [prefix + name for name, _ in model.get_submodule(parent).named_children()]
+    names = [name for name, _ in model.named_modules() if name]
+    close = [n for n in names if n.endswith("." + layer)] or difflib.get_close_matches(layer, names, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    where = f"its modules under {parent}" if parent else "its top-level modules"
+    listing = f"{where} are: {', '.join(children)}" if children else f"{parent} has no children"
+    return f"model has no layer {layer!r}{hint}; {listing}"
 
 
 def _accepted(function: Any, skip: int) -> tuple[set[str], bool]:

@@ -12,19 +12,9 @@ from typing import Any, Literal
 from roar.attribution.registry import normalize_methods
 from roar.data.imputation import DEFAULT_MAX_ITER, DEFAULT_NOISE_STD, DEFAULT_SIGMA, DEFAULT_TOL, check_imputation_settings
 from roar.fit_config import plain as _plain
+from roar.registry import import_modules
 
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-def import_modules(modules: list[str] | None) -> None:
-    """Import the user's modules that register methods, models or sources; name the one that fails."""
-    import importlib
-
-    for module in modules or []:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise ValueError(f"imports: {module!r} does not import ({err}); is its folder on PYTHONPATH or the package installed?") from None
 
 
 @dataclass
@@ -267,7 +257,7 @@ class BenchmarkConfig:
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))
-        check_arch(self.model.get("arch", "small_cnn"))
+        check_arch(self.model.get("arch", "small_cnn"), self.model.get("arch_args"))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         from roar.statistics import check_level, check_resamples

@@ -169,20 +169,37 @@ def _module_class(path: str) -> type[nn.Module]:
     return cls
 
 
-def check_arch(name: Any) -> str:
-    """A model name that can be built: registered, ``timm/<name>`` (checked with timm) or an importable class path."""
+def check_arch(name: Any, arch_args: dict[str, Any] | None = None) -> str:
+    """A model name that can be built: registered, ``timm/<name>`` (checked with timm) or an importable class path.
+
+    ``arch_args`` the constructor does not take fail here, before any training, naming the ones it does.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model.arch must be a name, got {name!r}")
     if name.startswith(TIMM_PREFIX):
         if not timm.is_model(name[len(TIMM_PREFIX):]):
             _timm(name[len(TIMM_PREFIX):], 1, 1, 1)  # raises, listing close matches
-        return name
+        return name  # timm's constructors take **kwargs: timm checks them when it builds
     if name in MODELS:
+        _check_arch_args(name, MODELS.get(name), arch_args)
         return name
     if "." in name:
-        _module_class(name)
+        _check_arch_args(name, _module_class(name), arch_args)
         return name
     raise ValueError(MODELS.unknown(name, "; or timm/<name> (any timm model) or package.module.Class (any nn.Module)"))
+
+
+def _check_arch_args(name: str, constructor: Callable[..., Any], arch_args: dict[str, Any] | None) -> None:
+    params = inspect.signature(constructor).parameters  # a class's signature is its __init__'s, less self
+    if not arch_args or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("num_classes", "in_chans", "image_size")]
+    for key in arch_args:
+        if key not in takes:
+            close = difflib.get_close_matches(str(key), takes, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            listing = f"it takes: {', '.join(takes)}" if takes else f"{name} takes no arch_args (num_classes, in_chans and image_size come from the data)"
+            raise ValueError(f"model.arch_args of {name} has no {key!r}{hint}; {listing}")
 
 
 def build_model(name: str, num_classes: int, in_chans: int, image_size: int, **arch_args: Any) -> nn.Module:

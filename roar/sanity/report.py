@@ -199,12 +199,14 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
     from roar.attribution.registry import normalize_methods
     from roar.data.datamodule import datamodule_arguments
     from roar.fit_config import fit_sections, plain
+    from roar.registry import import_modules
 
     parser = build_parser()
     args = parser.parse_args(list(argv))
     sections = fit_sections(parser, args)
     values = plain(args.sanity)
     try:
+        import_modules(values.get("imports"))  # their decorators register the methods named below
         data = sections["data"]
         values["data"] = datamodule_arguments(data) if "class_path" in data else data
         values["model"] = {k: v for k, v in sections["model"].items() if k != "class_path"}

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from roar.models.factory import check_arch
+from roar.registry import import_modules
 from roar.sanity.maps import CONTROL, DEFAULT_METRICS, check_methods, check_metrics, check_orders, check_stack, check_target
 from roar.sanity.randomization import ORDERS
 from roar.sanity.revisited import Smoothing
@@ -48,6 +50,8 @@ class SanityReportConfig:
             permuted training labels (train accuracy > 0.9) while test accuracy stays at chance.
         permuted_augment: augmentation of the permuted-label training (``none`` lets it memorise
             the exact images).
+        imports: modules imported first, so that their ``@register_method`` decorators run (as a
+            benchmark's ``imports:``).
         methods: attribution methods: registry keys or definitions with a ``name``
             (``{name: deeplift, class_path: captum.attr.DeepLift}``), as in a benchmark config.
         control: add the ``noise`` control of Binder et al. (2022) to the methods if missing.
@@ -86,6 +90,7 @@ class SanityReportConfig:
     epochs: int = 15
     permuted_epochs: int = 60
     permuted_augment: Literal["none", "auto", "crop", "crop_flip"] = "none"
+    imports: list[str] = field(default_factory=list)
     methods: list[str | dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_REPORT_METHODS))
     control: bool = True
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -124,12 +129,14 @@ class SanityReportConfig:
                 choices), or a non-positive count.
             FileNotFoundError: a given checkpoint that does not exist.
         """
+        import_modules(self.imports)
         if self.control and CONTROL not in self.methods:
             self.methods = [*self.methods, CONTROL]
         self.methods = check_methods(self.methods, self.method_params)
         self.metrics = check_metrics(self.metrics)
         self.orders = check_orders(self.orders)
         check_target(self.target)
+        check_arch(self.model.get("arch", "small_cnn"), self.model.get("arch_args"))
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():

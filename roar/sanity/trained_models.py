@@ -74,13 +74,17 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
 
 
 def _check_methods_fit_the_model(cfg: SanityReportConfig, datamodule) -> None:
-    """Build every method on an untrained model of the configured architecture, before training,
-    so that model-specific parameters (a Grad-CAM ``layer``) fail early too."""
+    """Build every method on an untrained model of the configured architecture and run it on a
+    probe batch, before training, so that model-specific parameters (a Grad-CAM ``layer``) and a
+    user's method that raises, returns another shape or NaN fail early too."""
+    from roar.attribution.compute import probe_methods
     from roar.models.classifier import ImageClassifier
 
     with torch.random.fork_rng(devices=[]):
         blank = ImageClassifier(**{**cfg.model, **{name: getattr(datamodule, name) for name in LINKED}})
-    build_methods(explained_network(blank), cfg.methods, cfg.method_params, cfg.seed)
+        network = explained_network(blank)
+        build_methods(network, cfg.methods, cfg.method_params, cfg.seed)
+        probe_methods(datamodule, cfg.methods, cfg.method_params, network)
 
 
 def check_compatible(model, datamodule, path: Path) -> None:
