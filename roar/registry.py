@@ -164,7 +164,8 @@ def import_object(path: str, what: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             public = sorted(n for n in dir(obj) if not n.startswith("_"))[:20]
-            raise ValueError(f"{what} {text!r} does not import: {module_name} has no {attribute!r} (it has {', '.join(public)})") from None
+            has = f"it has {', '.join(public)}" if public else "it defines no public names"
+            raise ValueError(f"{what} {text!r} does not import: {module_name} has no {attribute!r} ({has})") from None
     return obj
 
 

@@ -292,3 +292,20 @@ def test_a_weights_file_that_does_not_fit_is_refused(tmp_path):
     torch.save(ImageClassifier(arch="mlp", num_classes=10, in_chans=1, image_size=8).net.state_dict(), path)
     with pytest.raises(CheckpointError, match=r"do not fit the model.*fc1.weight"):
         ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, weights=str(path))
+
+
+def test_a_wrapped_datamodule_of_another_image_size_says_how_to_leave_it_unset():
+    # digits_demo.yaml states image_size 8; a user's 8 px datamodule under a config saying 16 must learn the null
+    from roar.data import ImageDataModule
+
+    with pytest.raises(ValueError, match=r"yields 8 px images but image_size is 16; .*--data.init_args.image_size null"):
+        ImageDataModule(source="lightning", source_options={"class_path": "user_code.TinyDigits"}, image_size=16).setup("fit")
+
+
+def test_a_path_into_a_module_without_public_names_says_so(tmp_path, monkeypatch):
+    from roar.registry import import_object
+
+    (tmp_path / "empty_user_module.py").write_text('"""A module that defines nothing yet."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"empty_user_module has no 'Net' \(it defines no public names\)$"):
+        import_object("empty_user_module.Net", what="model.arch")

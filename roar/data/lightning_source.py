@@ -141,7 +141,7 @@ def load_lightning_datamodule(
             splits.append(_CheckedDataset(dataset, where))
     in_chans, size = first.shape[0], first.shape[-1]
     if image_size is not None and image_size != size:
-        raise ValueError(f"{name} yields {size} px images but image_size is {image_size}; resize in the datamodule, or leave image_size unset")
+        raise ValueError(f"{name} yields {size} px images but image_size is {image_size}; resize in the datamodule, or leave image_size unset (null: --data.init_args.image_size null)")
     num_classes = getattr(datamodule, "num_classes", None)
     if num_classes is None:
         labels = [s.labels for s in splits if isinstance(s, TensorImageDataset)]
