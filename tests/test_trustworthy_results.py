@@ -5,7 +5,9 @@ changes one thing and checks that the folder is resumed, refused or kept apart, 
 """
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -256,6 +258,25 @@ def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_during_a_training_says_how_to_resume(tmp_path):
+    """Lightning turns a Ctrl-C inside ``fit`` into ``sys.exit(1)``: the grid must still say it was interrupted."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "roar", "benchmark", *GRID, "--benchmark.base.max_epochs", "1000", "--benchmark.logger", "csv", "--out", str(out)]
+    grid = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "runs" / "base" / "metrics.csv").is_file():  # written by the base model's fit, epoch by epoch
+            assert time.time() < deadline and grid.poll() is None, grid.communicate()
+            time.sleep(0.2)
+        grid.send_signal(signal.SIGINT)
+        stdout, stderr = grid.communicate(timeout=120)
+    finally:
+        grid.kill()
+    assert grid.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
+    assert not (out / "base.ckpt").exists()
 
 
 # ------------------------------------------------------------------------------- early errors (item 13)

@@ -89,6 +89,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return ConfigChangedError, CheckpointError, FolderBusyError, BaseModelError, StoreError, FileNotFoundError, ValueError
 
 
+def _is_ctrl_c(err: BaseException) -> bool:
+    """Ctrl-C, also when Lightning caught it: a Trainer turns a KeyboardInterrupt in ``fit``/``test``
+    into ``sys.exit(1)``, which would end the grid silently with status 1 instead of saying how to resume."""
+    return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt))
+
+
 def _list_arguments(argv: list[str], name: str = "benchmark.methods") -> list[str]:
     """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
     argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
@@ -118,7 +124,9 @@ def benchmark_main(argv: list[str]) -> int:
     config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:
         results = run_benchmark(cfg, out, force=args.force, progress=args.progress, verbose=args.verbose, launch=launch, config_yaml=config_yaml)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as err:
+        if not _is_ctrl_c(err):
+            raise
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130
     except _expected_errors() as err:
