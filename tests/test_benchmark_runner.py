@@ -114,6 +114,9 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
         (["--benchmark.methods", "[]"], "methods is empty"),
         (["--benchmark.methods", "[gradient, lime]"], "unknown attribution method 'lime'"),
         (["--benchmark.modes", "[roar, drop]"], "drop"),
+        # typed as the README's --benchmark.methods a,b: the bad value is named, not "Expected a list"
+        (["--benchmark.thresholds", "0.3,1.5"], "threshold 1.5 is outside (0, 1)"),
+        (["--benchmark.modes", "roar,drop"], "unknown mode 'drop'"),
         (["--benchmark.protocol.granularity", "patch"], "patch"),
         (["--benchmark.seeds", "0"], "seeds"),
         (["--data.source", "imagenet"], "valid: cifar10, digits"),

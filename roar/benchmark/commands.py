@@ -95,12 +95,17 @@ def _is_ctrl_c(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt))
 
 
-def _list_arguments(argv: list[str], name: str = "benchmark.methods") -> list[str]:
+LIST_ARGUMENTS = ("benchmark.methods", "benchmark.thresholds", "benchmark.modes")
+"""Lists a user types as ``a,b`` (``--benchmark.thresholds 0.3,0.6``): jsonargparse takes only ``[a, b]``."""
+
+
+def _list_arguments(argv: list[str], names: tuple[str, ...] = LIST_ARGUMENTS) -> list[str]:
     """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
-    argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
-    for i, arg in enumerate(argv[:-1]):
-        if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
-            argv[i + 1] = "[" + argv[i + 1] + "]"
+    for name in names:
+        argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
+        for i, arg in enumerate(argv[:-1]):
+            if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
+                argv[i + 1] = "[" + argv[i + 1] + "]"
     return argv
 
 
@@ -199,6 +204,7 @@ def report_main(argv: list[str]) -> int:
     parser = _parser("report", "Rewrite results.csv, summary.csv, the curves and report.md from <out>/results.db.")
     parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
                         help="where the report files go (default: --out); results.db is only read, so an archived, read-only --out works")  # fmt: skip
+    argv = _list_arguments(argv)
     cfg, out, args = _config(parser, argv)
     db = out / "results.db"
     if not db.is_file():
