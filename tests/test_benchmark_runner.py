@@ -129,6 +129,14 @@ def test_bad_benchmark_settings_fail_before_any_training(tmp_path, capsys, overr
     assert not (tmp_path / "bad" / "base.ckpt").exists()
 
 
+def test_a_refused_value_is_not_buried_under_the_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        roar_main(["benchmark", "--config", DEMO, "--workers", "0", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.splitlines()
+    # one usage line, the --help tip, the error naming the value: not 30 lines of options first
+    assert len(err) == 3 and err[-1] == "error: workers must be a positive integer or auto, got 0", err
+
+
 def test_a_store_of_another_dataset_is_refused_before_training(tmp_path):
     out = tmp_path / "mixed"
     cfg = BenchmarkConfig(
