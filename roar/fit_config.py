@@ -42,6 +42,11 @@ class ConfigParser(LightningArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any):  # type: ignore[override]
         return super().error(_with_valid_keys(self, message), *args, **kwargs)
 
+    def print_usage(self, file: Any = None) -> None:
+        """One usage line above an error: the full synopsis (30 lines of options) buried the one line
+        naming the bad value; ``--help`` still prints it, with the options' descriptions."""
+        self._print_message(f"usage: {self.prog} [options]\n", file)
+
 
 def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     group = re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", message)

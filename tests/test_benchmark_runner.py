@@ -114,6 +114,9 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
         (["--benchmark.methods", "[]"], "methods is empty"),
         (["--benchmark.methods", "[gradient, lime]"], "unknown attribution method 'lime'"),
         (["--benchmark.modes", "[roar, drop]"], "drop"),
+        # typed as the README's --benchmark.methods a,b: the bad value is named, not "Expected a list"
+        (["--benchmark.thresholds", "0.3,1.5"], "threshold 1.5 is outside (0, 1)"),
+        (["--benchmark.modes", "roar,drop"], "unknown mode 'drop'"),
         (["--benchmark.protocol.granularity", "patch"], "patch"),
         (["--benchmark.seeds", "0"], "seeds"),
         (["--data.source", "imagenet"], "valid: cifar10, digits"),
@@ -124,6 +127,14 @@ def test_bad_benchmark_settings_fail_before_any_training(tmp_path, capsys, overr
         roar_main(["benchmark", "--config", DEMO, *override, "--out", str(tmp_path / "bad")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "bad" / "base.ckpt").exists()
+
+
+def test_a_refused_value_is_not_buried_under_the_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        roar_main(["benchmark", "--config", DEMO, "--workers", "0", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.splitlines()
+    # one usage line, the --help tip, the error naming the value: not 30 lines of options first
+    assert len(err) == 3 and err[-1] == "error: workers must be a positive integer or auto, got 0", err
 
 
 def test_a_store_of_another_dataset_is_refused_before_training(tmp_path):

@@ -23,6 +23,7 @@ BANNERS = (
     "anonymous setting",
     "| Name",  # a model summary
     "Epoch 0",  # a run's own progress bar
+    "exists and is not empty",  # Lightning's CSVLogger, in a run's folder left by an interrupted attempt
 )
 RUN_LINE = re.compile(r"^\[(\d+)/(\d+)\] (roar|kar|reference) (\w+) t=[\d.]+ seed \d+: test acc [01]\.\d{3} \([\d.]+ s\)")
 EVALUATIONS_LINE = re.compile(r"^\[(\d+)/(\d+)\] no retraining: (\d+) evaluations of the base model on masked test data")
@@ -39,6 +40,9 @@ def _benchmark(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_a_grid_prints_one_line_per_run_and_no_banners(tmp_path):
+    for stale in ("base", "roar/random/t0.500-s0"):  # the logs of an attempt interrupted by Ctrl-C
+        (tmp_path / "grid" / "runs" / stale).mkdir(parents=True)
+        (tmp_path / "grid" / "runs" / stale / "metrics.csv").write_text("epoch,train/loss\n0,2.3\n")
     done = _benchmark(tmp_path / "grid")
     assert done.returncode == 0, done.stderr[-3000:]
     text = done.stdout + done.stderr

@@ -5,7 +5,9 @@ changes one thing and checks that the folder is resumed, refused or kept apart, 
 """
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -256,6 +258,49 @@ def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_during_a_training_says_how_to_resume(tmp_path):
+    """Lightning turns a Ctrl-C inside ``fit`` into ``sys.exit(1)``: the grid must still say it was interrupted."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "roar", "benchmark", *GRID, "--benchmark.base.max_epochs", "1000", "--benchmark.logger", "csv", "--out", str(out)]
+    grid = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "runs" / "base" / "metrics.csv").is_file():  # written by the base model's fit, epoch by epoch
+            assert time.time() < deadline and grid.poll() is None, grid.communicate()
+            time.sleep(0.2)
+        grid.send_signal(signal.SIGINT)
+        stdout, stderr = grid.communicate(timeout=120)
+    finally:
+        grid.kill()
+    assert grid.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
+    assert not (out / "base.ckpt").exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from Linux's /proc")
+def test_ctrl_c_stops_the_workers_without_their_tracebacks(finished, tmp_path):
+    """Ctrl-C reaches the whole process group: the workers, still importing torch, must stop silently."""
+    out = copy_of(finished, tmp_path)  # the base model and ranks are reused: the workers start at once
+    command = [sys.executable, "-m", "roar", "benchmark", *GRID, "--benchmark.seeds", "3", "--workers", "2", "--out", str(out)]
+    grid = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while len(_children(grid.pid)) < 2:  # the two spawned workers (and multiprocessing's resource tracker)
+            assert time.time() < deadline and grid.poll() is None, grid.communicate()
+            time.sleep(0.05)
+        os.killpg(grid.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        stdout, stderr = grid.communicate(timeout=120)
+    finally:
+        grid.kill()
+    assert grid.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr, stderr
 
 
 # ------------------------------------------------------------------------------- early errors (item 13)

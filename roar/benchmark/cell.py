@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -110,6 +111,10 @@ def _trainer(cfg: BenchmarkConfig, run_dir: Path, *, logger: Any, max_epochs: in
 def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type: str, config: dict[str, Any]) -> list[Any]:
     from lightning.pytorch.loggers import CSVLogger
 
+    # A folder left by an earlier attempt (Ctrl-C, a crash, a retry) holds no finished run's files;
+    # emptied here, Lightning's CSVLogger does not warn at every rerun that it will overwrite them.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     loggers: list[Any] = []
     if cfg.logger == "none":
         return loggers

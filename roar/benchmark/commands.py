@@ -89,12 +89,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return ConfigChangedError, CheckpointError, FolderBusyError, BaseModelError, StoreError, FileNotFoundError, ValueError
 
 
-def _list_arguments(argv: list[str], name: str = "benchmark.methods") -> list[str]:
+def _is_ctrl_c(err: BaseException) -> bool:
+    """Ctrl-C, also when Lightning caught it: a Trainer turns a KeyboardInterrupt in ``fit``/``test``
+    into ``sys.exit(1)``, which would end the grid silently with status 1 instead of saying how to resume."""
+    return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt))
+
+
+LIST_ARGUMENTS = ("benchmark.methods", "benchmark.thresholds", "benchmark.modes")
+"""Lists a user types as ``a,b`` (``--benchmark.thresholds 0.3,0.6``): jsonargparse takes only ``[a, b]``."""
+
+
+def _list_arguments(argv: list[str], names: tuple[str, ...] = LIST_ARGUMENTS) -> list[str]:
     """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
-    argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
-    for i, arg in enumerate(argv[:-1]):
-        if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
-            argv[i + 1] = "[" + argv[i + 1] + "]"
+    for name in names:
+        argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
+        for i, arg in enumerate(argv[:-1]):
+            if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
+                argv[i + 1] = "[" + argv[i + 1] + "]"
     return argv
 
 
@@ -118,7 +129,9 @@ def benchmark_main(argv: list[str]) -> int:
     config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:
         results = run_benchmark(cfg, out, force=args.force, progress=args.progress, verbose=args.verbose, launch=launch, config_yaml=config_yaml)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as err:
+        if not _is_ctrl_c(err):
+            raise
         print(f"\ninterrupted: finished runs are saved in {out / 'results.db'}; run the same command again to resume", file=sys.stderr)
         return 130
     except _expected_errors() as err:
@@ -191,6 +204,7 @@ def report_main(argv: list[str]) -> int:
     parser = _parser("report", "Rewrite results.csv, summary.csv, the curves and report.md from <out>/results.db.")
     parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
                         help="where the report files go (default: --out); results.db is only read, so an archived, read-only --out works")  # fmt: skip
+    argv = _list_arguments(argv)
     cfg, out, args = _config(parser, argv)
     db = out / "results.db"
     if not db.is_file():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import traceback
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -28,10 +27,11 @@ from typing import Any
 
 from roar.benchmark.cell import run_config
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import OnFinished, _quiet_worker, _worker_config, available_cores, wants_gpu
+from roar.benchmark.launchers import OnFinished, _worker_config, available_cores, wants_gpu
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import plan_jobs, run_job
+from roar.benchmark.worker_start import init_pool_worker
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ def worker_devices(cfg: BenchmarkConfig, workers: int) -> list[int | None]:
     if workers > n_gpus:
         log.warning("%d workers share %d CUDA devices: %d runs per device at a time", workers, n_gpus, -(-workers // n_gpus))
     return [i % n_gpus for i in range(workers)]
-
-
-def _init_pool_worker(device: int | None, threads: int) -> None:
-    # Runs in the fresh (spawned) process before torch touches CUDA, so the pin holds for every run.
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
-    _quiet_worker(threads)
-    from roar.data.sources import reuse_loaded_sources
-
-    # for the worker's life: its runs read the dataset it loaded for the first one
-    reuse_loaded_sources().__enter__()
 
 
 def _pool_task(spec_dicts: list[dict[str, Any]], cfg_dict: dict[str, Any], out: str, base_ckpt: str, provenance: Any = None) -> list[dict[str, Any]]:
@@ -83,7 +72,7 @@ class _Slot:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_pool_worker, initargs=(self.device, self.threads),
+                initializer=init_pool_worker, initargs=(self.device, self.threads),
             )  # fmt: skip
         return self._pool
 
