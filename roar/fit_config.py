@@ -51,10 +51,15 @@ class ConfigParser(LightningArgumentParser):
 def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     group = re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", message)
     data = re.search(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted", message)
-    if group:
-        defaults = parser.get_defaults().get(group.group(1))
-        valid = sorted(k for k in (defaults.keys() if hasattr(defaults, "keys") else []) if "." not in k and not k.startswith("__"))
-        bad = group.group(2)
+    # "--sanity.num_imgs 3": argparse names the argument only; the one-line usage no longer lists the options
+    unknown = re.search(r"unrecognized arguments: --([\w.]+)", message)
+    if group or unknown:
+        section, _, bad = (group.group(1), None, group.group(2)) if group else unknown.group(1).rpartition(".")
+        defaults = parser.get_defaults()
+        keys = defaults.get(section) if section else defaults
+        valid = sorted(k for k in (keys.keys() if hasattr(keys, "keys") else []) if "." not in k and not k.startswith("__"))
+        if not valid:
+            return message
     elif data:
         from roar.registry import import_object
 

@@ -137,6 +137,17 @@ def test_a_refused_value_is_not_buried_under_the_usage(tmp_path, capsys):
     assert len(err) == 3 and err[-1] == "error: workers must be a positive integer or auto, got 0", err
 
 
+@pytest.mark.parametrize(
+    ("option", "suggestion", "another_valid_key"), [("--benchmark.seed", "seeds", "thresholds"), ("--outt", "out", "workers")]
+)
+def test_a_misspelled_option_names_the_valid_ones_below_the_one_line_usage(tmp_path, capsys, option, suggestion, another_valid_key):
+    with pytest.raises(SystemExit):
+        roar_main(["benchmark", "--config", DEMO, option, "3", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    valid = err.split("valid keys: ")[-1].strip()
+    assert f"(did you mean {suggestion}?); valid keys: " in err and another_valid_key in valid.split(", "), err
+
+
 def test_a_store_of_another_dataset_is_refused_before_training(tmp_path):
     out = tmp_path / "mixed"
     cfg = BenchmarkConfig(
