@@ -13,6 +13,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from roar.data.datamodule import ImageDataModule
+from roar.fit_config import ConfigParser
 from roar.models.classifier import ImageClassifier
 from roar.quiet import drop_banners, ignore_known_warnings
 
@@ -33,6 +34,11 @@ class RoarCLI(LightningCLI):
         # A re-run into the same folder must not fail on the config it saved last time.
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
+        # as python -m roar's parsers: a misspelled option is refused with the valid keys under a one-line
+        # usage, never read as the option it abbreviates (argparse took --trainer.max_epoch for max_epochs)
+        kwargs.setdefault("parser_class", ConfigParser)
+        no_abbreviations = {"allow_abbrev": False}
+        kwargs.setdefault("parser_kwargs", {**no_abbreviations, **{sub: no_abbreviations for sub in self.subcommands()}})
         ignore_known_warnings()  # third-party deprecations that say nothing about the user's run
         drop_banners()  # "GPU available: False", a litlogger ad: Lightning's own lines and the summary stay
         # W&B's banner (and its warnings about settings Lightning passes) in one line of ours, after the run;

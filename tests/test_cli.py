@@ -127,6 +127,9 @@ def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path):
         (["--seed_everything", "abc"], "abc"),
         (["--data.init_args.batch_size", "many"], "many"),
         (["--data.init_args.augment", "rotate"], "crop_flip"),
+        # a prefix of max_epochs is a misspelling, not an abbreviation argparse may take for it
+        (["--trainer.max_epoch", "3"], "'max_epoch' is not a valid key (did you mean max_epochs"),
+        (["--data.init_args.imgsize", "3"], "'imgsize' is not a valid key (did you mean image_size?)"),
     ],
 )
 def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
