@@ -145,6 +145,24 @@ class RoarCLI(LightningCLI):
             if save_dir is None or not Path(str(save_dir)).is_absolute():
                 init_args.save_dir = str(root)
 
+    def instantiate_classes(self) -> None:
+        """A data root without its files or a size the model cannot take is the user's to fix: one line, exit 2.
+
+        The datamodule and model check their arguments when built (``FileNotFoundError`` naming the
+        files a source expects, ``ValueError`` naming the bad value); jsonargparse would wrap the
+        datamodule's in a "Does not validate against any of the Union subtypes" traceback.
+        ``python -m roar benchmark`` and ``sanity`` print these as ``error: ...`` already.
+        """
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            cause: BaseException = err
+            while cause.__cause__ is not None:  # jsonargparse re-raises ours "from" it
+                cause = cause.__cause__
+            if not isinstance(cause, (ValueError, FileNotFoundError)):
+                raise
+            self.parser.error(str(cause))
+
     def _check_names(self, config: Any) -> None:
         """An unknown model or dataset source is a usage error (exit 2, the choices listed), before anything is built."""
         from roar.data.sources import SOURCES

@@ -136,9 +136,22 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
     assert message in capsys.readouterr().err
 
 
-def test_image_size_the_model_cannot_take_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="image_size=2"):
+def test_image_size_the_model_cannot_take_fails_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(fit_args(tmp_path, "--data.init_args.image_size", "2"))
+    assert exit_info.value.code == 2
+    assert "error: small_cnn needs images of at least 4 px, got image_size=2" in capsys.readouterr().err
+
+
+def test_a_data_root_without_its_files_is_one_error_line(tmp_path, capsys):
+    # The datamodule's FileNotFoundError, not jsonargparse's "Does not validate against any of the
+    # Union subtypes" traceback around it.
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--data", str(ROOT / "configs/data/cifar10.yaml"), "--data.init_args.root", str(tmp_path / "nowhere")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: no CIFAR-10 folder at {tmp_path / 'nowhere' / 'cifar-10-batches-py'}" in err
+    assert "Union subtypes" not in err and "Given value" not in err
 
 
 @pytest.mark.slow
