@@ -7,6 +7,7 @@ statistics of its data, and ``link_arguments`` hands them to the model when both
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from roar.models.classifier import ImageClassifier
 from roar.quiet import drop_banners, ignore_known_warnings
 
 LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    """Whether ``err`` was raised by code of ``package`` (its innermost frame is in a folder of that name)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and package in Path(frames[-1].filename).parts
 
 
 class RoarCLI(LightningCLI):
@@ -157,7 +164,7 @@ class RoarCLI(LightningCLI):
             super().instantiate_classes()
         except (ValueError, FileNotFoundError) as err:
             cause: BaseException = err
-            while cause.__cause__ is not None:  # jsonargparse re-raises ours "from" it
+            while cause.__cause__ is not None and _raised_in(cause, "jsonargparse"):  # it re-raises ours "from" it
                 cause = cause.__cause__
             if not isinstance(cause, (ValueError, FileNotFoundError)):
                 raise

@@ -154,6 +154,20 @@ def test_a_data_root_without_its_files_is_one_error_line(tmp_path, capsys):
     assert "Union subtypes" not in err and "Given value" not in err
 
 
+def test_an_unreadable_image_is_one_error_line_naming_it(tmp_path, capsys):
+    # Ours wraps PIL's OSError: the message printed is ours (the file named), not PIL's nor a traceback.
+    from formats import write_image_folder
+
+    write_image_folder(tmp_path / "images", classes=["a", "b"], per_class=2, ext="jpg")
+    truncated = tmp_path / "images" / "train" / "a" / "cut.jpg"
+    truncated.write_bytes((tmp_path / "images" / "train" / "a" / "0.jpg").read_bytes()[:200])
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--data", str(ROOT / "configs/data/image_folder.yaml"), "--data.init_args.root", str(tmp_path / "images"),
+                      "--data.init_args.image_size", "8", "--data.init_args.num_workers", "0"))  # fmt: skip
+    assert exit_info.value.code == 2
+    assert f"error: cannot read image {truncated}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_default_digits_config_reaches_95_percent(tmp_path):
     cli = main(["fit", "--config", DIGITS, "--trainer.logger", str(ROOT / "configs/logger/csv.yaml"),
