@@ -172,6 +172,7 @@ class RoarCLI(LightningCLI):
 
     def _check_names(self, config: Any) -> None:
         """An unknown model or dataset source is a usage error (exit 2, the choices listed), before anything is built."""
+        from roar.accelerator import gpu_accelerator_problem
         from roar.data.sources import SOURCES
         from roar.models.factory import check_arch
 
@@ -181,6 +182,9 @@ class RoarCLI(LightningCLI):
             source = data.get("init_args", {}).get("source") if data is not None and hasattr(data, "get") else None
             if source is not None and source not in SOURCES:
                 raise ValueError(SOURCES.unknown(source))
+            problem = gpu_accelerator_problem(config.get("trainer"))
+            if problem:
+                raise ValueError(problem)
         except ValueError as err:
             self.parser.error(str(err))
 

@@ -248,3 +248,14 @@ def test_an_unreadable_image_read_in_a_loader_worker_is_one_error_line(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [f"error: cannot read image {broken}: cannot identify image file '{broken}' (in a DataLoader worker)"], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("command", ["benchmark", "sanity"])
+def test_a_gpu_accelerator_without_a_gpu_is_refused_before_any_training(tmp_path, capsys, command):
+    config = DEMO if command == "benchmark" else str(ROOT / "configs/sanity/digits.yaml")
+    with pytest.raises(SystemExit):
+        roar_main([command, "--config", config, "--trainer.accelerator", "gpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: trainer.accelerator 'gpu' needs a GPU, but torch sees none") and "auto" in err[-1], err
+    assert not (tmp_path / "run").exists()

@@ -193,3 +193,13 @@ def test_fit_prints_its_own_output_not_lightnings_or_wandbs_banners(tmp_path):
     folder = line.removeprefix("W&B run saved offline in ").split(";")[0]
     assert line.endswith(f"upload it with: wandb sync {folder}")
     assert list((tmp_path / folder).glob("*.wandb")), f"{folder} holds no W&B run"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(tmp_path, capsys, accelerator):
+    # The README's GPU command on a CPU-only machine: Lightning's "No supported gpu backend found!" traceback before.
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--trainer.accelerator", accelerator))
+    assert exit_info.value.code == 2
+    assert f"error: trainer.accelerator '{accelerator}' needs a GPU, but torch sees none" in capsys.readouterr().err
