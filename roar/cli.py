@@ -7,6 +7,7 @@ statistics of its data, and ``link_arguments`` hands them to the model when both
 from __future__ import annotations
 
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from roar.models.classifier import ImageClassifier
 from roar.quiet import drop_banners, ignore_known_warnings
 
 LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    """Whether ``err`` was raised by code of ``package`` (its innermost frame is in a folder of that name)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and package in Path(frames[-1].filename).parts
 
 
 class RoarCLI(LightningCLI):
@@ -151,8 +158,27 @@ class RoarCLI(LightningCLI):
             if save_dir is None or not Path(str(save_dir)).is_absolute():
                 init_args.save_dir = str(root)
 
+    def instantiate_classes(self) -> None:
+        """A data root without its files or a size the model cannot take is the user's to fix: one line, exit 2.
+
+        The datamodule and model check their arguments when built (``FileNotFoundError`` naming the
+        files a source expects, ``ValueError`` naming the bad value); jsonargparse would wrap the
+        datamodule's in a "Does not validate against any of the Union subtypes" traceback.
+        ``python -m roar benchmark`` and ``sanity`` print these as ``error: ...`` already.
+        """
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError) as err:
+            cause: BaseException = err
+            while cause.__cause__ is not None and _raised_in(cause, "jsonargparse"):  # it re-raises ours "from" it
+                cause = cause.__cause__
+            if not isinstance(cause, (ValueError, FileNotFoundError)):
+                raise
+            self.parser.error(str(cause))
+
     def _check_names(self, config: Any) -> None:
         """An unknown model or dataset source is a usage error (exit 2, the choices listed), before anything is built."""
+        from roar.accelerator import gpu_accelerator_problem
         from roar.data.sources import SOURCES
         from roar.models.factory import check_arch
 
@@ -162,6 +188,9 @@ class RoarCLI(LightningCLI):
             source = data.get("init_args", {}).get("source") if data is not None and hasattr(data, "get") else None
             if source is not None and source not in SOURCES:
                 raise ValueError(SOURCES.unknown(source))
+            problem = gpu_accelerator_problem(config.get("trainer"))
+            if problem:
+                raise ValueError(problem)
         except ValueError as err:
             self.parser.error(str(err))
 

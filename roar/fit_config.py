@@ -112,6 +112,11 @@ def _changed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]
 
 def fit_sections(parser: ConfigParser, args: Namespace) -> dict[str, dict[str, Any]]:
     """``data``, ``model``, ``trainer`` of parsed args as plain dicts holding what the config set."""
+    from roar.accelerator import gpu_accelerator_problem
+
+    problem = gpu_accelerator_problem(plain(args.trainer))
+    if problem:
+        parser.error(problem)  # before any data is read or model trained
     defaults = plain(parser.get_defaults())
     data = plain(args.get("data")) or {}
     if data.get("class_path"):

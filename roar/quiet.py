@@ -107,6 +107,21 @@ def wide_tables_in_logs() -> None:
         os.environ.setdefault("COLUMNS", str(WIDE_LOG_COLUMNS))
 
 
+def error_line(err: BaseException) -> str:
+    """An error's own message, without the worker traceback torch's DataLoader wraps around it.
+
+    An error in a loader worker (``num_workers > 0``, e.g. an unreadable image of an ImageNet
+    folder) comes back as ``Caught ValueError in DataLoader worker process 0.`` plus the worker's
+    whole traceback as the message; its last line is the error the user must act on.
+    """
+    message = str(err)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        prefix = f"{type(err).__name__}: "
+        return f"{last.removeprefix(prefix)} (in a DataLoader worker)"
+    return message
+
+
 def say(line: str) -> None:
     """One line for the user, above the grid's progress bar when there is one (``tqdm.write``)."""
     from tqdm.auto import tqdm

@@ -241,3 +241,32 @@ def test_cifar10_resnet50_config_runs_one_retrain_step_on_cifar_files(tmp_path):
     rows = read_csv(out / "results.csv")
     assert {r["model"] for r in rows} == {"resnet50"} and {r["dataset"] for r in rows} == {"cifar10"}
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+
+
+def test_an_unreadable_image_read_in_a_loader_worker_is_one_error_line(tmp_path, capsys):
+    # ImageNet's config reads with 16 loader workers: torch wraps a worker's error in the worker's traceback text.
+    from formats import write_image_folder
+
+    write_image_folder(tmp_path / "images", classes=["a", "b"], per_class=4, size=12, splits=("train", "val"), ext="jpg")
+    broken = tmp_path / "images" / "val" / "b" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")  # in val/ only: the channel statistics (train/) never open it
+    code = roar_main([
+        "benchmark", "--config", str(ROOT / "configs/benchmark/imagenet_resnet50.yaml"), "--data.root", str(tmp_path / "images"),
+        "--data.image_size", "8", "--data.num_workers", "1", "--data.batch_size", "4", "--model.arch", "small_cnn",
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--benchmark.base.max_epochs", "1", "--benchmark.methods", "[random]",
+        "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1", "--benchmark.logger", "none", "--progress", "false", "--out", str(tmp_path / "run"),
+    ])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"error: cannot read image {broken}: cannot identify image file '{broken}' (in a DataLoader worker)"], err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("command", ["benchmark", "sanity"])
+def test_a_gpu_accelerator_without_a_gpu_is_refused_before_any_training(tmp_path, capsys, command):
+    config = DEMO if command == "benchmark" else str(ROOT / "configs/sanity/digits.yaml")
+    with pytest.raises(SystemExit):
+        roar_main([command, "--config", config, "--trainer.accelerator", "gpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: trainer.accelerator 'gpu' needs a GPU, but torch sees none") and "auto" in err[-1], err
+    assert not (tmp_path / "run").exists()

@@ -139,9 +139,36 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
     assert message in capsys.readouterr().err
 
 
-def test_image_size_the_model_cannot_take_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="image_size=2"):
+def test_image_size_the_model_cannot_take_fails_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(fit_args(tmp_path, "--data.init_args.image_size", "2"))
+    assert exit_info.value.code == 2
+    assert "error: small_cnn needs images of at least 4 px, got image_size=2" in capsys.readouterr().err
+
+
+def test_a_data_root_without_its_files_is_one_error_line(tmp_path, capsys):
+    # The datamodule's FileNotFoundError, not jsonargparse's "Does not validate against any of the
+    # Union subtypes" traceback around it.
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--data", str(ROOT / "configs/data/cifar10.yaml"), "--data.init_args.root", str(tmp_path / "nowhere")))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: no CIFAR-10 folder at {tmp_path / 'nowhere' / 'cifar-10-batches-py'}" in err
+    assert "Union subtypes" not in err and "Given value" not in err
+
+
+def test_an_unreadable_image_is_one_error_line_naming_it(tmp_path, capsys):
+    # Ours wraps PIL's OSError: the message printed is ours (the file named), not PIL's nor a traceback.
+    from formats import write_image_folder
+
+    write_image_folder(tmp_path / "images", classes=["a", "b"], per_class=2, ext="jpg")
+    truncated = tmp_path / "images" / "train" / "a" / "cut.jpg"
+    truncated.write_bytes((tmp_path / "images" / "train" / "a" / "0.jpg").read_bytes()[:200])
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--data", str(ROOT / "configs/data/image_folder.yaml"), "--data.init_args.root", str(tmp_path / "images"),
+                      "--data.init_args.image_size", "8", "--data.init_args.num_workers", "0"))  # fmt: skip
+    assert exit_info.value.code == 2
+    assert f"error: cannot read image {truncated}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -169,3 +196,13 @@ def test_fit_prints_its_own_output_not_lightnings_or_wandbs_banners(tmp_path):
     folder = line.removeprefix("W&B run saved offline in ").split(";")[0]
     assert line.endswith(f"upload it with: wandb sync {folder}")
     assert list((tmp_path / folder).glob("*.wandb")), f"{folder} holds no W&B run"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(tmp_path, capsys, accelerator):
+    # The README's GPU command on a CPU-only machine: Lightning's "No supported gpu backend found!" traceback before.
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--trainer.accelerator", accelerator))
+    assert exit_info.value.code == 2
+    assert f"error: trainer.accelerator '{accelerator}' needs a GPU, but torch sees none" in capsys.readouterr().err

@@ -386,3 +386,23 @@ def test_cifar10_reads_numpy1_pickles(tmp_path):
     path.write_bytes(old)
     src = load_source("cifar10", root=tmp_path)
     assert torch.equal(src.train.images[:6], as_unit(written.train_images[:6]))
+
+
+@pytest.mark.parametrize("name, dataset_class", [("cifar10", "CIFAR10"), ("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_failed_download_is_one_line_naming_root_and_what_to_do(tmp_path, monkeypatch, name, dataset_class):
+    # A machine without internet, made real: torchvision's own downloader meets a refused connection
+    # (nothing listens on port 9 of this machine), so nothing is fetched whatever the network.
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, dataset_class)
+    if dataset_class == "CIFAR10":
+        monkeypatch.setattr(cls, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    else:
+        monkeypatch.setattr(cls, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(FileNotFoundError) as info:
+        load_source(name, root=tmp_path / "data", download=True)
+    message = str(info.value)
+    assert "\n" not in message  # torchvision's MNIST error spans five lines
+    assert f"could not download {name} into {tmp_path / 'data'}" in message
+    assert "refused" in message.lower()  # the reason stays
+    assert "put the files there yourself" in message

@@ -73,7 +73,9 @@ def _launch_options(args: object):
 
 
 def _fail(message: object) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    from roar.quiet import error_line
+
+    print(f"error: {error_line(message) if isinstance(message, BaseException) else message}", file=sys.stderr)
     return 2
 
 

@@ -104,9 +104,9 @@ def load_cifar10(root: str | Path | None = None, download: bool = False, image_s
     _reject_options("cifar10", options)
     root = _require_root("cifar10", root)
     folder = root / CIFAR10_FOLDER
-    if not folder.is_dir() and download:
-        _download_with_torchvision("cifar10", "CIFAR10", root)
     expected = ", ".join((*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE, CIFAR10_META_FILE))
+    if not folder.is_dir() and download:
+        _download_with_torchvision("cifar10", "CIFAR10", root, f"{folder}/{{{expected}}}")
     if not folder.is_dir():
         raise FileNotFoundError(
             f"no CIFAR-10 folder at {folder}; expected the python version of CIFAR-10 extracted there "

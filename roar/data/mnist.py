@@ -69,7 +69,7 @@ def _load_idx_source(name: str, folder_name: str, dataset_class: str, class_name
     raw = root / folder_name / "raw"
     stems = [stem for pair in MNIST_FILES.values() for stem in pair]
     if download and any(_find_idx(raw, stem) is None for stem in stems):
-        _download_with_torchvision(name, dataset_class, root)
+        _download_with_torchvision(name, dataset_class, root, f"{raw}/{{{', '.join(stems)}}}[.gz]")
     missing = [stem for stem in stems if _find_idx(raw, stem) is None]
     if missing:
         raise FileNotFoundError(

@@ -25,15 +25,23 @@ def _reject_options(name: str, options: dict[str, Any], valid: Sequence[str] = (
         raise ValueError(f"unknown option(s) {sorted(options)} for dataset source {name!r}; valid options: {choices}")
 
 
-def _download_with_torchvision(name: str, dataset_class: str, root: Path) -> None:
-    """Fetch a dataset's files into ``root`` with torchvision's downloader (it verifies the md5s)."""
+def _download_with_torchvision(name: str, dataset_class: str, root: Path, expected: str) -> None:
+    """Fetch a dataset's files into ``root`` with torchvision's downloader (it verifies the md5s).
+
+    A failure (no internet, a proxy, a dead mirror) is a ``FileNotFoundError`` in one line: the files
+    are still missing, and the message says where they go (``expected``) so they can be copied by hand.
+    """
     import torchvision.datasets
 
     root.mkdir(parents=True, exist_ok=True)
     try:
         getattr(torchvision.datasets, dataset_class)(root=str(root), train=True, download=True)
     except Exception as err:  # network failures surface as URLError, HTTPError, RuntimeError, ...
-        raise RuntimeError(f"could not download {name} into {root}: {err}") from err
+        # torchvision's MNIST error lists each mirror on its own lines: one line keeps it an error message.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise FileNotFoundError(
+            f"could not download {name} into {root} ({reason}); with no internet, put the files there yourself: {expected}"
+        ) from err
 
 
 def _uint8_to_unit(array: np.ndarray) -> torch.Tensor:
