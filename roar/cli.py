@@ -146,6 +146,7 @@ class RoarCLI(LightningCLI):
         sub = self.config.get("subcommand")
         config = self.config[sub] if sub else self.config
         self._check_names(config)
+        self._drop_lr_monitor_without_logger(config)
         root = config.trainer.get("default_root_dir")
         if not root:
             return
@@ -157,6 +158,19 @@ class RoarCLI(LightningCLI):
             save_dir = init_args.get("save_dir")
             if save_dir is None or not Path(str(save_dir)).is_absolute():
                 init_args.save_dir = str(root)
+
+    @staticmethod
+    def _drop_lr_monitor_without_logger(config: Any) -> None:
+        """``--trainer.logger false`` turns logging off, so the default trainer's ``LearningRateMonitor`` goes too.
+
+        It has nothing to log to, and Lightning would stop the fit with a traceback saying so.
+        """
+        if config.trainer.get("logger") not in (False, []):  # None is Lightning's default logger
+            return
+        callbacks = config.trainer.get("callbacks") or []
+        kept = [c for c in callbacks if str(getattr(c, "class_path", "")).rpartition(".")[2] != "LearningRateMonitor"]
+        if len(kept) != len(callbacks):
+            config.trainer.callbacks = kept
 
     def instantiate_classes(self) -> None:
         """A data root without its files or a size the model cannot take is the user's to fix: one line, exit 2.

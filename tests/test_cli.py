@@ -206,3 +206,11 @@ def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(tmp_path, capsys, acc
         main(fit_args(tmp_path, "--trainer.accelerator", accelerator))
     assert exit_info.value.code == 2
     assert f"error: trainer.accelerator '{accelerator}' needs a GPU, but torch sees none" in capsys.readouterr().err
+
+
+def test_logging_turned_off_takes_the_default_learning_rate_monitor_with_it(tmp_path):
+    # configs/trainer/default.yaml adds a LearningRateMonitor; Lightning refuses one without a logger
+    cli = main(fit_args(tmp_path, "--trainer.fast_dev_run", "true", "--trainer.logger", "false"))
+    assert cli.trainer.loggers == []
+    assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
+    assert any(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks)
