@@ -229,6 +229,17 @@ def test_a_pickle_payload_in_any_checkpoint_we_accept_does_not_run(finished, tmp
     assert not marker.exists(), "the payload never ran"
 
 
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")  # read by the restricted unpickler, this was a KeyError traceback
+    assert roar_main(["attribute", *GRID, "--ckpt", str(text), "--out", str(tmp_path / "a")]) == 2
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.checkpoint", str(text), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("notes.ckpt is not a PyTorch checkpoint") == 2 and "Traceback" not in err
+
+
 def test_no_checkpoint_load_warns_about_weights_only(finished, tmp_path, capfd, caplog):
     out = copy_of(finished, tmp_path)
     with sqlite3.connect(out / "results.db") as conn:
