@@ -250,6 +250,29 @@ def test_no_checkpoint_load_warns_about_weights_only(finished, tmp_path, capfd, 
     assert "weights_only" not in captured.out + captured.err + caplog.text
 
 
+# ------------------------------------------------------------------------------- the output folder
+def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")  # each command was a FileExistsError traceback from mkdir
+    for run in (
+        lambda out: benchmark(out),
+        lambda out: roar_main(["attribute", *GRID, "--out", str(out)]),
+        lambda out: sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--out", str(out)]),
+        lambda out: roar_main(["report", "--config", DEMO, "--out", str(tmp_path), "--report_dir", str(out)]),
+    ):
+        (tmp_path / "results.db").touch()  # for report: a results database to read
+        with pytest.raises(SystemExit) as exit_:
+            run(taken)
+        assert exit_.value.code == 2
+        assert "notes.txt is an existing file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark(taken / "sub")
+    assert f"is under {taken}, which is a file" in capsys.readouterr().err
+    assert taken.read_text() == "mine\n"
+
+
 # ------------------------------------------------------------------------------- the folder lock
 def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
     out = tmp_path / "out"

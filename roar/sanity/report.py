@@ -218,6 +218,10 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
         values["methods"], values["method_params"] = normalize_methods(values["methods"], values.get("method_params"))
     except ValueError as err:
         parser.error(str(err))
+    from roar.out_folder import out_folder_problem
+
+    if problem := out_folder_problem(args.out):
+        parser.error(problem)
     return SanityReportConfig(**values), Path(args.out)
 
 
