@@ -409,6 +409,20 @@ def test_a_report_from_the_folder_alone_describes_the_grid_that_ran(finished, tm
     assert "| `confidence_level` | `0.9` |" in text and "90% percentile bootstrap interval" in text
 
 
+def test_a_report_from_the_folder_alone_needs_not_import_the_grids_callbacks(finished, tmp_path, capsys):
+    # the grid ran with a user's callback and logger that do not import here (another machine, a
+    # removed module): a report trains nothing, so it must not need them
+    out = copy_of(finished, tmp_path)
+    with sqlite3.connect(out / "results.db") as conn:
+        for run_id, config in conn.execute("SELECT run_id, config FROM runs").fetchall():
+            config = json.loads(config)
+            config["benchmark"]["trainer"]["callbacks"] = [{"class_path": "gone_module.Gone"}]
+            config["benchmark"]["trainer"]["logger"] = [{"class_path": "gone_module.GoneLogger"}]
+            conn.execute("UPDATE runs SET config = ? WHERE run_id = ?", (json.dumps(config), run_id))
+    assert roar_main(["report", "--out", str(out), "--report_dir", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# ROAR/KAR benchmark: digits_demo\n")
+
+
 def test_a_report_logs_its_wandb_summary_without_banners(finished, tmp_path, capfd):
     out = copy_of(finished, tmp_path)
     assert roar_main(["report", "--out", str(out), "--benchmark.logger", "wandb"]) == 0

@@ -189,6 +189,8 @@ def _recorded_config(db: Path) -> str | None:
         return None
     benchmark = dict(max(rows, key=lambda row: str(row.get("finished_at") or ""))["config"]["benchmark"])
     data, model, trainer = (benchmark.pop(section, None) or {} for section in FIT_SECTIONS)
+    # a report trains nothing: the grid's own callbacks and loggers need not import here (and are in no fingerprint)
+    trainer = {k: v for k, v in trainer.items() if k not in ("callbacks", "logger")}
     if "class_path" not in data:  # recorded as ImageDataModule arguments
         data = {"class_path": "roar.data.ImageDataModule", "init_args": data}
     return json.dumps({"data": data, "model": model, "trainer": trainer, "benchmark": benchmark})
