@@ -78,6 +78,8 @@ class RoarCLI(LightningCLI):
         from roar.models.checkpoint import CheckpointError, load_checkpoint
 
         path = self._ckpt_path()
+        if path and path not in ("best", "last", "hpc", "registry") and not path.startswith("registry:") and "://" not in path and not Path(path).is_file():
+            self.parser.error(f"--ckpt_path {path}: no such file (a checkpoint written by `python train.py fit`, or best/last)")
         if not path or not Path(path).is_file():
             return super()._parse_ckpt_path()
         try:
@@ -105,8 +107,8 @@ class RoarCLI(LightningCLI):
             for name in ("num_classes", "in_chans", "image_size")
             if name in hparams and hasattr(self.datamodule, name) and hparams[name] != getattr(self.datamodule, name)
         ]
-        if mismatches:
-            raise CheckpointError(f"--ckpt_path {path} does not fit this data: {', '.join(mismatches)}")
+        if mismatches:  # one line, as the other refusals of --ckpt_path, not a traceback from a Lightning hook
+            self.parser.error(str(CheckpointError(f"--ckpt_path {path} does not fit this data: {', '.join(mismatches)}")))
 
     def before_fit(self) -> None:
         self._check_ckpt_fits_data()

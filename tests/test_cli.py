@@ -109,14 +109,20 @@ def test_a_checkpoint_of_another_model_is_refused_by_test(tmp_path, capsys):
     assert "holds a 'mlp' model but the config's model.arch is 'small_cnn'" in capsys.readouterr().err
 
 
-def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path):
-    from roar.models.checkpoint import CheckpointError
+def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path, capsys):
     from roar.models.classifier import ImageClassifier
 
     small = ImageClassifier(arch="small_cnn", num_classes=3, in_chans=1, image_size=16)
     torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, tmp_path / "three.ckpt")
-    with pytest.raises(CheckpointError, match=r"num_classes=3 \(the data has 10\)"):
+    with pytest.raises(SystemExit):  # a one-line error, not a CheckpointError traceback
         main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "three.ckpt"), "--trainer.logger", "false"])
+    assert "num_classes=3 (the data has 10)" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # was Lightning's FileNotFoundError traceback, after building the trainer
+        main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "gone.ckpt"), "--trainer.logger", "false"])
+    assert "--ckpt_path " + str(tmp_path / "gone.ckpt") + ": no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

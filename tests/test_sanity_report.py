@@ -168,6 +168,16 @@ def test_a_checkpoint_for_other_data_is_refused(report, tmp_path):
     assert not (tmp_path / "other" / "sanity.csv").exists()
 
 
+def test_a_checkpoint_of_another_architecture_is_refused(report, tmp_path):
+    """It was taken as the true-label model while the permuted one was trained as the configured arch."""
+    cfg = SanityReportConfig(
+        data={"source": "digits", "image_size": 8}, model={"arch": "mlp"}, checkpoint=str(report[0] / "model.ckpt"), progress=False
+    )
+    with pytest.raises(ValueError, match="arch='small_cnn' \\(expected 'mlp'\\)"):
+        run_report(cfg, tmp_path / "other")
+    assert not (tmp_path / "other").exists(), "refused before any training"
+
+
 def test_a_fit_config_composes_with_the_sanity_section(capsys):
     """One config system: train.py fit's data/model/trainer sections, then the sanity: section."""
     from roar.sanity.report import parse_config

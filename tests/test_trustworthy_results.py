@@ -229,6 +229,17 @@ def test_a_pickle_payload_in_any_checkpoint_we_accept_does_not_run(finished, tmp
     assert not marker.exists(), "the payload never ran"
 
 
+def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello\n")  # read by the restricted unpickler, this was a KeyError traceback
+    assert roar_main(["attribute", *GRID, "--ckpt", str(text), "--out", str(tmp_path / "a")]) == 2
+    assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.checkpoint", str(text), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("notes.ckpt is not a PyTorch checkpoint") == 2 and "Traceback" not in err
+
+
 def test_no_checkpoint_load_warns_about_weights_only(finished, tmp_path, capfd, caplog):
     out = copy_of(finished, tmp_path)
     with sqlite3.connect(out / "results.db") as conn:
@@ -237,6 +248,29 @@ def test_no_checkpoint_load_warns_about_weights_only(finished, tmp_path, capfd, 
     assert benchmark(out) == 0
     captured = capfd.readouterr()
     assert "weights_only" not in captured.out + captured.err + caplog.text
+
+
+# ------------------------------------------------------------------------------- the output folder
+def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")  # each command was a FileExistsError traceback from mkdir
+    for run in (
+        lambda out: benchmark(out),
+        lambda out: roar_main(["attribute", *GRID, "--out", str(out)]),
+        lambda out: sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--out", str(out)]),
+        lambda out: roar_main(["report", "--config", DEMO, "--out", str(tmp_path), "--report_dir", str(out)]),
+    ):
+        (tmp_path / "results.db").touch()  # for report: a results database to read
+        with pytest.raises(SystemExit) as exit_:
+            run(taken)
+        assert exit_.value.code == 2
+        assert "notes.txt is an existing file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark(taken / "sub")
+    assert f"is under {taken}, which is a file" in capsys.readouterr().err
+    assert taken.read_text() == "mine\n"
 
 
 # ------------------------------------------------------------------------------- the folder lock
@@ -373,6 +407,20 @@ def test_a_report_from_the_folder_alone_describes_the_grid_that_ran(finished, tm
     assert text.startswith("# ROAR/KAR benchmark: digits_demo\n")
     assert '| `methods` | `["random", "integrated_gradients"]` |' in text and "| `trainer.max_epochs` | `1` |" in text
     assert "| `confidence_level` | `0.9` |" in text and "90% percentile bootstrap interval" in text
+
+
+def test_a_report_from_the_folder_alone_needs_not_import_the_grids_callbacks(finished, tmp_path, capsys):
+    # the grid ran with a user's callback and logger that do not import here (another machine, a
+    # removed module): a report trains nothing, so it must not need them
+    out = copy_of(finished, tmp_path)
+    with sqlite3.connect(out / "results.db") as conn:
+        for run_id, config in conn.execute("SELECT run_id, config FROM runs").fetchall():
+            config = json.loads(config)
+            config["benchmark"]["trainer"]["callbacks"] = [{"class_path": "gone_module.Gone"}]
+            config["benchmark"]["trainer"]["logger"] = [{"class_path": "gone_module.GoneLogger"}]
+            conn.execute("UPDATE runs SET config = ? WHERE run_id = ?", (json.dumps(config), run_id))
+    assert roar_main(["report", "--out", str(out), "--report_dir", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "report" / "report.md").read_text().startswith("# ROAR/KAR benchmark: digits_demo\n")
 
 
 def test_a_report_logs_its_wandb_summary_without_banners(finished, tmp_path, capfd):

@@ -21,6 +21,7 @@ from jsonargparse import Namespace
 
 from roar.benchmark.config import BenchmarkConfig
 from roar.fit_config import FIT_SECTIONS, ConfigParser, add_fit_sections, fit_sections, plain
+from roar.out_folder import out_folder_problem
 
 
 def _parser(prog: str, description: str) -> ConfigParser:
@@ -31,7 +32,7 @@ def _parser(prog: str, description: str) -> ConfigParser:
     return parser
 
 
-def _config(parser: ConfigParser, argv: list[str]) -> tuple[BenchmarkConfig, Path, Namespace]:
+def _config(parser: ConfigParser, argv: list[str], writes_out: bool = True) -> tuple[BenchmarkConfig, Path, Namespace]:
     args = parser.parse_args(argv)
     try:
         cfg = BenchmarkConfig.from_dict({**plain(args.benchmark), **fit_sections(parser, args)})
@@ -39,6 +40,8 @@ def _config(parser: ConfigParser, argv: list[str]) -> tuple[BenchmarkConfig, Pat
     except ValueError as err:
         parser.error(str(err))
     out = Path(args.out or Path("runs") / cfg.name)
+    if writes_out and (problem := out_folder_problem(out)):
+        parser.error(problem)
     return cfg, out, args
 
 
@@ -188,6 +191,8 @@ def _recorded_config(db: Path) -> str | None:
         return None
     benchmark = dict(max(rows, key=lambda row: str(row.get("finished_at") or ""))["config"]["benchmark"])
     data, model, trainer = (benchmark.pop(section, None) or {} for section in FIT_SECTIONS)
+    # a report trains nothing: the grid's own callbacks and loggers need not import here (and are in no fingerprint)
+    trainer = {k: v for k, v in trainer.items() if k not in ("callbacks", "logger")}
     if "class_path" not in data:  # recorded as ImageDataModule arguments
         data = {"class_path": "roar.data.ImageDataModule", "init_args": data}
     return json.dumps({"data": data, "model": model, "trainer": trainer, "benchmark": benchmark})
@@ -207,16 +212,18 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
                         help="where the report files go (default: --out); results.db is only read, so an archived, read-only --out works")  # fmt: skip
     argv = _list_arguments(argv)
-    cfg, out, args = _config(parser, argv)
+    cfg, out, args = _config(parser, argv, writes_out=False)  # only read: an archived, read-only --out is fine
     db = out / "results.db"
     if not db.is_file():
         parser.error(f"no results database at {db}; run `python -m roar benchmark` first")
     recorded = None if args.config else _recorded_config(db)
     if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
-        cfg, out, args = _config(parser, ["--config", recorded, *argv])
+        cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
     report_dir = Path(args.report_dir) if args.report_dir else out
     if report_dir.exists() and not os.access(report_dir, os.W_OK):
         parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
+    if problem := out_folder_problem(report_dir, "--report_dir" if args.report_dir else "--out"):
+        parser.error(problem)
     if report_dir.resolve() != out.resolve() and (out / LEAKAGE_CSV).is_file():  # the report's leakage section reads it there
         report_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)

@@ -55,8 +55,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (b"PK") or, in the legacy format, a pickle (protocol opcode
+    # 0x80): anything else (a text file, a config) is refused here, not misread by the unpickler
+    # as forbidden objects or as a KeyError from its memo.
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); pass the .ckpt file written by training")
+    trusted = _trusted_globals()
     try:
-        with torch.serialization.safe_globals(_trusted_globals()):
+        with torch.serialization.safe_globals(trusted):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err).strip().splitlines()
@@ -66,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"If you trust this file, allow exactly those objects with {TRUSTED_GLOBALS_ENV}=module.Name[,...] "
             "or torch.serialization.add_safe_globals([...]); or re-save its state_dict and hyper_parameters as plain values."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # a corrupt pickle
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")

@@ -66,7 +66,11 @@ def preflight(cfg: SanityReportConfig):
         raise ValueError(f"num_images={cfg.num_images} but the {cfg.split} split has {available} images; use at most {available}")
     for given in (cfg.checkpoint, cfg.permuted_checkpoint):
         if given is not None:  # unsafe or ill-fitting checkpoints fail now, before any training
-            load_classifier(given, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans, image_size=datamodule.image_size)
+            # the arch too: the other model is trained, and the methods checked, on the configured one
+            load_classifier(
+                given, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans, image_size=datamodule.image_size,
+                arch=cfg.model.get("arch", "small_cnn"),
+            )  # fmt: skip
     _check_methods_fit_the_model(cfg, datamodule)
     return datamodule
 
@@ -214,6 +218,10 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
         values["methods"], values["method_params"] = normalize_methods(values["methods"], values.get("method_params"))
     except ValueError as err:
         parser.error(str(err))
+    from roar.out_folder import out_folder_problem
+
+    if problem := out_folder_problem(args.out):
+        parser.error(problem)
     return SanityReportConfig(**values), Path(args.out)
 
 
