@@ -31,7 +31,7 @@ from roar.benchmark.launchers import OnFinished, _worker_config, available_cores
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import plan_jobs, run_job
-from roar.benchmark.worker_start import init_pool_worker
+from roar.benchmark.worker_start import init_pool_worker, spawning_workers
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ def run_local_pool(
             for slot in slots:
                 if queue and id(slot) not in busy:
                     job = queue.popleft()
-                    running[slot.pool().submit(_pool_task, [s.to_dict() for s in job], cfg_dict, out_s, ckpt_s, provenance)] = (slot, job)
+                    with spawning_workers():  # a new slot's worker is started here
+                        future = slot.pool().submit(_pool_task, [s.to_dict() for s in job], cfg_dict, out_s, ckpt_s, provenance)
+                    running[future] = (slot, job)
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
                 slot, job = running.pop(future)

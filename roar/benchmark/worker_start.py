@@ -4,13 +4,18 @@ Ctrl-C reaches every process of the terminal's process group, so the workers of
 :mod:`roar.benchmark.local_pool` get it with the driver. The driver says what was interrupted and how
 to resume (README, "Reruns: resumed, or refused, never mixed"); each worker printing its
 ``KeyboardInterrupt`` traceback (often from inside torch's import) would bury that line. This module
-imports nothing heavy, so the handler is in place before the worker imports torch.
+imports nothing heavy, so the handler is in place before the worker imports torch. Before that, from
+its first instruction, the worker holds Ctrl-C blocked (:func:`spawning_workers`): a Ctrl-C that
+reaches it while the interpreter itself starts would otherwise print "Fatal Python error:
+init_import_site" and a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 
 def _stop_quietly(signum: int, frame: object) -> None:
@@ -18,10 +23,33 @@ def _stop_quietly(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+@contextlib.contextmanager
+def spawning_workers() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts workers: a child keeps the signal mask across ``exec``.
+
+    A Ctrl-C meanwhile stays pending; the driver gets it on leaving the block (or at once through
+    another of its threads), a worker once :func:`init_pool_worker` has its handler in place.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no process groups)
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # started now, not inside the block: starting it unblocks SIGINT in this thread on its way out
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def init_pool_worker(device: int | None, threads: int) -> None:
     """Pin the worker to ``device`` (before torch touches CUDA), set its threads and quiet, and make
     Ctrl-C end it silently."""
     signal.signal(signal.SIGINT, _stop_quietly)
+    if hasattr(signal, "pthread_sigmask"):  # held since spawning_workers; one that came meanwhile ends it now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
     from roar.benchmark.launchers import _quiet_worker
