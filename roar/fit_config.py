@@ -96,9 +96,9 @@ def add_fit_sections(parser: ConfigParser) -> None:
 
     parser.add_argument("--config", action=ActionConfigFile, help="a config file; several compose in order (a fit config, then a grid)")
     parser.add_argument("--seed_everything", type=Union[bool, int], default=True,
-                        help="accepted so that fit configs compose; the benchmark seeds every training itself (benchmark.base.seed, benchmark.seeds)")  # fmt: skip
-    parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="accepted so that fit configs compose; unused (see benchmark.base.checkpoint)")
-    parser.add_argument("--test_after_fit", type=bool, default=True, help="accepted so that fit configs compose; the benchmark always tests")
+                        help="accepted so that fit configs compose; unused: every training is seeded by the command's own settings (benchmark.base.seed and benchmark.seeds; sanity.seed)")  # fmt: skip
+    parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="accepted so that fit configs compose; unused: a trained model is given as benchmark.base.checkpoint, sanity.checkpoint or attribute's --ckpt")
+    parser.add_argument("--test_after_fit", type=bool, default=True, help="accepted so that fit configs compose; unused: every trained model is tested")
     parser.add_subclass_arguments(LightningDataModule, "data", required=False,
                                   help="roar.data.ImageDataModule or any LightningDataModule whose datasets yield (image, label)")  # fmt: skip
     parser.add_class_arguments(ImageClassifier, "model", skip=set(LINKED_FROM_DATA))
