@@ -35,7 +35,7 @@ def _benchmark(out: Path, *extra: str) -> subprocess.CompletedProcess:
         "--benchmark.methods", "[random]", "--benchmark.thresholds", "[0.5]", "--benchmark.seeds", "1",
         "--benchmark.logger", "wandb", "--benchmark.base.min_accuracy", "0", "--out", str(out), *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # tests/user_code.py: a user's package
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -81,3 +81,15 @@ def test_a_stacks_lines_share_one_eta(capsys):
     # Both members count as done on both lines: about 0.2 s / 2 runs x 98 left = 10 s each. Counted
     # one at a time, the first line would say 0.2 s / 1 run x 99 left = 20 s, the second 10 s.
     assert len(etas) == 2 and abs(etas[0] - etas[1]) <= 1, etas
+
+
+def test_runs_failing_alike_print_their_traceback_once(tmp_path):
+    """A bug every retrain meets (here a user's callback): one traceback, one line per further run; all in report.md."""
+    out = tmp_path / "grid"
+    done = _benchmark(out, "--trainer.callbacks+=user_code.FailingRetrains", "--benchmark.thresholds", "[0.3, 0.6]")
+    text = done.stdout + done.stderr
+    assert done.returncode == 1, text[-3000:]  # failed runs, named
+    assert text.count("Traceback (most recent call last)") == 1, text
+    further = [line for line in text.splitlines() if "RuntimeError: the user's callback broke (traceback as for " in line]
+    assert len(further) == 3, text  # roar and kar at two thresholds: 4 failed runs, the first in full
+    assert (out / "report.md").read_text().count("RuntimeError: the user's callback broke") >= 2 * 4  # each with its traceback

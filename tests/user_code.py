@@ -1,9 +1,12 @@
 """What a researcher brings: a datamodule, a network, methods (good and broken). The tests name
 them by import path in configs, exactly as a user's own package would be named."""
 
+import os
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -96,3 +99,11 @@ def not_finite(model, inputs, target):
 
 def raises(model, inputs, target):
     raise RuntimeError("my method is broken")
+
+
+class FailingRetrains(Callback):
+    """A user's callback with a bug that every retrain (not the base model or the reference) meets."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if any(f"{os.sep}runs{os.sep}{mode}{os.sep}" in str(trainer.default_root_dir) for mode in ("roar", "kar")):
+            raise RuntimeError("the user's callback broke")

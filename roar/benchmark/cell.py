@@ -228,10 +228,29 @@ def attempt_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
             outcome = execute_run(spec, cfg, out, base_ckpt, progress=progress)
         except Exception:  # a crashed run is recorded and the grid goes on; Ctrl-C still stops it
             error = traceback.format_exc(limit=20)
-            log.warning("run %s failed (attempt %d/%d):\n%s", spec.run_id, attempt + 1, cfg.retries + 1, error)
+            _say_failure(spec, attempt, cfg.retries + 1, error)
             continue
         return {"status": "done", **outcome}
     return {"status": "failed", "error": error}
+
+
+_SHOWN_ERRORS: dict[str, str] = {}
+"""The last line of each error whose traceback this process printed, and the run it came from."""
+
+
+def _say_failure(spec: RunSpec, attempt: int, attempts: int, error: str) -> None:
+    """A failure's traceback once per distinct error; the same error again is one line.
+
+    A grid whose runs share a bug (a user's callback, a full disk) would otherwise print the same
+    30-line traceback per run; each is still recorded in full (``results.db``, ``report.md``).
+    """
+    last = error.rstrip().splitlines()[-1] if error.strip() else "no traceback"
+    if last not in _SHOWN_ERRORS:
+        _SHOWN_ERRORS[last] = spec.run_id
+        log.warning("run %s failed (attempt %d/%d):\n%s", spec.run_id, attempt + 1, attempts, error)
+    else:
+        first = _SHOWN_ERRORS[last]
+        log.warning("run %s failed (attempt %d/%d): %s (traceback as for %s; all in report.md)", spec.run_id, attempt + 1, attempts, last, first)
 
 
 def record_outcome(results: ResultsStore, spec: RunSpec, cfg: BenchmarkConfig, outcome: dict[str, Any], provenance: GridProvenance | None = None) -> None:
