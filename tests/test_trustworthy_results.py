@@ -449,3 +449,19 @@ def test_random_ranks_of_train_and_test_images_differ(finished):
     assert (train[:n] != test[:n]).any(axis=1).mean() > 0.99, "test[j] draws its own ranks, not train[j]'s"
     meta = json.loads(next(store.glob("test-*/meta.json")).read_text())
     assert meta["fingerprint"]["index_offset"] == len(train)
+
+
+def test_a_report_of_nothing_says_why_in_one_line(tmp_path, capsys):
+    """A grid stopped before its first run, or a results.db that is not one: an error line, no empty report."""
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir(), junk.mkdir()
+    ResultsStore(empty / "results.db")  # created as a grid creates it, before any run is recorded
+    (junk / "results.db").write_text("rows: none\n")
+    assert roar_main(["report", "--out", str(empty)]) == 2
+    assert roar_main(["report", "--out", str(junk)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {empty / 'results.db'} records no run yet: nothing to report; run (or resume) `python -m roar benchmark` with this --out",
+        f"error: {junk / 'results.db'} is not a roar results database (file is not a database)",
+    ]
+    assert not (empty / "report.md").exists() and not (junk / "report.md").exists()

@@ -198,6 +198,21 @@ def _recorded_config(db: Path) -> str | None:
     return json.dumps({"data": data, "model": model, "trainer": trainer, "benchmark": benchmark})
 
 
+def _unreportable(db: Path) -> str | None:
+    """Why ``db`` has nothing to report (not a results database, or no run recorded yet), else None."""
+    import sqlite3
+
+    from roar.benchmark.results import ResultsStore
+
+    try:
+        rows = ResultsStore(db, read_only=True).rows()
+    except sqlite3.DatabaseError as err:
+        return f"{db} is not a roar results database ({err})"
+    if not rows:
+        return f"{db} records no run yet: nothing to report; run (or resume) `python -m roar benchmark` with this --out"
+    return None
+
+
 def report_main(argv: list[str]) -> int:
     import os
     import shutil
@@ -216,6 +231,8 @@ def report_main(argv: list[str]) -> int:
     db = out / "results.db"
     if not db.is_file():
         parser.error(f"no results database at {db}; run `python -m roar benchmark` first")
+    if problem := _unreportable(db):
+        return _fail(problem)
     recorded = None if args.config else _recorded_config(db)
     if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
         cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
