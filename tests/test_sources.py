@@ -285,6 +285,22 @@ def test_image_folder_round_trip_lazy(tmp_path):
     assert src.train.labels.tolist() == [label for _, label in src.train.samples]
 
 
+def test_loader_workers_are_at_most_the_cores_this_process_may_use(tmp_path):
+    # imagenet_resnet50.yaml asks for 16 per loader; on a 2-core machine that was 16 processes and torch's warning
+    import warnings
+
+    from roar.cpus import available_cores
+    from roar.data import ImageDataModule
+
+    write_image_folder(tmp_path, per_class=4, size=8)
+    datamodule = ImageDataModule(source="image_folder", root=str(tmp_path), image_size=8, num_workers=10_000, val_fraction=0.0)
+    datamodule.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "will create 10000 worker processes in total"
+        loader = datamodule.train_dataloader()
+    assert 1 <= loader.num_workers == available_cores() < 10_000
+
+
 def test_image_folder_resizes_short_side_and_centre_crops(tmp_path):
     folder = tmp_path / "train" / "a"
     folder.mkdir(parents=True)

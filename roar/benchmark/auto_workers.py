@@ -58,7 +58,8 @@ def resolve_workers(launch, cfg, parameters: int, runs: int):
 
     import torch
 
-    from roar.benchmark.launchers import available_cores, wants_gpu
+    from roar.benchmark.launchers import wants_gpu
+    from roar.cpus import available_cores
     from roar.quiet import say
 
     if launch.workers != "auto":

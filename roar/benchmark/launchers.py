@@ -29,7 +29,6 @@ recorded as failed; running the same command again retries failed runs.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -138,8 +137,3 @@ def wants_gpu(cfg: BenchmarkConfig, gpus_available: bool) -> bool:
     return accelerator in GPU_ACCELERATORS or (accelerator == "auto" and gpus_available)
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1

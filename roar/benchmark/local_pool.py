@@ -27,7 +27,8 @@ from typing import Any
 
 from roar.benchmark.cell import run_config
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.launchers import OnFinished, _worker_config, available_cores, wants_gpu
+from roar.benchmark.launchers import OnFinished, _worker_config, wants_gpu
+from roar.cpus import available_cores
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import plan_jobs, run_job

@@ -28,6 +28,7 @@ from roar.data.augmentation import AUGMENTATIONS, DEFAULT_AUGMENTATION, random_c
 from roar.data.indexed import Batch, IndexedDataset, collate_batch
 from roar.data.sources import SOURCES, ImageSource, TensorImageDataset, load_source
 from roar.data.subset import limit_source
+from roar.cpus import available_cores
 from roar.registry import import_object
 
 SourceName = str
@@ -73,7 +74,8 @@ class ImageDataModule(LightningDataModule):
         image_size: resize images to this side; ``None`` keeps the source's native size.
         batch_size: samples per batch (per device under DDP).
         val_fraction: fraction of the source's train split held out for validation (seeded).
-        num_workers: loader worker processes; in-memory sources are always served without them.
+        num_workers: loader worker processes, at most the cores this process may use; in-memory sources
+            are always served without them.
         augment: ``auto`` (the source's sensible default), ``none``, ``crop`` or ``crop_flip``.
         crop_padding: zero padding of the random crop; ``None`` is ``image_size // 8``.
         seed: seeds the validation split, the label permutation and the statistics subsample.
@@ -218,7 +220,9 @@ class ImageDataModule(LightningDataModule):
         return IndexedDataset(self.source.train if split == "train" else self.source.test, batched=False)
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = 0 if self.source.in_memory else self.num_workers
+        # at most this process's CPUs: a config written for a 16-core GPU node (imagenet_resnet50.yaml)
+        # would otherwise start 16 workers per loader on a laptop, and torch warn about it every run
+        workers = 0 if self.source.in_memory else min(self.num_workers, available_cores())
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
