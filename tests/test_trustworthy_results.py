@@ -465,3 +465,6 @@ def test_a_report_of_nothing_says_why_in_one_line(tmp_path, capsys):
         f"error: {junk / 'results.db'} is not a roar results database (file is not a database)",
     ]
     assert not (empty / "report.md").exists() and not (junk / "report.md").exists()
+    (junk / "results.db").write_bytes(b"")  # an empty file opens as a database of schema version 0
+    assert roar_main(["report", "--out", str(junk)]) == 2
+    assert "results.db has results schema version 0" in capsys.readouterr().err

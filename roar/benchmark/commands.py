@@ -208,6 +208,8 @@ def _unreportable(db: Path) -> str | None:
         rows = ResultsStore(db, read_only=True).rows()
     except sqlite3.DatabaseError as err:
         return f"{db} is not a roar results database ({err})"
+    except ValueError as err:  # a database of another schema (an empty file reads as version 0)
+        return str(err)
     if not rows:
         return f"{db} records no run yet: nothing to report; run (or resume) `python -m roar benchmark` with this --out"
     return None
@@ -231,16 +233,16 @@ def report_main(argv: list[str]) -> int:
     db = out / "results.db"
     if not db.is_file():
         parser.error(f"no results database at {db}; run `python -m roar benchmark` first")
-    if problem := _unreportable(db):
-        return _fail(problem)
-    recorded = None if args.config else _recorded_config(db)
-    if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
-        cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
     report_dir = Path(args.report_dir) if args.report_dir else out
     if report_dir.exists() and not os.access(report_dir, os.W_OK):
         parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
     if problem := out_folder_problem(report_dir, "--report_dir" if args.report_dir else "--out"):
         parser.error(problem)
+    if problem := _unreportable(db):
+        return _fail(problem)
+    recorded = None if args.config else _recorded_config(db)
+    if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
+        cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
     if report_dir.resolve() != out.resolve() and (out / LEAKAGE_CSV).is_file():  # the report's leakage section reads it there
         report_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)
