@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from roar.accelerator import GPU_ACCELERATORS
 from roar.benchmark.cell import config_from_dict
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
@@ -43,7 +44,6 @@ LAUNCHERS: Registry[str] = Registry("launcher")
 LAUNCHERS.add("local", "worker processes on this machine (--workers N)")
 LAUNCHERS.add("ray", "one Ray task per run (or stack) on a Ray cluster")
 RAY_INSTALL = "pip install 'roar[ray]'"
-GPU_ACCELERATORS = ("gpu", "cuda")
 
 OnFinished = Callable[[RunSpec, dict[str, Any]], None]
 """Called in the driver as each run ends, with its outcome (``status`` ``done`` or ``failed``, then the run's fields or ``error``)."""
