@@ -244,16 +244,21 @@ def test_a_model_path_that_names_a_module_not_a_class_says_so(tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+def _refused_before_training(tmp_path, capsys, methods: str) -> str:
+    """The benchmark's error for ``--benchmark.methods methods``, checked to come before the base model."""
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", methods) == 2
+    assert not (out / "base.ckpt").exists()
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "function,message",
     [("wrong_shape", "returned shape (2, 8, 8)"), ("not_finite", "non-finite values"), ("raises", "RuntimeError: my method is broken")],
 )
 def test_a_method_failing_on_the_probe_batch_is_refused_before_training(tmp_path, capsys, function, message):
-    out = tmp_path / "out"
-    assert benchmark(out, "--benchmark.methods", f"[random, {{name: bad, function: 'user_code:{function}'}}]") == 2
-    err = capsys.readouterr().err
+    err = _refused_before_training(tmp_path, capsys, f"[random, {{name: bad, function: 'user_code:{function}'}}]")
     assert "'bad'" in err and message in err
-    assert not (out / "base.ckpt").exists()
 
 
 @pytest.mark.parametrize(
@@ -261,11 +266,8 @@ def test_a_method_failing_on_the_probe_batch_is_refused_before_training(tmp_path
     [("conv2", "did you mean net.conv2?"), ("net.conv9", "its modules under net are: net.conv1, net.relu1, net.conv2"), ("net.conv3.wieght", "net.conv3 has no children")],
 )
 def test_a_layer_that_does_not_exist_is_refused_naming_the_layers_there_are(tmp_path, capsys, layer, message):
-    out = tmp_path / "out"
-    assert benchmark(out, "--benchmark.methods", f"[{{name: cam, class_path: captum.attr.LayerGradCam, layer: {layer}}}]") == 2
-    err = capsys.readouterr().err
+    err = _refused_before_training(tmp_path, capsys, f"[{{name: cam, class_path: captum.attr.LayerGradCam, layer: {layer}}}]")
     assert f"no layer {layer!r}" in err and message in err
-    assert not (out / "base.ckpt").exists()
 
 
 def test_the_sanity_checks_refuse_a_method_returning_the_wrong_shape_before_training(tmp_path, capsys):

@@ -193,9 +193,22 @@ def test_the_fixed_batch_is_taken_once_and_is_deterministic(trained, digits, tmp
 # ----------------------------------------------------------------------------- loggers
 
 
+def _fit_with(tmp_path, config: dict, max_epochs: int):
+    """``train.py fit`` of the digits config, a few batches per epoch, with ``config`` (callbacks) on top."""
+    from train import main
+
+    path = tmp_path / "callbacks.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return main([
+        "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer", str(ROOT / "configs/trainer/debug.yaml"),
+        "--config", str(path), "--data.init_args.image_size", str(SIZE), "--trainer.max_epochs", str(max_epochs),
+        "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+
+
 def test_csv_logger_gets_every_key_through_a_config(tmp_path, permuted_checkpoint):
     """Both callbacks added via ``trainer.callbacks`` in a YAML config of the training CLI."""
-    from train import main
 
     methods = ["gradient", "noise"]
     metrics = ["spearman_abs", "ssim"]
@@ -209,14 +222,7 @@ def test_csv_logger_gets_every_key_through_a_config(tmp_path, permuted_checkpoin
             ]
         }
     }  # fmt: skip
-    path = tmp_path / "sanity_callbacks.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cli = main([
-        "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer", str(ROOT / "configs/trainer/debug.yaml"),
-        "--config", str(path), "--data.init_args.image_size", str(SIZE), "--trainer.max_epochs", "2",
-        "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    ])  # fmt: skip
+    cli = _fit_with(tmp_path, config, max_epochs=2)
     log_dir = Path(cli.trainer.log_dir)
     rows = _metrics_rows(log_dir)
     columns = set(rows[0])
@@ -243,18 +249,10 @@ def test_csv_logger_gets_every_key_through_a_config(tmp_path, permuted_checkpoin
 
 def test_a_users_method_definitions_run_in_a_callback_through_a_config(tmp_path):
     """``methods`` takes the entries of a benchmark or sanity config: a captum class, a function by path."""
-    from train import main
 
     methods = [{"name": "deeplift", "class_path": "captum.attr.DeepLift"}, {"name": "doubled", "function": "user_code:gradient_times_two"}, "gradient"]
     callback = {"class_path": "callbacks.ModelRandomizationCheck", "init_args": {"order": "independent", "methods": methods, "metrics": ["spearman"], "num_images": 4}}
-    path = tmp_path / "callbacks.yaml"
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
-    cli = main([
-        "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer", str(ROOT / "configs/trainer/debug.yaml"),
-        "--config", str(path), "--data.init_args.image_size", str(SIZE), "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "3", "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-    ])  # fmt: skip
+    cli = _fit_with(tmp_path, {"trainer": {"callbacks": [callback]}}, max_epochs=1)
     (row,) = [r for r in _metrics_rows(Path(cli.trainer.log_dir)) if r.get("sanity/independent/gradient/spearman")]
     assert -1.0 <= float(row["sanity/independent/deeplift/spearman"]) <= 1.0
     # twice the gradient is the gradient up to scale: the same Spearman correlation at every layer
