@@ -343,6 +343,19 @@ def test_ctrl_c_stops_the_workers_without_their_tracebacks(finished, tmp_path):
         assert grid.returncode == 130, (delay, stdout + stderr)
         assert "run the same command again to resume" in stderr and "Traceback" not in stderr, (delay, stderr)
         assert len(stderr.splitlines()) <= 3, (delay, stderr)
+        assert _group_ends(grid.pid), f"a worker outlived the interrupted grid (Ctrl-C {delay} s after the start)"
+
+
+def _group_ends(pgid: int, within: float = 10.0) -> bool:
+    """Whether every process of the group has ended (a worker left running would print or write later)."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # ------------------------------------------------------------------------------- early errors (item 13)

@@ -80,6 +80,17 @@ class _Slot:
     def restart(self) -> None:
         self.shutdown(wait=False)
 
+    def stop(self) -> None:
+        """End the worker now (Ctrl-C, a driver error): its run records nothing, as when it is killed.
+
+        A worker still starting holds Ctrl-C blocked (:func:`spawning_workers`) and would outlive the
+        driver; its run in progress, if any, is run again by the next identical command.
+        """
+        if self._pool is not None:
+            for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                process.kill()
+        self.shutdown(wait=False)
+
     def shutdown(self, wait: bool = True) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -170,6 +181,5 @@ def run_local_pool(
                         finished(spec, {"status": "failed", "error": text})
         clean = True
     finally:
-        # On Ctrl-C the workers got the same SIGINT (same process group); do not wait for them.
-        for slot in slots:
-            slot.shutdown(wait=clean)
+        for slot in slots:  # on Ctrl-C (or a driver error) the workers are ended, not waited for
+            slot.shutdown() if clean else slot.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 
@@ -25,23 +26,30 @@ def _stop_quietly(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def spawning_workers() -> Iterator[None]:
-    """Block SIGINT in this thread while it starts workers: a child keeps the signal mask across ``exec``.
+    """Start workers with SIGINT blocked (a child keeps the signal mask across ``exec``), and Ctrl-C deferred.
 
-    A Ctrl-C meanwhile stays pending; the driver gets it on leaving the block (or at once through
-    another of its threads), a worker once :func:`init_pool_worker` has its handler in place.
+    A worker holds the signal until :func:`init_pool_worker` has its quiet handler in place. The
+    driver's own ``KeyboardInterrupt`` is raised on leaving the block, not inside it: raised halfway
+    through a worker's start, it left a process the pool did not know yet, which then died on its
+    parent's closed pipe with an ``EOFError`` traceback, and the driver could not stop it.
     """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no process groups)
-        yield
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield  # Windows (no signal masks, no process groups), or a caller off the main thread (no handlers)
         return
     from multiprocessing import resource_tracker
 
     # started now, not inside the block: starting it unblocks SIGINT in this thread on its way out
     resource_tracker.ensure_running()
+    interrupted: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, handler)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def init_pool_worker(device: int | None, threads: int) -> None:
