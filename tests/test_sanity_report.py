@@ -122,6 +122,9 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     rows = read_csv(out / "sanity.csv")
     assert {r["check"] for r in rows} == {"cascading"}
     assert {r["method"] for r in rows} == set(METHODS)
+    # Only this run's figures: the first run's other checks and its noise control are gone.
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert figures == sorted([f"curve_cascading_{m}.png" for m in METRICS] + [f"grid_cascading_{m}.png" for m in METHODS])
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,10 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
 
     rows = interval_rows((r for result in results for r in result.records), cfg.confidence_level)
     write_csv(rows, out / "sanity.csv")
+    # The figures of an earlier run into this --out (other orders, metrics or methods) would sit
+    # beside this run's sanity.csv as if they were its own.
+    for stale in [*out.glob("curve_*.png"), *out.glob("grid_cascading_*.png")]:
+        stale.unlink()
     for result in results:
         for metric in cfg.metrics if result.check != EMPRT else []:
             plot_curve(rows, result.check, metric, out / f"curve_{result.check}_{metric}.png")
