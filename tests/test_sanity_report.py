@@ -111,6 +111,19 @@ def test_a_permuted_label_model_that_has_not_memorised_its_labels_is_flagged(rep
     assert model_warnings(memorised, permuted_epochs=60) == [] and model_warnings({}, permuted_epochs=60) == []
 
 
+def test_a_given_permuted_checkpoint_is_not_told_to_raise_permuted_epochs(report, tmp_path):
+    # sanity.permuted_epochs (default 60) trains nothing when the checkpoint is given: the warning
+    # said "after 60 epochs ... raise sanity.permuted_epochs" of a 2-epoch model.
+    given = [f"--sanity.checkpoint={report[0] / 'model.ckpt'}", f"--sanity.permuted_checkpoint={report[0] / 'permuted.ckpt'}"]
+    status, printed = _run(_tiny(tmp_path / "given", *given, "--sanity.permuted_epochs", "60", "--sanity.orders", "[cascading]"))
+    assert status == 0
+    summary = json.loads((tmp_path / "given" / "summary.json").read_text())
+    assert summary["permuted_model"]["epochs"] is None
+    (warning,) = summary["warnings"]
+    assert "given permuted_checkpoint" in warning and "sanity.permuted_epochs" not in warning and "epochs" not in warning
+    assert "warning: the given permuted_checkpoint" in " ".join(printed.split())
+
+
 def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(report[0], out)

@@ -114,7 +114,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         permuted_data = _datamodule(cfg, permuted=True)
         summary["permuted_model"] = {
             "checkpoint": str(permuted_path),
-            "epochs": cfg.permuted_epochs,
+            "epochs": None if cfg.permuted_checkpoint else cfg.permuted_epochs,  # a given checkpoint's own training is unknown
             "train_acc_permuted_labels": accuracy(permuted_model, permuted_data.split_dataset("train"), device),
             "test_acc": accuracy(permuted_model, permuted_data.split_dataset("test"), device),
             "chance": 1.0 / permuted_data.num_classes,
@@ -242,7 +242,13 @@ def model_warnings(summary: dict[str, Any], permuted_epochs: int) -> list[str]:
     """
     lines = []
     permuted = summary.get("permuted_model")
-    if permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED:
+    if permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED and permuted.get("epochs", permuted_epochs) is None:
+        lines.append(  # sanity.permuted_epochs does not train a given checkpoint
+            f"the given permuted_checkpoint {permuted['checkpoint']} fits {permuted['train_acc_permuted_labels']:.3f} of its training labels "
+            f"(memorised: > {MEMORISED}); the data randomisation test then compares against a barely trained model. "
+            "Train it until it memorises them, or leave sanity.permuted_checkpoint out to train one here"
+        )
+    elif permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED:
         lines.append(
             f"the permuted-label model fits {permuted['train_acc_permuted_labels']:.3f} of its training labels after {permuted_epochs} epochs "
             f"(memorised: > {MEMORISED}); the data randomisation test then compares against a barely trained model. "
