@@ -124,6 +124,14 @@ def test_a_given_permuted_checkpoint_is_not_told_to_raise_permuted_epochs(report
     assert "warning: the given permuted_checkpoint" in " ".join(printed.split())
 
 
+def test_one_line_per_check_counts_methods_and_images(report, tmp_path):
+    given = [f"--sanity.checkpoint={report[0] / 'model.ckpt'}", "--sanity.data_check", "false", "--sanity.control", "false"]
+    status, printed = _run(_tiny(tmp_path / "one", *given, "--sanity.methods", "[gradient]", "--sanity.num_images", "1",
+                                 "--sanity.orders", "[independent]", "--sanity.emprt", "true"))  # fmt: skip
+    assert status == 0
+    assert "independent randomisation: 1 method x 1 image\n" in printed and "eMPRT: 1 method x 1 image\n" in printed
+
+
 def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(report[0], out)

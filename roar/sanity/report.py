@@ -129,9 +129,10 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         say(f"warning: {line}")
 
     target = fixed_target(model, images, labels, cfg.target)
+    work = f"{len(cfg.methods)} method{'s' * (len(cfg.methods) != 1)} x {len(images)} image{'s' * (len(images) != 1)}"
     results: list[CheckResult] = []
     for order in cfg.orders:
-        say(f"{order} randomisation: {len(cfg.methods)} methods x {len(images)} images")
+        say(f"{order} randomisation: {work}")
         results.append(
             model_randomization(
                 model, images, order, cfg.methods, cfg.metrics, target=target, indices=indices,
@@ -140,7 +141,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             )
         )  # fmt: skip
     if cfg.smprt:
-        say(f"sMPRT ({cfg.smprt_order}, {cfg.smprt_samples} noisy copies): {len(cfg.methods)} methods x {len(images)} images")
+        say(f"sMPRT ({cfg.smprt_order}, {cfg.smprt_samples} noisy copies): {work}")
         results.append(
             model_randomization(
                 model, images, cfg.smprt_order, cfg.methods, cfg.metrics, target=target, indices=indices,
@@ -148,7 +149,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             )
         )  # fmt: skip
     if cfg.emprt:
-        say(f"eMPRT: {len(cfg.methods)} methods x {len(images)} images")
+        say(f"eMPRT: {work}")
         results.append(
             efficient_mprt(
                 model, images, cfg.methods, n_bins=cfg.emprt_bins, absolute=cfg.emprt_abs, target=target, indices=indices,
