@@ -212,3 +212,21 @@ def test_a_users_subclass_of_a_gradient_method_is_explained_by_its_own_code(trai
     network = explained_network(trained)
     assert can_stack(Gradient(network)) and can_share(Gradient(network))
     assert not can_stack(Doubled(network)) and not can_share(Doubled(network))
+
+
+@pytest.mark.parametrize("stack", [1, 4])
+def test_smprt_of_an_ensemble_method_averages_its_maps(trained, batch, stack):
+    # sMPRT of gradient_sg_sq nests two ensembles; with the inner noise at 0 the inner map is the
+    # squared gradient, so sMPRT is MPRT of SmoothGrad-Squared over sMPRT's copies (it crashed one
+    # model at a time, and the batched path dropped the inner ensemble: the mean, not the square).
+    images, _, indices = batch
+    nested = model_randomization(trained, images, "cascading", ["gradient_sg_sq"], ["spearman"], indices=indices, stack=stack,
+                                 method_params={"gradient_sg_sq": {"nt_samples": 2, "noise_std": 0.0}},
+                                 smoothing=Smoothing(nr_samples=3, noise_magnitude=0.1))  # fmt: skip
+    squared = model_randomization(trained, images, "cascading", ["gradient_sg_sq"], ["spearman"], indices=indices, stack=stack,
+                                  method_params={"gradient_sg_sq": {"nt_samples": 3, "noise_std": 0.1}})  # fmt: skip
+    assert [r.step for r in nested.records] == [r.step for r in squared.records]
+    for a, b in zip(nested.records, squared.records):
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=0)
+    wrapped = Smoothing(nr_samples=2).wrap(build_methods(explained_network(trained), ["gradient_sg"]), None, 0)
+    assert not can_stack(wrapped["gradient_sg"])

@@ -111,6 +111,27 @@ def test_a_permuted_label_model_that_has_not_memorised_its_labels_is_flagged(rep
     assert model_warnings(memorised, permuted_epochs=60) == [] and model_warnings({}, permuted_epochs=60) == []
 
 
+def test_a_given_permuted_checkpoint_is_not_told_to_raise_permuted_epochs(report, tmp_path):
+    # sanity.permuted_epochs (default 60) trains nothing when the checkpoint is given: the warning
+    # said "after 60 epochs ... raise sanity.permuted_epochs" of a 2-epoch model.
+    given = [f"--sanity.checkpoint={report[0] / 'model.ckpt'}", f"--sanity.permuted_checkpoint={report[0] / 'permuted.ckpt'}"]
+    status, printed = _run(_tiny(tmp_path / "given", *given, "--sanity.permuted_epochs", "60", "--sanity.orders", "[cascading]"))
+    assert status == 0
+    summary = json.loads((tmp_path / "given" / "summary.json").read_text())
+    assert summary["permuted_model"]["epochs"] is None
+    (warning,) = summary["warnings"]
+    assert "given permuted_checkpoint" in warning and "sanity.permuted_epochs" not in warning and "epochs" not in warning
+    assert "warning: the given permuted_checkpoint" in " ".join(printed.split())
+
+
+def test_one_line_per_check_counts_methods_and_images(report, tmp_path):
+    given = [f"--sanity.checkpoint={report[0] / 'model.ckpt'}", "--sanity.data_check", "false", "--sanity.control", "false"]
+    status, printed = _run(_tiny(tmp_path / "one", *given, "--sanity.methods", "[gradient]", "--sanity.num_images", "1",
+                                 "--sanity.orders", "[independent]", "--sanity.emprt", "true"))  # fmt: skip
+    assert status == 0
+    assert "independent randomisation: 1 method x 1 image\n" in printed and "eMPRT: 1 method x 1 image\n" in printed
+
+
 def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(report[0], out)
@@ -122,6 +143,9 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     rows = read_csv(out / "sanity.csv")
     assert {r["check"] for r in rows} == {"cascading"}
     assert {r["method"] for r in rows} == set(METHODS)
+    # Only this run's figures: the first run's other checks and its noise control are gone.
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert figures == sorted([f"curve_cascading_{m}.png" for m in METRICS] + [f"grid_cascading_{m}.png" for m in METHODS])
 
 
 @pytest.mark.parametrize(
@@ -131,6 +155,7 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
         (["--sanity.metrics", "[spearman, pearson]"], ["'pearson'", "spearman_abs", "ssim", "hog"]),
         (["--sanity.orders", "[cascading, top_down]"], ["'top_down'", "independent", "bottom_up"]),
         (["--sanity.checkpoint", "missing/model.ckpt"], ["missing/model.ckpt"]),
+        (["--sanity.methods", "[]"], ["methods is empty", "gradient"]),
         (["--sanity.method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
         (["--sanity.methods", "[guided_gradcam]", "--sanity.method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
     ],

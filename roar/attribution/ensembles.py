@@ -71,6 +71,7 @@ class Ensemble(ModelMethod):
         self.noise_mode = _choice("noise_mode", noise_mode, NOISE_MODES)
         self.max_batch_size = _positive_int("max_batch_size", max_batch_size)
         self.seed = _seed(seed)
+        self._copies = 0  # noisy copies explained so far in this call, when nested (_run)
         self.params = {
             **base.params,
             "nt_samples": self.nt_samples,
@@ -92,7 +93,16 @@ class Ensemble(ModelMethod):
         return torch.randn((self.nt_samples, *sample.shape), generator=generator, device=sample.device, dtype=sample.dtype)
 
     def _begin(self, inputs: Tensor, indices: Tensor) -> None:
+        self._copies = 0
         self.base._begin(inputs, indices)
+
+    def _run(self, inputs: Tensor, target: Tensor, references: Tensor) -> Tensor:
+        # As the base of another ensemble (sMPRT of a SmoothGrad method, Hedström et al. 2023):
+        # a chunk of the outer noisy copies, numbered on from the call's start so that each copy
+        # draws its own noise, the same on every call.
+        indices = torch.arange(self._copies, self._copies + inputs.shape[0], device=inputs.device)
+        self._copies += inputs.shape[0]
+        return self._explain(inputs.detach(), target, indices)
 
     def _explain(self, inputs: Tensor, target: Tensor, indices: Tensor) -> Tensor:
         draws = self.nt_samples

@@ -59,7 +59,8 @@ def can_stack(method: object) -> bool:
     arithmetic would silently replace it; such a method is explained one model at a time.
     """
     if type(method) is Ensemble:
-        return can_stack(method.base)
+        # An ensemble of an ensemble (sMPRT of ``gradient_sg``) has no batched arithmetic here.
+        return type(method.base) is not Ensemble and can_stack(method.base)
     if type(method) is IntegratedGradients:
         return not isinstance(method.baseline, Tensor)
     return type(method) in (Gradient, InputXGradient)

@@ -114,7 +114,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         permuted_data = _datamodule(cfg, permuted=True)
         summary["permuted_model"] = {
             "checkpoint": str(permuted_path),
-            "epochs": cfg.permuted_epochs,
+            "epochs": None if cfg.permuted_checkpoint else cfg.permuted_epochs,  # a given checkpoint's own training is unknown
             "train_acc_permuted_labels": accuracy(permuted_model, permuted_data.split_dataset("train"), device),
             "test_acc": accuracy(permuted_model, permuted_data.split_dataset("test"), device),
             "chance": 1.0 / permuted_data.num_classes,
@@ -129,9 +129,10 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         say(f"warning: {line}")
 
     target = fixed_target(model, images, labels, cfg.target)
+    work = f"{len(cfg.methods)} method{'s' * (len(cfg.methods) != 1)} x {len(images)} image{'s' * (len(images) != 1)}"
     results: list[CheckResult] = []
     for order in cfg.orders:
-        say(f"{order} randomisation: {len(cfg.methods)} methods x {len(images)} images")
+        say(f"{order} randomisation: {work}")
         results.append(
             model_randomization(
                 model, images, order, cfg.methods, cfg.metrics, target=target, indices=indices,
@@ -140,7 +141,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             )
         )  # fmt: skip
     if cfg.smprt:
-        say(f"sMPRT ({cfg.smprt_order}, {cfg.smprt_samples} noisy copies): {len(cfg.methods)} methods x {len(images)} images")
+        say(f"sMPRT ({cfg.smprt_order}, {cfg.smprt_samples} noisy copies): {work}")
         results.append(
             model_randomization(
                 model, images, cfg.smprt_order, cfg.methods, cfg.metrics, target=target, indices=indices,
@@ -148,7 +149,7 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
             )
         )  # fmt: skip
     if cfg.emprt:
-        say(f"eMPRT: {len(cfg.methods)} methods x {len(images)} images")
+        say(f"eMPRT: {work}")
         results.append(
             efficient_mprt(
                 model, images, cfg.methods, n_bins=cfg.emprt_bins, absolute=cfg.emprt_abs, target=target, indices=indices,
@@ -167,6 +168,10 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
 
     rows = interval_rows((r for result in results for r in result.records), cfg.confidence_level)
     write_csv(rows, out / "sanity.csv")
+    # The figures of an earlier run into this --out (other orders, metrics or methods) would sit
+    # beside this run's sanity.csv as if they were its own.
+    for stale in [*out.glob("curve_*.png"), *out.glob("grid_cascading_*.png")]:
+        stale.unlink()
     for result in results:
         for metric in cfg.metrics if result.check != EMPRT else []:
             plot_curve(rows, result.check, metric, out / f"curve_{result.check}_{metric}.png")
@@ -238,7 +243,13 @@ def model_warnings(summary: dict[str, Any], permuted_epochs: int) -> list[str]:
     """
     lines = []
     permuted = summary.get("permuted_model")
-    if permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED:
+    if permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED and permuted.get("epochs", permuted_epochs) is None:
+        lines.append(  # sanity.permuted_epochs does not train a given checkpoint
+            f"the given permuted_checkpoint {permuted['checkpoint']} fits {permuted['train_acc_permuted_labels']:.3f} of its training labels "
+            f"(memorised: > {MEMORISED}); the data randomisation test then compares against a barely trained model. "
+            "Train it until it memorises them, or leave sanity.permuted_checkpoint out to train one here"
+        )
+    elif permuted is not None and permuted["train_acc_permuted_labels"] < MEMORISED:
         lines.append(
             f"the permuted-label model fits {permuted['train_acc_permuted_labels']:.3f} of its training labels after {permuted_epochs} epochs "
             f"(memorised: > {MEMORISED}); the data randomisation test then compares against a barely trained model. "

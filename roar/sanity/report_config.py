@@ -130,6 +130,8 @@ class SanityReportConfig:
             FileNotFoundError: a given checkpoint that does not exist.
         """
         import_modules(self.imports)
+        if not self.methods:  # checked before the control is added: the control alone compares nothing
+            raise ValueError("methods is empty; name at least one attribution method (e.g. [gradient, guided_backprop]); the noise control is added to them")
         if self.control and CONTROL not in self.methods:
             self.methods = [*self.methods, CONTROL]
         self.methods = check_methods(self.methods, self.method_params)
