@@ -156,6 +156,7 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
         (["--sanity.orders", "[cascading, top_down]"], ["'top_down'", "independent", "bottom_up"]),
         (["--sanity.checkpoint", "missing/model.ckpt"], ["missing/model.ckpt"]),
         (["--sanity.methods", "[]"], ["methods is empty", "gradient"]),
+        (["--sanity.methods", "[ground_truth]"], ["GroundTruth needs weights", "oracle of the synthetic benchmark", "synthetic_linear"]),
         (["--sanity.method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
         (["--sanity.methods", "[guided_gradcam]", "--sanity.method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
     ],

@@ -93,7 +93,10 @@ class GroundTruth(AttributionMethod):
     def __init__(self, *, weights: Tensor | None = None) -> None:
         super().__init__()
         if weights is None:
-            raise ValueError(f"{type(self).__name__} needs weights=<tensor of one input's shape (C, H, W)>")
+            raise ValueError(
+                f"{type(self).__name__} needs weights=<tensor of one input's shape (C, H, W)>: it is the oracle of the "
+                "synthetic benchmark (source synthetic_linear, configs/benchmark/synthetic.yaml), which knows its data's true weights"
+            )
         self.weights = _image_tensor("weights", weights, (3,))
         self.params = {"weights": self.weights}
 
