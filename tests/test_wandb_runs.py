@@ -40,7 +40,7 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
     rows = ResultsStore(out / "results.db").rows()
     assert len(rows) == 4
     for row in rows:
-        [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
+        [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['mode']}-{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
         assert run["summary"]["test/acc"] == pytest.approx(row["test_acc"], abs=1e-6)
         assert run["config"]["benchmark"] == row["config"]["benchmark"]
         assert run["config"]["method"] == row["method"] and run["config"]["threshold"] == row["threshold"]
