@@ -235,7 +235,10 @@ class RoarCLI(LightningCLI):
             if run is None or self.trainer.global_rank != 0:
                 continue  # never started (fast_dev_run logs nothing), or another rank's
             if run.settings._offline:
+                # relative only below the working directory: an --trainer.default_root_dir elsewhere
+                # printed ../../../tmp/...
                 folder = os.path.relpath(run.settings.sync_dir)
+                folder = run.settings.sync_dir if folder.startswith(os.pardir) else folder
                 print(f"W&B run saved offline in {folder}; upload it with: wandb sync {folder}", flush=True)
             else:
                 print(f"W&B run: {run.url}", flush=True)

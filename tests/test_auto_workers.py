@@ -39,3 +39,10 @@ def test_auto_is_a_valid_workers_value_and_others_are_refused():
     for bad in ("many", 0, 1.5):
         with pytest.raises(ValueError, match="positive integer or auto"):
             LaunchOptions(workers=bad).validate()
+
+
+def test_the_reason_names_the_model_size_readably():
+    # the synthetic benchmark's linear model has 34 parameters: it printed "3.4e-05M parameters"
+    assert "34 parameters" in choose_workers(2, 34).describe()
+    assert "120k parameters" in choose_workers(2, 120_000).describe()
+    assert "25.6M parameters" in choose_workers(16, 25_557_032).describe()

@@ -23,7 +23,10 @@ METHODS = ["gradient", "integrated_gradients_sg_sq", "random"]
 def test_run_spec_ids_and_names():
     spec = RunSpec("digits", "small_cnn", "integrated_gradients_sg_sq", "roar", 0.5, 3)
     assert spec.run_id == "roar/integrated_gradients_sg_sq/t0.500/s3/digits/small_cnn"
-    assert spec.name == "integrated_gradients_sg_sq-t0.5-s3"
+    assert spec.name == "roar-integrated_gradients_sg_sq-t0.5-s3"
+    # the same cell under KAR, or under another fill, is another W&B run: its name says so
+    assert RunSpec("digits", "small_cnn", "integrated_gradients_sg_sq", "kar", 0.5, 3).name == "kar-integrated_gradients_sg_sq-t0.5-s3"
+    assert RunSpec("digits", "small_cnn", "gradient", "kar", 0.5, 3, fill="blur").name == "kar@blur-gradient-t0.5-s3"
     assert spec.to_dict() == {"dataset": "digits", "model": "small_cnn", "method": "integrated_gradients_sg_sq", "mode": "roar", "threshold": 0.5, "seed": 3, "fill": "channel_mean"}
     assert RunSpec.from_dict({**spec.to_dict(), "test_acc": 0.9}) == spec
     # the same run spelled differently is the same run
@@ -31,7 +34,7 @@ def test_run_spec_ids_and_names():
     assert same == RunSpec("digits", "small_cnn", "gradient", "kar", 0.5, 1) and type(same.threshold) is float and type(same.seed) is int
     assert hash(same) == hash(RunSpec("digits", "small_cnn", "gradient", "kar", 0.5, 1))
     ref = RunSpec("digits", "small_cnn", "unmasked", "reference", 0.0, 2)
-    assert ref.is_reference and ref.run_id == "reference/unmasked/t0.000/s2/digits/small_cnn" and ref.name == "unmasked-t0-s2"
+    assert ref.is_reference and ref.run_id == "reference/unmasked/t0.000/s2/digits/small_cnn" and ref.name == "reference-unmasked-t0-s2"
     # more precision than three decimals is kept, so ids never collide
     assert RunSpec("d", "m", "gradient", "roar", 0.0625, 0).run_id != RunSpec("d", "m", "gradient", "roar", 0.0624, 0).run_id
     with pytest.raises(AttributeError):

@@ -204,6 +204,22 @@ def test_fit_prints_its_own_output_not_lightnings_or_wandbs_banners(tmp_path):
     assert list((tmp_path / folder).glob("*.wandb")), f"{folder} holds no W&B run"
 
 
+def test_the_wandb_line_names_a_folder_outside_the_working_directory_absolutely(tmp_path):
+    """docs/scale.md's runs under another root: the line printed ../../../tmp/... before."""
+    (tmp_path / "work").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    command = [
+        sys.executable, str(ROOT / "train.py"), "fit", "--config", DIGITS, "--trainer.default_root_dir", str(elsewhere),
+        "--data.limit_train", "100", "--data.limit_test", "50", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path / "work", env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("W&B run")]
+    folder = line.removeprefix("W&B run saved offline in ").split(";")[0]
+    assert folder.startswith(str(elsewhere / "wandb" / "offline-run-")), line
+    assert list(Path(folder).glob("*.wandb")), f"{folder} holds no W&B run"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_a_gpu_accelerator_without_a_gpu_is_one_error_line(tmp_path, capsys, accelerator):

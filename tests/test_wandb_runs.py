@@ -22,12 +22,14 @@ TINY = [
 
 
 @pytest.mark.parametrize("stack", [2, pytest.param(1, marks=pytest.mark.slow)], ids=["stacked", "one-by-one"])
-def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_path, monkeypatch, stack):
+def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_path, monkeypatch, capsys, stack):
     monkeypatch.delenv("WANDB_SERVICE", raising=False)  # a service of an earlier test is not this grid's
     out = tmp_path / "grid"
     # stacked: both seeds' runs are open at once, and each must still be its own W&B run
     assert roar_main(["benchmark", *TINY, "--benchmark.stack", str(stack), "--out", str(out)]) == 0
     assert "WANDB_SERVICE" not in os.environ, "the grid's W&B service was left running"
+    # the runs print nothing: one closing line says where they are and how to upload them (README)
+    assert f"W&B runs saved offline in {out / 'wandb'}; upload them with: wandb sync {out / 'wandb'}/offline-run-*" in capsys.readouterr().out
 
     runs = [run_contents(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
     by_job = {}
@@ -40,7 +42,7 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
     rows = ResultsStore(out / "results.db").rows()
     assert len(rows) == 4
     for row in rows:
-        [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
+        [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['mode']}-{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
         assert run["summary"]["test/acc"] == pytest.approx(row["test_acc"], abs=1e-6)
         assert run["config"]["benchmark"] == row["config"]["benchmark"]
         assert run["config"]["method"] == row["method"] and run["config"]["threshold"] == row["threshold"]

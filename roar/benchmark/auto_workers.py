@@ -28,6 +28,13 @@ class WorkerChoice:
         return f"--workers auto: {self.workers} worker(s) x {self.threads} thread(s) ({self.reason})"
 
 
+def _count(n: int) -> str:
+    """A parameter count for people: ``34``, ``120k``, ``25.6M`` (not ``3.4e-05M``, the synthetic linear model's)."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1_000 else str(n)
+
+
 def choose_workers(cores: int, parameters: int, gpus: int = 0, runs: int | None = None) -> WorkerChoice:
     """The worker count and threads per worker for ``--workers auto``.
 
@@ -41,7 +48,7 @@ def choose_workers(cores: int, parameters: int, gpus: int = 0, runs: int | None 
     if gpus > 0:
         workers = min(gpus, cap) if cap else gpus
         return WorkerChoice(workers, max(1, cores // workers), f"{gpus} CUDA device(s): one worker each")
-    size = f"{parameters / 1e6:.2g}M parameters"
+    size = f"{_count(parameters)} parameters"
     if parameters <= SMALL_MODEL_PARAMS:
         threads, why = 1, f"{cores} core(s), {size}: one thread per small model"
     else:

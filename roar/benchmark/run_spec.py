@@ -132,8 +132,11 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        """Short human name for loggers, e.g. ``gradient-t0.5-s3``."""
-        return f"{self.method}-t{self.threshold:g}-s{self.seed}"
+        """Short human name for loggers, e.g. ``roar-gradient-t0.5-s3`` (``kar@blur-gradient-t0.5-s3``).
+
+        It leads with the evaluation: a grid's ROAR and KAR runs of one cell share one W&B group,
+        and without it a dashboard listed two runs of the same name."""
+        return f"{self.evaluation}-{self.method}-t{self.threshold:g}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
