@@ -212,7 +212,8 @@ def test_the_wandb_line_names_a_folder_outside_the_working_directory_absolutely(
         sys.executable, str(ROOT / "train.py"), "fit", "--config", DIGITS, "--trainer.default_root_dir", str(elsewhere),
         "--data.limit_train", "100", "--data.limit_test", "50", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path / "work", env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # CI's WANDB_SILENT would silence the line
+    done = subprocess.run(command, cwd=tmp_path / "work", env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("W&B run")]
     folder = line.removeprefix("W&B run saved offline in ").split(";")[0]
