@@ -114,17 +114,7 @@ class RoarCLI(LightningCLI):
         self._check_ckpt_fits_data()
         self._drop_unset_wandb_anonymous()
 
-    def before_validate(self) -> None:
-        self._check_ckpt_fits_data()
-        self._drop_unset_wandb_anonymous()
-
-    def before_test(self) -> None:
-        self._check_ckpt_fits_data()
-        self._drop_unset_wandb_anonymous()
-
-    def before_predict(self) -> None:
-        self._check_ckpt_fits_data()
-        self._drop_unset_wandb_anonymous()
+    before_validate = before_test = before_predict = before_fit  # LightningCLI calls before_<subcommand>
 
     def _drop_unset_wandb_anonymous(self) -> None:
         """Lightning's ``WandbLogger`` passes ``anonymous=None`` to ``wandb.init``, which W&B >= 0.19 warns about.
@@ -215,15 +205,6 @@ class RoarCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=True)
         self._say_where_wandb_wrote()
 
-    def after_validate(self) -> None:
-        self._say_where_wandb_wrote()
-
-    def after_test(self) -> None:
-        self._say_where_wandb_wrote()
-
-    def after_predict(self) -> None:
-        self._say_where_wandb_wrote()
-
     def _say_where_wandb_wrote(self) -> None:
         """One line for W&B's silenced banner: where the run is, and how an offline one is uploaded."""
         from lightning.pytorch.loggers import WandbLogger
@@ -242,3 +223,5 @@ class RoarCLI(LightningCLI):
                 print(f"W&B run saved offline in {folder}; upload it with: wandb sync {folder}", flush=True)
             else:
                 print(f"W&B run: {run.url}", flush=True)
+
+    after_validate = after_test = after_predict = _say_where_wandb_wrote

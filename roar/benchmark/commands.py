@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from jsonargparse import Namespace
 
@@ -176,17 +176,15 @@ def attribute_main(argv: list[str]) -> int:
     return 0
 
 
-def _recorded_config(db: Path) -> str | None:
-    """The config the latest run in ``db`` recorded, as a ``--config`` for a report of those results.
+def _recorded_config(rows: list[dict[str, Any]]) -> str | None:
+    """The config the latest of ``rows`` (those of results.db) recorded, as a ``--config`` for a report of them.
 
     Without it, a report rebuilt from the folder alone (``python -m roar report --out DIR``) would
     title, describe and log the results under the default config's name, methods and protocol.
     """
     import json
 
-    from roar.benchmark.results import ResultsStore
-
-    rows = [row for row in ResultsStore(db, read_only=True).rows() if isinstance(row.get("config"), dict) and "benchmark" in row["config"]]
+    rows = [row for row in rows if isinstance(row.get("config"), dict) and "benchmark" in row["config"]]
     if not rows:
         return None
     benchmark = dict(max(rows, key=lambda row: str(row.get("finished_at") or ""))["config"]["benchmark"])
@@ -198,8 +196,8 @@ def _recorded_config(db: Path) -> str | None:
     return json.dumps({"data": data, "model": model, "trainer": trainer, "benchmark": benchmark})
 
 
-def _unreportable(db: Path) -> str | None:
-    """Why ``db`` has nothing to report (not a results database, or no run recorded yet), else None."""
+def _recorded_rows(db: Path) -> list[dict[str, Any]] | str:
+    """The rows of ``db``, or why it has nothing to report (not a results database, or no run recorded yet)."""
     import sqlite3
 
     from roar.benchmark.results import ResultsStore
@@ -210,9 +208,7 @@ def _unreportable(db: Path) -> str | None:
         return f"{db} is not a roar results database ({err})"
     except ValueError as err:  # a database of another schema (an empty file reads as version 0)
         return str(err)
-    if not rows:
-        return f"{db} records no run yet: nothing to report; run (or resume) `python -m roar benchmark` with this --out"
-    return None
+    return rows or f"{db} records no run yet: nothing to report; run (or resume) `python -m roar benchmark` with this --out"
 
 
 def report_main(argv: list[str]) -> int:
@@ -238,9 +234,10 @@ def report_main(argv: list[str]) -> int:
         parser.error(f"{report_dir} is not writable (an archived folder?); write the report elsewhere with --report_dir DIR")
     if problem := out_folder_problem(report_dir, "--report_dir" if args.report_dir else "--out"):
         parser.error(problem)
-    if problem := _unreportable(db):
-        return _fail(problem)
-    recorded = None if args.config else _recorded_config(db)
+    rows = _recorded_rows(db)
+    if isinstance(rows, str):
+        return _fail(rows)
+    recorded = None if args.config else _recorded_config(rows)
     if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
         cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
     if report_dir.resolve() != out.resolve() and (out / LEAKAGE_CSV).is_file():  # the report's leakage section reads it there
