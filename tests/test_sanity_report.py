@@ -97,6 +97,8 @@ def test_printed_tables_put_the_noise_control_beside_each_method(report):
     assert flat.count("noise (control)") == len(METHODS)
     assert "necessary but not sufficient" in flat
     assert "Binder et al. 2022" in flat
+    assert "Read every method against the control, and against bottom-up randomisation" in flat
+    assert "the curves and the grids in" in flat
 
 
 def test_a_permuted_label_model_that_has_not_memorised_its_labels_is_flagged(report):
@@ -130,6 +132,12 @@ def test_one_line_per_check_counts_methods_and_images(report, tmp_path):
                                  "--sanity.orders", "[independent]", "--sanity.emprt", "true"))  # fmt: skip
     assert status == 0
     assert "independent randomisation: 1 method x 1 image\n" in printed and "eMPRT: 1 method x 1 image\n" in printed
+    # Without the control and without cascading, the closing text names neither a control column
+    # nor cascading grids that this run does not have.
+    words = " ".join(printed.split())
+    assert "Read every method against the control" not in words and "no `noise` control (sanity.control false)" in words
+    assert "bottom-up" not in words
+    assert f"the curves in {tmp_path / 'one'}" in words and "grids" not in words
 
 
 def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
@@ -139,6 +147,7 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     status, printed = _run(_tiny(out, "--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.control", "false"))
     assert status == 0
     assert "reusing the true-label model" in " ".join(printed.split())
+    assert "does not replace bottom-up, which this run left out (sanity.orders)" in " ".join(printed.split())
     assert (out / "model.ckpt").stat().st_mtime_ns == stamps["model.ckpt"]
     rows = read_csv(out / "sanity.csv")
     assert {r["check"] for r in rows} == {"cascading"}

@@ -40,7 +40,7 @@ from typing import Any
 from roar.sanity.intervals import interval_rows
 from roar.sanity.maps import CheckResult, data_randomization, fixed_target, map_grid_figure, model_randomization, select_batch
 from roar.sanity.report_config import DEFAULT_REPORT_METHODS, DEVICES, SanityReportConfig  # noqa: F401  (importable from here before the split)
-from roar.sanity.report_outputs import CSV_COLUMNS, NOT_SUFFICIENT, plot_curve, print_tables, read_csv, write_csv  # noqa: F401  (as above)
+from roar.sanity.report_outputs import CSV_COLUMNS, how_to_read, plot_curve, print_tables, read_csv, write_csv  # noqa: F401  (as above)
 from roar.sanity.revisited import EMPRT, efficient_mprt, print_emprt_table
 from roar.sanity.trained_models import (  # noqa: F401  (the constants, check_compatible, train_model: importable from here before the split)
     IGNORED_TRAINER_KEYS, LINKED, MODEL_CHECKPOINT, PERMUTED_CHECKPOINT, _check_methods_fit_the_model, _datamodule, accuracy, check_compatible,
@@ -182,7 +182,8 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_tables(console, [r for r in rows if r["check"] != EMPRT], cfg)
     print_emprt_table(console, rows)
-    say(f"wrote {out / 'sanity.csv'}, the curves and the grids in {out}")
+    figures = [name for name, pattern in (("curves", "curve_*.png"), ("grids", "grid_cascading_*.png")) if any(out.glob(pattern))]
+    say(f"wrote {out / 'sanity.csv'}" + (f", the {' and the '.join(figures)}" if figures else "") + f" in {out}")
     return rows
 
 

@@ -17,14 +17,31 @@ from roar.sanity.settings import SETTING_COLUMNS
 
 CSV_COLUMNS = ("method", "check", "step", "layer", "metric", "mean", "std", "n", "ci_low", "ci_high", *SETTING_COLUMNS)
 
-NOT_SUFFICIENT = (
-    "How to read this: a method whose maps stay similar to the original after the weights (or the labels) "
-    "are randomised fails the sanity check, because its maps do not depend on what the model learned. "
-    "A low similarity is necessary but not sufficient: the `noise` control, i.i.d. Gaussian maps that never "
-    "look at the model, scores near zero too and so also \"passes\" (Binder et al. 2022, arXiv 2211.12486). "
-    "Read every method against the control, and against bottom-up randomisation, which top-down "
-    "(cascading) randomisation does not replace."
-)
+def how_to_read(control: bool, checks: Sequence[str]) -> str:
+    """The closing paragraph under the tables; it names the ``noise`` control and bottom-up
+    randomisation only as this run has them, so ``control: false`` is not told to read a column it lacks."""
+    text = (
+        "How to read this: a method whose maps stay similar to the original after the weights (or the labels) "
+        "are randomised fails the sanity check, because its maps do not depend on what the model learned. "
+        "A low similarity is necessary but not sufficient"
+    )
+    if control:
+        text += (
+            ": the `noise` control, i.i.d. Gaussian maps that never look at the model, scores near zero too and "
+            "so also \"passes\" (Binder et al. 2022, arXiv 2211.12486). Read every method against the control"
+        )
+    else:
+        text += (
+            " (Binder et al. 2022, arXiv 2211.12486): maps that never look at the model score near zero too. "
+            "This run has no `noise` control (sanity.control false) to read the methods against"
+        )
+    if "bottom_up" in checks:
+        text += ", and against bottom-up randomisation, which top-down (cascading) randomisation does not replace."
+    elif "cascading" in checks:
+        text += "; top-down (cascading) randomisation does not replace bottom-up, which this run left out (sanity.orders)."
+    else:
+        text += "."
+    return text
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -130,4 +147,4 @@ def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfi
         console.print(table)
     images = max((r["n"] for r in rows), default=0)
     console.print(f"(mean [{cfg.confidence_level:.0%} bootstrap interval] over {images} images; step-by-step values in sanity.csv and the curve plots)")
-    console.print(NOT_SUFFICIENT)
+    console.print(how_to_read(control, checks))
