@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from roar.data import lightning_source  # noqa: F401  (registers the "lightning" source)
@@ -219,7 +220,7 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"unknown source split {split!r}; valid splits: train, test")
         return IndexedDataset(self.source.train if split == "train" else self.source.test, batched=False)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, evaluation: bool = False) -> DataLoader:
         # at most this process's CPUs: a config written for a 16-core GPU node (imagenet_resnet50.yaml)
         # would otherwise start 16 workers per loader on a laptop, and torch warn about it every run
         workers = 0 if self.source.in_memory else min(self.num_workers, available_cores())
@@ -227,6 +228,7 @@ class ImageDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=self._evaluation_sampler(dataset) if evaluation else None,
             num_workers=workers,
             collate_fn=collate_batch,
             persistent_workers=workers > 0,
@@ -234,14 +236,29 @@ class ImageDataModule(LightningDataModule):
             drop_last=False,
         )
 
+    def _evaluation_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, each validation/test image once over all processes.
+
+        Lightning's own ``DistributedSampler`` repeats a few images to even out the shards, so the
+        accuracy of a multi-process test was not the test-set accuracy a paper table reports (and
+        Lightning warned about it after every ``fit``). Shards here differ by at most one image;
+        the accuracy metric sums its counts across processes, so it is exact. DDP syncs buffers only
+        on the first forward of an evaluation, which every process runs (Lightning's predict loop
+        relies on the same).
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split_dataset("train"), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("val"), shuffle=False)
+        return self._loader(self.split_dataset("val"), shuffle=False, evaluation=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split_dataset("test"), shuffle=False)
+        return self._loader(self.split_dataset("test"), shuffle=False, evaluation=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
