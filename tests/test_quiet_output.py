@@ -93,3 +93,21 @@ def test_runs_failing_alike_print_their_traceback_once(tmp_path):
     further = [line for line in text.splitlines() if "RuntimeError: the user's callback broke (traceback as for " in line]
     assert len(further) == 3, text  # roar and kar at two thresholds: 4 failed runs, the first in full
     assert (out / "report.md").read_text().count("RuntimeError: the user's callback broke") >= 2 * 4  # each with its traceback
+
+
+def test_line_numbers_never_skip_an_evaluation_that_has_no_line_yet(capsys):
+    """With --workers or stacks a no-retrain evaluation can finish between retrains; its number waits
+    for the one line that sums up the evaluations (a grid printed [60/93], [62/93]: run 61 seemed lost)."""
+    from roar.benchmark.plan import RunSpec
+    from roar.benchmark.progress import GridProgress
+
+    def spec(mode: str, seed: int) -> RunSpec:
+        return RunSpec(dataset="digits", model="small_cnn", method="gradient", mode=mode, threshold=0.5, seed=seed)
+
+    evaluations, retrains = [spec("noretrain", 0), spec("noretrain_kar", 0)], [spec("roar", 0), spec("roar", 1)]
+    outcome = {"status": "done", "test_acc": 0.5, "seconds": 0.1}
+    with GridProgress(total=4, done=0, pending=[*evaluations, *retrains]) as bar:
+        for finished in [evaluations[0], *retrains, evaluations[1]]:
+            bar.finished(finished, outcome)
+    numbers = [int(n) for n in re.findall(r"^\[(\d+)/4\]", capsys.readouterr().out, flags=re.M)]
+    assert numbers == [1, 2, 4]

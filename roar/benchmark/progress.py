@@ -56,6 +56,9 @@ class GridProgress:
         self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
         self._evaluations_done = 0
         self._evaluation_seconds = 0.0
+        # Evaluations finished but not yet on a line: the numbers of the lines skip them until the
+        # line that sums them up, so a retrain's line never jumps over a number no line shows.
+        self._unprinted = 0
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -85,16 +88,18 @@ class GridProgress:
         self._credited = max(self._credited, self.count)
         if not self.enabled:
             return
-        line = f"[{self.count}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
+        line = f"[{self.count - self._unprinted}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
         if spec.mode in NORETRAIN_ORDER and self._evaluations_left:
             self._evaluations_left -= 1
             if outcome.get("status") == "done":
                 self._evaluations_done += 1
                 self._evaluation_seconds += float(outcome.get("seconds") or 0.0)
                 if self._evaluations_left:
+                    self._unprinted += 1
                     if self._bar is not None:
                         self._bar.update(1)
                     return
+                self._unprinted = 0
                 line = (f"[{self.count}/{self.total}] no retraining: {self._evaluations_done} evaluations of the base model on "
                         f"masked test data ({self._evaluation_seconds:.1f} s; accuracies in report.md)")  # fmt: skip
         if self._bar is None and self.count < self.total:  # a log file: the ETA the bar would show
