@@ -109,7 +109,7 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
 
 
 # --------------------------------------------------------------------------- worker processes
-def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path):
+def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path, capsys):
     out = tmp_path / "grid"
     # The worker running KILLED dies (os._exit) at the end of its training, before recording it;
     # no retries for worker deaths, so the grid exits 1 naming the failed run.
@@ -133,6 +133,12 @@ def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(t
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
     assert {k: v for k, v in ((r["run_id"], r["seconds"]) for r in rows) if k in before} == before
     assert (out / "results.csv").is_file() and (out / "summary.csv").is_file()
+
+    # A finished grid starts no workers: --workers auto has no count to print (it said "1 run(s) to do").
+    capsys.readouterr()
+    run_benchmark(cfg, out, progress=False, launch=LaunchOptions(workers="auto"))
+    printed = capsys.readouterr().out
+    assert "resuming: 3 of 3 runs" in printed and "--workers auto" not in printed, printed
 
 
 @pytest.mark.slow

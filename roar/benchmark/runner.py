@@ -157,7 +157,8 @@ def run_benchmark(
         # the same base model and ranks, too; a run whose fill settings alone changed is run again
         check_recorded_rows(results.rows(), cfg, where, provenance, planned={spec.run_id for spec in plan})
         plan, todo = pending_runs(cfg, results, provenance)
-        launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
+        if todo:  # a finished grid starts no workers, so it has no worker count to print
+            launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
         with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo) as bar:
