@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# --workers auto: one single-threaded worker per core (small models); --benchmark.stack auto: the
+# seeds of a cell trained as one stacked model. Same fingerprints as without them (a rerun resumes).
 run: $(STAMP)
-	$(PY) -m roar benchmark --config configs/benchmark/digits_demo.yaml --out runs/digits_demo
+	$(PY) -m roar benchmark --config configs/benchmark/digits_demo.yaml --out runs/digits_demo --workers auto --benchmark.stack auto
 
 test: $(STAMP)
 	$(PY) -m pytest
