@@ -1,0 +1,62 @@
+"""What the sanity-check callbacks (Adebayo et al., NeurIPS 2018) put on a dashboard during a real fit.
+
+Short fits (8 px digits, 2 batches per epoch) with the callbacks attached, read back as a user
+would see them: the offline W&B run's records (``tests/wandb_records.py``), Lightning's
+``callback_metrics``, and the warnings printed.
+"""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from callbacks import ModelRandomizationCheck
+from roar.data.datamodule import ImageDataModule
+from roar.models.classifier import ImageClassifier
+from wandb_records import run_contents
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _model(dm: ImageDataModule) -> ImageClassifier:
+    L.seed_everything(0, verbose=False)
+    return ImageClassifier(arch="small_cnn", num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size,
+                           channel_mean=dm.channel_mean, channel_std=dm.channel_std)  # fmt: skip
+
+
+def _fit(dm: ImageDataModule, callbacks: list, logger, epochs: int = 2, **kwargs) -> L.Trainer:
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
+                        num_sanity_val_steps=0, logger=logger, callbacks=callbacks, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, **kwargs)  # fmt: skip
+    trainer.fit(_model(dm), dm)
+    return trainer
+
+
+def test_wandb_media_share_the_step_of_their_epochs_scalars(digits, tmp_path, monkeypatch):
+    """W&B plots every key against ``trainer/global_step``: an epoch's table, curves and map grids
+    must sit at the step of the same epoch's ``sanity/...`` scalars, or the image slider and the
+    line charts disagree about which epoch a point is (they were one step apart)."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb.teardown()  # W&B's process-wide setup reads WANDB_MODE once (see test_callbacks.py)
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="roar-test")
+    check = ModelRandomizationCheck(methods=["gradient"], metrics=["spearman_abs"], num_images=2, log_images=True)
+    try:
+        _fit(digits, [check], logger)
+    finally:
+        wandb.finish()
+    [run] = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    history = run_contents(Path(run))["history"]
+    scalars = {row["epoch"]: row["trainer/global_step"] for row in history if "sanity/cascading/gradient/spearman_abs" in row}
+    assert sorted(scalars) == [0, 1]
+    for key in ["sanity/cascading/table/_type", "sanity/cascading/spearman_abs/curve_table/_type", "sanity/cascading/gradient/maps/_type"]:
+        steps = [row["trainer/global_step"] for row in history if key in row]
+        assert steps == [scalars[0], scalars[1]], key
