@@ -203,9 +203,12 @@ class SanityCheckCallback(Callback):
         return values
 
     def log_result(self, trainer: Trainer, pl_module: LightningModule, result: CheckResult, images: torch.Tensor) -> None:
+        # Without a logger the values still reach callback_metrics (a ModelCheckpoint may monitor
+        # one); logger=True there printed Lightning's "no logger configured" warning once per key.
+        to_logger = bool(trainer.loggers)
         for key, value in self.scalar_metrics(result).items():
             # rank_zero_only: only rank 0 gets here, and the value must not be reduced across ranks.
-            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=True)
+            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=to_logger)
         for logger in trainer.loggers:
             if _is_wandb(logger):
                 self._log_wandb_curves(logger, trainer, result)

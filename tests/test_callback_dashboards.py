@@ -60,3 +60,17 @@ def test_wandb_media_share_the_step_of_their_epochs_scalars(digits, tmp_path, mo
     for key in ["sanity/cascading/table/_type", "sanity/cascading/spearman_abs/curve_table/_type", "sanity/cascading/gradient/maps/_type"]:
         steps = [row["trainer/global_step"] for row in history if key in row]
         assert steps == [scalars[0], scalars[1]], key
+
+
+def test_without_a_logger_the_values_reach_callback_metrics_quietly(digits, recwarn):
+    """``--trainer.logger false``: nothing to log to, so no warning per key (168 lines in a 2-epoch
+    fit with the README's callback), while a ModelCheckpoint or EarlyStopping can still monitor them."""
+    warnings.simplefilter("always")
+    check = ModelRandomizationCheck(methods=["gradient", "noise"], metrics=["spearman_abs", "ssim"], num_images=2)
+    trainer = _fit(digits, [check], logger=False, epochs=1)
+    assert check.last_results, "the check did not run"
+    final = check.last_results[0].final()
+    assert trainer.callback_metrics["sanity/cascading/gradient/ssim"].item() == pytest.approx(final["gradient", "ssim"])
+    assert "sanity/cascading/noise/spearman_abs/03_conv3" in trainer.callback_metrics
+    noisy = [str(w.message) for w in recwarn if "no logger configured" in str(w.message)]
+    assert noisy == []
