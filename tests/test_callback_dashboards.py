@@ -13,8 +13,9 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
-from callbacks import ModelRandomizationCheck
+from callbacks import DataRandomizationCheck, ModelRandomizationCheck
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
 from wandb_records import run_contents
@@ -74,3 +75,19 @@ def test_without_a_logger_the_values_reach_callback_metrics_quietly(digits, recw
     assert "sanity/cascading/noise/spearman_abs/03_conv3" in trainer.callback_metrics
     noisy = [str(w.message) for w in recwarn if "no logger configured" in str(w.message)]
     assert noisy == []
+
+
+def test_a_reference_of_another_image_size_is_refused_before_training(digits, tmp_path):
+    """The data check's reference must take the fit's images: a 16 px reference in an 8 px fit is
+    refused at setup, naming both sizes, not after an epoch with a matrix-shape error."""
+    other = ImageDataModule(source="digits", image_size=16, batch_size=64, seed=0)
+    reference = _model(other)
+    path = tmp_path / "permuted16.ckpt"
+    torch.save({"state_dict": reference.state_dict(), "hyper_parameters": dict(reference.hparams)}, path)
+    check = DataRandomizationCheck(reference_checkpoint=str(path), methods=["gradient"], metrics=["ssim"], num_images=2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        logger=False, callbacks=[check], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"image_size=16 \(expected 8\)"):
+        trainer.fit(_model(digits), digits)
+    assert trainer.global_step == 0, "the fit trained before refusing the reference"
