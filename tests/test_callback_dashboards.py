@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +92,20 @@ def test_a_reference_of_another_image_size_is_refused_before_training(digits, tm
     with pytest.raises(ValueError, match=r"image_size=16 \(expected 8\)"):
         trainer.fit(_model(digits), digits)
     assert trainer.global_step == 0, "the fit trained before refusing the reference"
+
+
+def test_a_map_grid_is_one_image_per_column_holding_every_row(digits):
+    """``log_images``' grid (Adebayo et al. 2018, fig. 2): each column shows the displayed maps of
+    every image, top to bottom, in one axes; rows x columns axes took seconds per grid to draw."""
+    from roar.sanity.map_figures import display_maps, map_grid_figure
+
+    images = torch.stack([digits.split_dataset("val")[i][0] for i in range(3)])
+    maps = [torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    fig = map_grid_figure(images, maps, ["original", "fc2"], title="cascading check, gradient, epoch 0")
+    assert [ax.get_title() for ax in fig.axes] == ["input", "original", "fc2"]
+    column = np.asarray(fig.axes[2].get_images()[0].get_array())
+    shown = display_maps(maps[1])
+    assert column.shape == (3 * 8 + 2, 8)  # three maps and a one-pixel white gap between them
+    for row in range(3):
+        np.testing.assert_allclose(column[row * 9 : row * 9 + 8], shown[row])
+    assert (column[8] == 1.0).all() and (column[17] == 1.0).all()
