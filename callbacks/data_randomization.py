@@ -59,6 +59,9 @@ class DataRandomizationCheck(SanityCheckCallback):
     Raises:
         FileNotFoundError: if ``reference_checkpoint`` does not exist (checked at construction,
             before any training).
+        roar.models.checkpoint.CheckpointError: (a ``ValueError``) at the fit's setup, before any
+            training, if the reference's class count, channel count or image size differs from
+            the model's.
     """
 
     def __init__(
@@ -94,14 +97,28 @@ class DataRandomizationCheck(SanityCheckCallback):
     def file_tag(self) -> str:
         return DATA_CHECK
 
-    def reference(self, device) -> nn.Module:
-        """The permuted-label model, loaded once, in eval mode, on ``device``."""
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Load the reference before any training, refusing one the model's images do not fit.
+
+        A reference of another image size, channel or class count failed only at the first
+        validation epoch's end, after a whole epoch of training, with a shape error from inside
+        its network.
+        """
+        super().setup(trainer, pl_module, stage)
+        hparams = getattr(pl_module, "hparams", {})
+        self._load_reference({k: hparams.get(k) for k in ("num_classes", "in_chans", "image_size")})
+
+    def _load_reference(self, expected: Mapping[str, Any]) -> nn.Module:
         if self._reference is None:
             # The restricted unpickler: a checkpoint from elsewhere cannot run code (roar.models.checkpoint).
-            self._reference = load_classifier(self.reference_checkpoint)
+            self._reference = load_classifier(self.reference_checkpoint, **expected)
             # Nothing ever trains it; no parameter needs a gradient buffer.
             self._reference.requires_grad_(False)
-        return self._reference.to(device)
+        return self._reference
+
+    def reference(self, device) -> nn.Module:
+        """The permuted-label model, loaded once, in eval mode, on ``device``."""
+        return self._load_reference({}).to(device)
 
     def compute(self, trainer: Trainer, pl_module: LightningModule, images, target, indices) -> list[CheckResult]:
         return [

@@ -41,6 +41,17 @@ def _is_wandb(logger: Logger) -> bool:
     return isinstance(logger, WandbLogger)
 
 
+def logged_step(trainer: Trainer) -> int:
+    """The step Lightning gives the values a hook logs with ``self.log`` at a validation epoch's end.
+
+    Lightning logs them at the fit loop's count of batches stepped, which during a fit's validation
+    does not yet count the epoch's last batch (one less than ``trainer.global_step`` there); tables,
+    curves and images logged at ``trainer.global_step`` sat one step right of their epoch's scalars
+    on W&B's ``trainer/global_step`` axis. Lightning keeps the count in a private attribute.
+    """
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
 def output_dir(trainer: Trainer) -> Path:
     """Where files go: the first non-W&B logger's ``log_dir`` (else its ``save_dir``); with only
     W&B loggers, the W&B run's files folder (uploaded with the run); else the trainer's
@@ -192,9 +203,12 @@ class SanityCheckCallback(Callback):
         return values
 
     def log_result(self, trainer: Trainer, pl_module: LightningModule, result: CheckResult, images: torch.Tensor) -> None:
+        # Without a logger the values still reach callback_metrics (a ModelCheckpoint may monitor
+        # one); logger=True there printed Lightning's "no logger configured" warning once per key.
+        to_logger = bool(trainer.loggers)
         for key, value in self.scalar_metrics(result).items():
             # rank_zero_only: only rank 0 gets here, and the value must not be reduced across ranks.
-            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=True)
+            pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True, logger=to_logger)
         for logger in trainer.loggers:
             if _is_wandb(logger):
                 self._log_wandb_curves(logger, trainer, result)
@@ -219,7 +233,7 @@ class SanityCheckCallback(Callback):
         """A table of every similarity and, per metric, a line plot against the randomised layer."""
         columns = ["step", "layer", "method", "metric", "similarity"]
         rows = [[r.step, r.layer, r.method, r.metric, r.mean] for r in result.records]
-        logger.log_table(key=f"sanity/{result.check}/table", columns=columns, data=rows, step=trainer.global_step)
+        logger.log_table(key=f"sanity/{result.check}/table", columns=columns, data=rows, step=logged_step(trainer))
         import wandb  # only here: W&B is attached, so it is installed
 
         charts = {}
@@ -231,7 +245,7 @@ class SanityCheckCallback(Callback):
                 charts[f"sanity/{result.check}/{metric}/curve"] = wandb.plot.line(table, "step", "similarity", stroke="method", title=title)
             else:
                 charts[f"sanity/{result.check}/{metric}/bar"] = wandb.plot.bar(table, "method", "similarity", title=f"{result.check}: {metric}")
-        logger.log_metrics(charts, step=trainer.global_step)
+        logger.log_metrics(charts, step=logged_step(trainer))
 
     def grid_titles(self, result: CheckResult) -> list[str]:
         return list(result.layers)
@@ -244,7 +258,7 @@ class SanityCheckCallback(Callback):
             title = f"{result.check} check, {method}, epoch {epoch}"
             fig = map_grid_figure(images, maps, self.grid_titles(result), title=title)
             for logger in wandb_loggers:
-                logger.log_image(key=f"sanity/{result.check}/{method}/maps", images=[figure_array(fig)], step=trainer.global_step, caption=[title])
+                logger.log_image(key=f"sanity/{result.check}/{method}/maps", images=[figure_array(fig)], step=logged_step(trainer), caption=[title])
             if other:
                 folder = output_dir(trainer) / "sanity"
                 folder.mkdir(parents=True, exist_ok=True)
