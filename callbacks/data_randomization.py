@@ -47,7 +47,8 @@ class DataRandomizationCheck(SanityCheckCallback):
             (``{name: deeplift, class_path: captum.attr.DeepLift}``); keep ``noise`` as the control.
         metrics: similarity metric names.
         num_images: size of the fixed batch of validation images.
-        every_n_epochs: run every n-th validation epoch.
+        every_n_epochs: run at the end of validation in training epochs n, 2n, ... (see
+            :class:`~callbacks.sanity_callback.SanityCheckCallback`).
         log_images: also log, per method, the grid input | current model's map | reference's map.
         method_params: optional ``{method: {param: value}}``.
         seed: seeds the images and the random methods.

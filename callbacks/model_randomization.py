@@ -7,7 +7,7 @@ Add it to any fit::
         - class_path: callbacks.ModelRandomizationCheck
           init_args: {order: cascading, methods: [gradient, guided_backprop, noise]}
 
-At the end of every ``every_n_epochs``-th validation epoch it explains a fixed batch of
+At the end of validation in every ``every_n_epochs``-th training epoch it explains a fixed batch of
 validation images with the current model, then with copies of it whose layers are
 re-initialised one group at a time (:func:`roar.sanity.randomization.randomization_steps`), and
 logs the mean similarity of each randomised map to the original map. See
@@ -69,7 +69,8 @@ class ModelRandomizationCheck(SanityCheckCallback):
             or ``bottom_up`` (input to logits, cumulative).
         metrics: similarity metric names.
         num_images: size of the fixed batch of validation images.
-        every_n_epochs: run every n-th validation epoch.
+        every_n_epochs: run at the end of validation in training epochs n, 2n, ... (see
+            :class:`~callbacks.sanity_callback.SanityCheckCallback`).
         log_images: also log the grid of maps per step.
         method_params: optional ``{method: {param: value}}``.
         seed: seeds the images, the re-initialisation and the random methods.

@@ -47,9 +47,10 @@ def logged_step(trainer: Trainer) -> int:
     Lightning logs them at the fit loop's count of batches stepped, which during a fit's validation
     does not yet count the epoch's last batch (one less than ``trainer.global_step`` there); tables,
     curves and images logged at ``trainer.global_step`` sat one step right of their epoch's scalars
-    on W&B's ``trainer/global_step`` axis. Lightning keeps the count in a private attribute.
+    on W&B's ``trainer/global_step`` axis. Lightning keeps the count in a private attribute: should
+    a release rename it, the media fall back to ``global_step`` (one step off) rather than fail.
     """
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
+    return getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
 
 
 def output_dir(trainer: Trainer) -> Path:
@@ -83,7 +84,9 @@ class SanityCheckCallback(Callback):
             (``{name: deeplift, class_path: captum.attr.DeepLift}``); ``noise`` is the control of Binder et al. 2022.
         metrics: similarity metric names (``spearman``, ``spearman_abs``, ``ssim``, ``hog``).
         num_images: how many validation images form the fixed batch.
-        every_n_epochs: run at the end of every n-th validation epoch (1: every epoch).
+        every_n_epochs: run at the end of validation in training epochs n, 2n, ... (1: every epoch).
+            Counted in training epochs: with ``check_val_every_n_epoch`` it runs only in epochs both
+            select, and under ``val_check_interval < 1`` at each validation of such an epoch.
         log_images: also log a grid of maps (``log_image`` on W&B; a PNG under the log folder
             for other loggers).
         method_params: optional ``{method: {param: value}}``.
