@@ -147,7 +147,8 @@ def leakage_caveats(rows: list[dict[str, Any]], level: float = DEFAULT_LEVEL) ->
             lines.append(
                 f"On {dataset}/{model} the {order.upper()} masks of `{method}` leak at threshold {thresholds} (probe accuracy up to "
                 f"{worst:.3f}, chance {float(hits[0]['chance']):.3f}, {level:.0%} interval above chance) while `{BASELINE}`'s do not: "
-                f"its {order.upper()} curve measures the mask's shape as well as the features removed (Rong, Leemann et al., ICML 2022)."
+                f"its {order.upper()}-order curves measure the mask's shape as well as the features {'removed' if order == 'roar' else 'kept'} "
+                "(Rong, Leemann et al., ICML 2022)."
             )
     return lines
 
