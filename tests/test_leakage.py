@@ -135,3 +135,22 @@ def test_orders_and_bad_settings():
         BenchmarkConfig(leakage=True, leakage_seed=-1).validate()
     with pytest.raises(ValueError, match="threshold 0 removes nothing"):
         MaskOnlyDataModule(**SOURCE, threshold=0.0)
+
+
+def test_force_discards_the_probes_of_the_discarded_results(tmp_path):
+    # --force starts afresh: probes of the old base model must not head the new report as warnings
+    def config(leakage: bool, base_epochs: int) -> BenchmarkConfig:
+        cfg = BenchmarkConfig(
+            data={**SOURCE, "source_options": {"n_train": 1000, "n_test": 1000}}, model={"arch": "linear", "lr": 0.05, "warmup_epochs": 0},
+            methods=["random", "gradient"], thresholds=[0.25], seeds=1, logger="none", trainer={"max_epochs": 5, "accelerator": "cpu"},
+            protocol={"target": "label", "score": "raw"}, leakage=leakage, save_checkpoints=False, base={"max_epochs": base_epochs},
+        )  # fmt: skip
+        return BenchmarkConfig.from_dict(cfg.to_dict())
+
+    out = tmp_path / "bench"
+    run_benchmark(config(True, 5), out, progress=False)
+    assert "ROAR masks of `gradient` leak" in (out / "report.md").read_text()
+    run_benchmark(config(False, 3), out, progress=False, force=True)  # another base model, no probe asked
+    report = (out / "report.md").read_text()
+    assert LEAKAGE_TITLE not in report and "leak" not in report.split("## Warnings")[-1].split("\n## ")[0]
+    assert not (out / "leakage.csv").exists() and not (out / "leakage.png").exists()

@@ -118,3 +118,10 @@ def test_wandb_summary_carries_the_probes_and_the_figure(tmp_path, monkeypatch):
     logged = json.loads(table.read_text())
     assert logged["columns"] == list(COLUMNS) and len(logged["data"]) == len(CORRECT)
     assert list((media / "images" / "figures").glob("leakage_*.png"))
+
+
+def test_caveat_of_kar_masks_speaks_of_the_features_kept():
+    # KAR's masks keep the top features; the order's curves are KAR's and, in a ROAD grid, noretrain_kar's (LeRF)
+    [caveat] = leakage_caveats(probe_rows({**CORRECT, ("gradient", "roar", 0.5): 50, ("gradient", "roar", 0.9): 50, ("gradient", "kar", 0.5): 200}))
+    assert "KAR masks of `gradient` leak at threshold 0.5" in caveat
+    assert "its KAR-order curves measure the mask's shape as well as the features kept" in caveat and "removed" not in caveat

@@ -274,3 +274,14 @@ def test_log_summary_to_wandb_offline(tmp_path, monkeypatch):
     run_dir = log_summary_to_wandb(tmp_path, summary, group="digits-test", config={"seeds": 3}, mode="offline")
     assert run_dir.parent == tmp_path / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("run-*.wandb")), "the offline run's log file is missing"
+
+
+def test_readme_lists_the_columns_of_results_csv():
+    # the output folder's table in README.md is what a user reads results.csv by
+    from pathlib import Path
+
+    from roar.benchmark.results import CSV_COLUMNS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [line] = [row for row in readme.splitlines() if row.startswith("| `results.csv` |")]
+    assert line.split(" | ")[1].split(" (")[0].split(", ") == list(CSV_COLUMNS)

@@ -114,3 +114,24 @@ def test_consistency_table_over_modes_and_fills(tmp_path):
     assert "| `roar (channel_mean)` | +1.00 | -1.00 | +1.00 |" in section
     # each fill has its own ROAR table
     assert "### digits / small_cnn, fill `blur`" in report.split("## KAR")[0]
+
+
+def _road_only_store(tmp_path) -> ResultsStore:
+    """ROAD alone (``modes: [noretrain@noisy_linear, noretrain_kar@noisy_linear]``, ``noretrain: false``)."""
+    store = ResultsStore(tmp_path / "results.db")
+    _record(store, "unmasked", "noretrain", 0.0, 0, 0.95, seconds=0.5)  # the base model on unmasked images: both curves' start
+    for method, slope in SLOPE.items():
+        for t in THRESHOLDS:
+            _record(store, method, "noretrain", t, 0, 0.95 - slope * t, fill="noisy_linear", seconds=0.5)
+            _record(store, method, "noretrain_kar", t, 0, 0.95 - (1 - slope) * (1 - t), fill="noisy_linear", seconds=0.5)
+    return store
+
+
+def test_runs_table_of_road_alone_counts_no_noretrain_run(tmp_path):
+    # the base model's unmasked evaluation is a reference, not a run of the default fill's `noretrain`, which this grid never ran
+    report = write_report(tmp_path, _road_only_store(tmp_path), print_table=False)["report"].read_text()
+    runs = report.split("## Runs")[1].split("\n## ")[0]
+    assert "**9 done, 0 failed.**" in runs
+    assert [line.split(" | ")[0] for line in runs.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
+        "| noretrain@noisy_linear", "| noretrain_kar@noisy_linear", "| reference (base model)",
+    ]

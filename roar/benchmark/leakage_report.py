@@ -44,6 +44,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+def discard(out: str | Path) -> None:
+    """Remove ``<out>/leakage.csv`` and ``leakage.png`` (``--force``): probes of the discarded results.
+
+    The report shows whatever ``leakage.csv`` holds, so probes left behind by ``--force`` would
+    describe masks of a base model and ranks that are gone (and warn about them).
+    """
+    for name in (LEAKAGE_CSV, LEAKAGE_FIGURE):
+        (Path(out) / name).unlink(missing_ok=True)
+
+
 def probe_interval(row: dict[str, Any], level: float = DEFAULT_LEVEL) -> Interval | None:
     """The probe's accuracy with its Clopper-Pearson interval; None for a row without ``n_test``."""
     n = row.get("n_test")
@@ -137,7 +147,8 @@ def leakage_caveats(rows: list[dict[str, Any]], level: float = DEFAULT_LEVEL) ->
             lines.append(
                 f"On {dataset}/{model} the {order.upper()} masks of `{method}` leak at threshold {thresholds} (probe accuracy up to "
                 f"{worst:.3f}, chance {float(hits[0]['chance']):.3f}, {level:.0%} interval above chance) while `{BASELINE}`'s do not: "
-                f"its {order.upper()} curve measures the mask's shape as well as the features removed (Rong, Leemann et al., ICML 2022)."
+                f"its {order.upper()}-order curves measure the mask's shape as well as the features {'removed' if order == 'roar' else 'kept'} "
+                "(Rong, Leemann et al., ICML 2022)."
             )
     return lines
 
@@ -219,4 +230,4 @@ def log_leakage_to_wandb(run: Any, out: str | Path) -> None:
     run.log(logged)
 
 
-__all__ = ["COLUMNS", "LEAKAGE_CSV", "LEAKAGE_FIGURE", "LEAKAGE_TITLE", "leakage_caveats", "leakage_report", "leakage_section", "leaks", "log_leakage_to_wandb", "plot_leakage", "probe_interval", "read_rows"]
+__all__ = ["COLUMNS", "LEAKAGE_CSV", "LEAKAGE_FIGURE", "LEAKAGE_TITLE", "discard", "leakage_caveats", "leakage_report", "leakage_section", "leaks", "log_leakage_to_wandb", "plot_leakage", "probe_interval", "read_rows"]

@@ -25,8 +25,13 @@ import numpy as np
 
 from roar.benchmark.curves import AXIS_LABEL, BASELINE, LOWER_IS_BETTER, MODE_TITLE
 from roar.benchmark.evaluations import Evaluation, MethodResult
-from roar.benchmark.plan import DEFAULT_FILL, SPEC_MODES, RunSpec, evaluation_label
+from roar.benchmark.plan import DEFAULT_FILL, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, RunSpec, evaluation_label
 from roar.statistics import IntervalUndefinedWarning, bootstrap_mean
+
+
+# The Runs table's line of the base model on unmasked test images: the shared start of the no-retrain curves
+# (counted under "noretrain" it made a ROAD-only grid, of noretrain@noisy_linear alone, list a noretrain run).
+BASE_REFERENCE_LABEL = "reference (base model)"
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -156,8 +161,11 @@ def _counts_lines(rows: list[dict[str, Any]]) -> list[str]:
     modes: dict[str, str] = {}
     for row in rows:
         status = row.get("status") or "done"
-        label = evaluation_label(str(row["mode"]), DEFAULT_FILL if row["method"] == "unmasked" else str(row.get("fill") or DEFAULT_FILL))
-        modes[label] = str(row["mode"])
+        if row["method"] == REFERENCE_METHOD and row["mode"] == "noretrain":  # every no-retrain curve's start, of no one mode@fill
+            label = BASE_REFERENCE_LABEL
+        else:
+            label = evaluation_label(str(row["mode"]), DEFAULT_FILL if row["method"] == REFERENCE_METHOD else str(row.get("fill") or DEFAULT_FILL))
+        modes[label] = REFERENCE_MODE if label == BASE_REFERENCE_LABEL else str(row["mode"])  # beside the retrained reference
         per_mode[label][status if status in ("done", "failed") else "failed"] += 1
     done = sum(c["done"] for c in per_mode.values())
     failed = sum(c["failed"] for c in per_mode.values())

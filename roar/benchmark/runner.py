@@ -140,7 +140,10 @@ def run_benchmark(
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
         if force:
+            from roar.benchmark.leakage_report import discard
+
             results.clear()
+            discard(out)  # the mask-leakage probes of those results go with them
         where = str(out / "results.db")
         check_recorded_rows(results.rows(), cfg, where)  # a changed config is refused before any training
         dm = ImageDataModule(**cfg.data)
