@@ -206,3 +206,16 @@ def test_the_readme_retrain_reads_the_ranks_the_demo_wrote():
     for key in ("granularity", "score", "target", "tie_seed"):
         assert ranking[key] == bench["protocol"][key], key
     assert data["image_size"] == demo["data"]["init_args"]["image_size"]
+
+
+def test_reused_ranks_are_announced_once_per_run(tmp_path, capfd):
+    """train.py fit then tests: Lightning calls prepare_data for both, and the store's
+    'reusing cached attribution ranks' lines came twice per split."""
+    roar_dm(tmp_path, method="sobel").prepare_data()  # computes the entries
+    capfd.readouterr()
+    dm = roar_dm(tmp_path, method="sobel")
+    dm.prepare_data()  # fit
+    dm.prepare_data()  # test after fit
+    out = capfd.readouterr().err
+    assert out.count("reusing cached attribution ranks") == 2, out  # train and test entries, once each
+    assert f"reusing cached attribution ranks {tmp_path / 'store' / 'sobel'}" in out  # one line, not cut at 80 columns in a log
