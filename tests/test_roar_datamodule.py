@@ -219,3 +219,14 @@ def test_reused_ranks_are_announced_once_per_run(tmp_path, capfd):
     out = capfd.readouterr().err
     assert out.count("reusing cached attribution ranks") == 2, out  # train and test entries, once each
     assert f"reusing cached attribution ranks {tmp_path / 'store' / 'sobel'}" in out  # one line, not cut at 80 columns in a log
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"noise_mode": "abs"}, "unknown noise_mode 'abs'; valid choices: relative, absolute"),
+    ({"nt_samples": 0}, "nt_samples must be a positive integer"),
+    ({"noise_std": -0.1}, "noise_std"),
+])  # fmt: skip
+def test_bad_ensemble_settings_of_a_retrain_are_refused_when_read(tmp_path, params, message):
+    # the Protocol table's ensemble settings: train.py fit printed a traceback from inside trainer.fit before
+    with pytest.raises(ValueError, match=message):
+        StoreRanks(method="gradient_sg", store=str(tmp_path), method_params=params)
