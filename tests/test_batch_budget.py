@@ -218,3 +218,12 @@ def test_the_grid_says_the_batch_auto_chose_on_the_methods_line(tmp_path, base_c
     assert roar_main(["attribute", *argv, "--benchmark.attribution_batch_size", "auto", "--ckpt", str(base_checkpoint), "--out", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ranks of gradient: ready")]
     assert len(lines) == 1 and f"; attribution batch: {CPU_MAX_AUTO_BATCH} (auto, budget 0.5 of " in lines[0], lines
+
+
+def test_attribute_under_fresh_random_masks_names_only_the_stored_ranks(tmp_path, base_checkpoint, capsys):
+    # protocol.random_mask fresh: random's masks are drawn at every read, so nothing of it is in the store
+    argv = ["--benchmark.methods", "[gradient, random]", "--benchmark.protocol.random_mask", "fresh", "--ckpt", str(base_checkpoint), "--out", str(tmp_path)]
+    assert roar_main(["attribute", *TINY, *argv]) == 0
+    assert sorted(p.name for p in (tmp_path / "attributions").iterdir()) == ["gradient"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"ranks of gradient are in {tmp_path / 'attributions'}; random: drawn afresh at every read (random_mask fresh), nothing stored", last

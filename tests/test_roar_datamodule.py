@@ -1,10 +1,14 @@
 """RoarDataModule: masks from the store, looked up by global index, on the device, before augmentation."""
 
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from roar.attribution import StoreRanks
@@ -174,9 +178,6 @@ def test_roar_retrain_through_the_cli(tmp_path, base_checkpoint):
 
 def test_the_data_package_never_imports_the_attribution_package():
     """The package graph flows one way (data -> attribution): the masking datamodule receives its ranks."""
-    import subprocess
-    import sys
-
     code = (
         "import pkgutil, importlib, sys, roar.data\n"
         "for m in pkgutil.iter_modules(roar.data.__path__): importlib.import_module('roar.data.' + m.name)\n"
@@ -184,3 +185,48 @@ def test_the_data_package_never_imports_the_attribution_package():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_readme_retrain_reads_the_ranks_the_demo_wrote():
+    """README, "Everyday use": the one-retrain command names the demo's store, so its ranking must be
+    the demo's (method parameters, protocol, image size); otherwise StoreRanks silently computes
+    another entry (minutes for integrated_gradients_sg_sq at its default 50 steps x 25 samples)."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("python train.py fit --config configs/digits.yaml --config configs/roar/digits.yaml")
+    command = readme[start:readme.index("\n\n", start)].replace("\\\n", " ")
+    args = shlex.split(command)[2:]  # after `python train.py`
+    out = subprocess.run([sys.executable, "train.py", *args, "--print_config"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    data = yaml.safe_load(out)["data"]["init_args"]
+    ranking = data["ranks"]["init_args"]
+    demo = yaml.safe_load((ROOT / "configs/benchmark/digits_demo.yaml").read_text())
+    bench = demo["benchmark"]
+    assert ranking["method"] in bench["methods"]
+    assert ranking["store"] == "runs/digits_demo/attributions" and ranking["base_checkpoint"] == "runs/digits_demo/base.ckpt"
+    assert (ranking["method_params"] or {}) == bench.get("method_params", {}).get(ranking["method"], {})
+    for key in ("granularity", "score", "target", "tie_seed"):
+        assert ranking[key] == bench["protocol"][key], key
+    assert data["image_size"] == demo["data"]["init_args"]["image_size"]
+
+
+def test_reused_ranks_are_announced_once_per_run(tmp_path, capfd):
+    """train.py fit then tests: Lightning calls prepare_data for both, and the store's
+    'reusing cached attribution ranks' lines came twice per split."""
+    roar_dm(tmp_path, method="sobel").prepare_data()  # computes the entries
+    capfd.readouterr()
+    dm = roar_dm(tmp_path, method="sobel")
+    dm.prepare_data()  # fit
+    dm.prepare_data()  # test after fit
+    out = capfd.readouterr().err
+    assert out.count("reusing cached attribution ranks") == 2, out  # train and test entries, once each
+    assert f"reusing cached attribution ranks {tmp_path / 'store' / 'sobel'}" in out  # one line, not cut at 80 columns in a log
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"noise_mode": "abs"}, "unknown noise_mode 'abs'; valid choices: relative, absolute"),
+    ({"nt_samples": 0}, "nt_samples must be a positive integer"),
+    ({"noise_std": -0.1}, "noise_std"),
+])  # fmt: skip
+def test_bad_ensemble_settings_of_a_retrain_are_refused_when_read(tmp_path, params, message):
+    # the Protocol table's ensemble settings: train.py fit printed a traceback from inside trainer.fit before
+    with pytest.raises(ValueError, match=message):
+        StoreRanks(method="gradient_sg", store=str(tmp_path), method_params=params)

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Subset
 
 from roar.attribution.base import TARGETS, resolve_target
 from roar.attribution.batch_budget import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, auto_batch_size, check_batch_size, check_budget
-from roar.attribution.registry import get_method, needs_model, resolved_params
+from roar.attribution.ensembles import check_ensemble_settings
+from roar.attribution.registry import ENSEMBLE_PARAMS, get_method, needs_model, resolved_params
 from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
 from roar.data.ranking import check_granularity, check_score
 from roar.fingerprint import fingerprint_key, jsonable, roar_version
@@ -40,6 +41,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def check_method(name: str, params: dict[str, Any] | None = None) -> str:
     """A method name with its parameters (or definition), checked before any compute."""
     resolved_params(name, params)
+    # an ensemble's values too (noise_mode: abs), not only its keys: a retrain reaches the method only inside trainer.fit
+    check_ensemble_settings(**{k: v for k, v in (params or {}).items() if k in ENSEMBLE_PARAMS})
     return name
 
 

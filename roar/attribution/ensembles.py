@@ -32,6 +32,17 @@ ENSEMBLE_REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 al. 2019), VarGrad (Adebayo et al. 2018; population variance, as the paper's formula)."""
 
 
+def check_ensemble_settings(
+    *, nt_samples: int = 25, noise_std: float = 0.15, noise_mode: str = "relative", max_batch_size: int = 256, seed: int = 0
+) -> dict:
+    """An ensemble's settings checked without a model, so a config's bad value is named when it is read."""
+    return {
+        "nt_samples": _positive_int("nt_samples", nt_samples), "noise_std": _non_negative_float("noise_std", noise_std),
+        "noise_mode": _choice("noise_mode", noise_mode, NOISE_MODES), "max_batch_size": _positive_int("max_batch_size", max_batch_size),
+        "seed": _seed(seed),
+    }  # fmt: skip
+
+
 class Ensemble(ModelMethod):
     """A base method averaged (or its variance taken) over noisy copies of each input.
 
@@ -66,11 +77,9 @@ class Ensemble(ModelMethod):
         super().__init__(base.model)
         self.base = base
         self.kind = _choice("ensemble", kind, tuple(ENSEMBLE_REDUCTIONS))
-        self.nt_samples = _positive_int("nt_samples", nt_samples)
-        self.noise_std = _non_negative_float("noise_std", noise_std)
-        self.noise_mode = _choice("noise_mode", noise_mode, NOISE_MODES)
-        self.max_batch_size = _positive_int("max_batch_size", max_batch_size)
-        self.seed = _seed(seed)
+        checked = check_ensemble_settings(nt_samples=nt_samples, noise_std=noise_std, noise_mode=noise_mode, max_batch_size=max_batch_size, seed=seed)
+        self.nt_samples, self.noise_std, self.noise_mode = checked["nt_samples"], checked["noise_std"], checked["noise_mode"]
+        self.max_batch_size, self.seed = checked["max_batch_size"], checked["seed"]
         self._copies = 0  # noisy copies explained so far in this call, when nested (_run)
         self.params = {
             **base.params,

@@ -106,7 +106,7 @@ class StoreComputeMixin(StoreReadMixin):
             msg = f"reusing cached attribution ranks {entry} ({ranks.shape[0]} x {ranks.shape[1]})"
             log.info(msg)
             if progress:
-                _console().print(f"[green]{msg}[/green]")
+                _console().print(f"[green]{msg}[/green]", soft_wrap=True)  # one line in a log, however long the path
             return ranks
         if entry.exists():
             raise StoreError(f"{entry} exists but has no {META_FILE} (not written by this store?); delete it to recompute")

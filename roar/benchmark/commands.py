@@ -169,10 +169,12 @@ def attribute_main(argv: list[str]) -> int:
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")
     try:
         with FolderLock(out, "attribute"), quiet_third_party(args.verbose):
-            prepare_ranks(cfg, out, ckpt, progress=args.progress, say=say if args.progress else None)
+            keys = prepare_ranks(cfg, out, ckpt, progress=args.progress, say=say if args.progress else None)
     except _expected_errors() as err:
         return _fail(err)
-    print(f"ranks of {', '.join(cfg.methods)} are in {out / 'attributions'}")
+    stored = [method for method in cfg.methods if "fresh" not in keys[method]]  # random_mask fresh stores nothing
+    fresh = "; random: drawn afresh at every read (random_mask fresh), nothing stored" if len(stored) < len(cfg.methods) else ""
+    print(f"ranks of {', '.join(stored)} are in {out / 'attributions'}{fresh}" if stored else fresh[2:])
     return 0
 
 

@@ -120,6 +120,7 @@ class RoarDataModule(ImageDataModule):
         self.fill_options = fill_options(fill, sigma=fill_sigma, noise_std=fill_noise_std, tol=fill_tol, max_iter=fill_max_iter, seed=fill_seed)
         self.max_device_ranks_bytes = max_device_ranks_bytes
         self.ranks_progress = ranks_progress
+        self._ranks_announced = False
         self.rank_table: torch.Tensor | None = None
         self._memmaps: tuple[np.ndarray, np.ndarray] | None = None
         self._device_ranks: dict[torch.device, torch.Tensor] = {}
@@ -180,8 +181,11 @@ class RoarDataModule(ImageDataModule):
     def load_ranks(self, announce: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of every train-pool and test image (memory-mapped), computing missing ones."""
         trainer = getattr(self, "trainer", None)
-        progress = announce and self.ranks_progress and (trainer is None or trainer.is_global_zero)
-        return self.rank_provider.load(self, progress=progress)
+        # Lightning calls prepare_data again for the test after fit: say where the ranks are once per run
+        progress = announce and self.ranks_progress and not self._ranks_announced and (trainer is None or trainer.is_global_zero)
+        ranks = self.rank_provider.load(self, progress=progress)
+        self._ranks_announced = self._ranks_announced or progress
+        return ranks
 
     def _ranks_on(self, device: torch.device) -> torch.Tensor:
         # One copy per device: the whole table is a few hundred MB at most (CIFAR-10, int32),
