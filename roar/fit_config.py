@@ -40,7 +40,7 @@ class ConfigParser(LightningArgumentParser):
     """A LightningArgumentParser whose "not accepted" errors list the keys that are."""
 
     def error(self, message: str, *args: Any, **kwargs: Any):  # type: ignore[override]
-        return super().error(_with_valid_keys(self, message), *args, **kwargs)
+        return super().error(_bad_value_of_a_class(_with_valid_keys(self, message)), *args, **kwargs)
 
     def print_usage(self, file: Any = None) -> None:
         """One usage line above an error: the full synopsis (30 lines of options) buried the one line
@@ -73,8 +73,57 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
         return message
     close = difflib.get_close_matches(bad, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    text = f"{message.rstrip()}\n'{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
+    text = f"{message.rstrip()}\n'{bad}' is not a valid key{f' of {data.group(1)}' if data else ''}{hint}; valid keys: {', '.join(valid)}"
     return (text + _wrap_hint(data.group(1), bad)) if data else text
+
+
+_UNION = re.compile(r'^Parser key "([\w.]+)":\s*\n\s*Does not validate against any of the Union subtypes')
+_IN_CLASS = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*Parser key \"([\w.]+)\":\s*\n\s*Expected (.+?)\. Got value: (.*)")
+_IN_CLASS_SHORTENED = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*--([\w.]+) (.*)")
+_SIMPLE = re.compile(r'^Parser key "([\w.]+)":\s*\n\s*Expected (.+?)\. Got value: ([^\n]*)\Z')
+_LITERAL = re.compile(r"a typing\.Literal\[(.*)\]")
+
+
+def _bad_value_of_a_class(message: str) -> str:
+    """``--data.fill foo`` in one line: ``--data.fill 'foo': expected one of channel_mean, image_mean, ...``.
+
+    A section typed by a class (``data:`` takes any LightningDataModule) or a union
+    (``seed_everything``: bool or int) reports a bad value as a union that matched no subtype:
+    eight lines of types around the one that names the key, the value and what it takes. A
+    misspelled key of the data class keeps the line :func:`_with_valid_keys` added. Messages of
+    other shapes pass unchanged.
+    """
+    simple = _SIMPLE.match(message.strip())
+    if simple:
+        return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2))}"
+    union = _UNION.match(message)
+    if not union:
+        return message
+    key = union.group(1)
+    inner, shortened = _IN_CLASS.findall(message), _IN_CLASS_SHORTENED.findall(message)
+    if len(inner) == 1:
+        class_path, name, expected, value = inner[0]
+        return f"--{key}.{name} {value.strip()!r}: expected {_readable(expected)} ({class_path})"
+    if len(shortened) == 1:  # the class's own parser already made its line
+        class_path, name, rest = shortened[0]
+        return f"--{key}.{name} {rest.strip()} ({class_path})"
+    added = re.search(r"\n('[\w.]+' is not a valid key.*)\Z", message, flags=re.S)
+    if added:
+        return f"--{key}: {added.group(1)}"
+    subtypes, given = re.search(r"Subtypes: \[(.*)\]", message), re.search(r"Given value: (.*)", message)
+    if subtypes and given and "class_path" not in message:
+        kinds = [_readable(f"a {t.strip()}") for t in re.findall(r"<class '[\w.]+'>|typing\.[^,]+", subtypes.group(1))]
+        return f"--{key} {given.group(1).strip()!r}: expected {' or '.join(kinds)}"
+    return message
+
+
+def _readable(expected: str) -> str:
+    """``a typing.Literal['a', 'b']`` -> ``one of a, b``; ``a <class 'int'>`` -> ``int``."""
+    literal = _LITERAL.fullmatch(expected)
+    if literal:
+        return f"one of {', '.join(v.strip().strip(chr(39)) for v in literal.group(1).split(','))}"
+    kind = re.sub(r"^an? <class '([\w.]+)'>$", r"\1", expected)
+    return "null" if kind == "NoneType" else kind
 
 
 def _wrap_hint(class_path: str, key: str) -> str:
