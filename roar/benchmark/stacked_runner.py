@@ -246,7 +246,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     device = _device(cfg)
     members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
     folders = [run_directory(out, s) for s in specs]
-    loggers = []
+    loggers, failed = [], True
     for spec, folder in zip(specs, folders, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
         loggers.append(_loggers(cfg, out, folder, spec.name, spec.mode, run_config(cfg, spec)))
@@ -271,8 +271,9 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
                 logger.log_metrics({"test/acc": accuracies[i]}, step=epochs)
                 logger.save()
             outcomes.append({"test_acc": accuracies[i], "epochs": epochs, "checkpoint": checkpoint})
+        failed = False
     finally:
         for member_loggers in loggers:
-            _finish_loggers(member_loggers)
+            _finish_loggers(member_loggers, failed)
     share = (time.perf_counter() - start) / len(specs)
     return [{**o, "seconds": share} for o in outcomes]
