@@ -51,3 +51,12 @@ def test_a_failed_retrain_is_a_failed_wandb_run(grid):
     # twice failed (the grid and its resume), never shown as finished; every other run exited cleanly
     assert exits.pop("roar-random-t0.5-s1") == {1}
     assert set().union(*exits.values()) == {0}, exits
+
+
+@pytest.mark.slow
+def test_a_resumed_grid_keeps_one_summary_run_the_latest(grid):
+    out, first, runs = grid
+    summaries = [name for name, run in runs.items() if run["job_type"] == "summary"]
+    # one summary per folder: a second, stale one in the same group would chart the grid twice
+    assert len(summaries) == 1 and summaries[0] not in first, (summaries, first)
+    assert len([name for name, run in runs.items() if run["job_type"] == "base"]) == 1

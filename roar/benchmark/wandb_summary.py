@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
 from roar.benchmark.plan import MODES, evaluation_label
+
+
+def summary_run_id(out: Path, group: str) -> str:
+    """The W&B id of an output folder's summary run: the same at every resume of its grid, another for
+    another folder (W&B ids are unique per project; a group name is not)."""
+    return f"summary-{hashlib.sha256(f'{out.resolve()}|{group}'.encode()).hexdigest()[:16]}"
 
 
 def log_summary_to_wandb(
@@ -35,7 +43,14 @@ def log_summary_to_wandb(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = dict(project=project, group=group, job_type="summary", name=f"{group}-summary", dir=str(out), config=config or {}, mode=mode)
+    run_id = summary_run_id(out, group)
+    # A resumed grid logs its summary again: the folder's summary is one run, the latest. Offline, the
+    # earlier summary's files are replaced; online, the same id resumes the same run.
+    for earlier in (out / "wandb").glob(f"offline-run-*-{run_id}"):
+        shutil.rmtree(earlier, ignore_errors=True)
+    kwargs: dict[str, Any] = dict(
+        project=project, group=group, job_type="summary", name=f"{group}-summary", id=run_id, resume="allow", dir=str(out), config=config or {}, mode=mode
+    )
     try:
         run = wandb.init(**kwargs, reinit="create_new")  # never log into a run someone else left open
     except (TypeError, ValueError):  # wandb < 0.19.10 knows only booleans
