@@ -41,6 +41,8 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
 
     rows = ResultsStore(out / "results.db").rows()
     assert len(rows) == 4
+    # the grid's settings under one key in every run, base and summary included: one column per setting in W&B
+    assert all(run["config"]["benchmark"] == rows[0]["config"]["benchmark"] for run in runs), [sorted(run["config"]) for run in runs]
     for row in rows:
         [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['mode']}-{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
         assert run["summary"]["test/acc"] == pytest.approx(row["test_acc"], abs=1e-6)
