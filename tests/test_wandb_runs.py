@@ -41,6 +41,8 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
 
     rows = ResultsStore(out / "results.db").rows()
     assert len(rows) == 4
+    # the grid's settings under one key in every run, base and summary included: one column per setting in W&B
+    assert all(run["config"]["benchmark"] == rows[0]["config"]["benchmark"] for run in runs), [sorted(run["config"]) for run in runs]
     for row in rows:
         [run] = [r for r in by_job[row["mode"]] if r["name"] == f"{row['mode']}-{row['method']}-t{row['threshold']:g}-s{row['seed']}"]
         assert run["summary"]["test/acc"] == pytest.approx(row["test_acc"], abs=1e-6)
@@ -49,6 +51,11 @@ def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_p
         # the retrain's seed, not the datamodule's data seed (0) that Lightning's hparams logging wrote over it
         assert run["config"]["seed"] == row["seed"] and run["config"]["mode"] == row["mode"], run["config"]
         assert any(key.startswith("train/loss") for step in run["history"] for key in step), run["history"]
+        # one x axis for every run: optimiser steps (the base model's too: the same 1 epoch of the same split),
+        # a stacked run's epoch losses at each epoch's last step, as Lightning logs its epoch-end values
+        steps = by_job["base"][0]["summary"]["trainer/global_step"]
+        assert run["summary"]["trainer/global_step"] == steps > 1 and run["summary"]["epoch"] == row["epochs"] == 1
+        assert {h["trainer/global_step"] for h in run["history"] if "train/loss" in h} <= set(range(steps)), run["history"]
 
     # lean retrain runs: no per-run package list; the summary run records the environment once
     folders = {run_dir: run_contents(run_dir)["job_type"] for run_dir in (out / "wandb").glob("offline-run-*")}

@@ -55,9 +55,9 @@ def run_contents(run_dir: Path) -> dict[str, Any]:
         if kind == "run":
             r = record.run
             run.update(name=r.display_name, group=r.run_group, job_type=r.job_type)
-            run["config"].update({u.key: json.loads(u.value_json) for u in r.config.update})
-        elif kind == "config":
-            run["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
+            run["config"].update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in r.config.update})
+        elif kind == "config":  # a chart's settings come as nested keys (_wandb/visualize/<key>)
+            run["config"].update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in record.config.update})
         elif kind == "history":
             run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
         elif kind == "summary":

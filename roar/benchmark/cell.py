@@ -130,10 +130,12 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
     return loggers
 
 
-def _finish_loggers(loggers: list[Any]) -> None:
+def _finish_loggers(loggers: list[Any], failed: bool = False) -> None:
+    """Close a run's W&B run; one that raised is finished with exit code 1, which W&B shows as failed
+    (a finish without one marked a crashed retrain "finished", as if its result were in results.db)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+            logger.experiment.finish(exit_code=1 if failed else 0)
 
 
 def _datamodule(cfg: BenchmarkConfig, out: Path, base_ckpt: Path, *, method: str | None, threshold: float, mode: str, fill: str) -> ImageDataModule:
@@ -193,7 +195,7 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
     seed_everything(spec.seed, workers=True, verbose=False)
     dm = _datamodule(cfg, out, base_ckpt, method=method, threshold=spec.threshold, mode=mode, fill=spec.fill)
     loggers = _loggers(cfg, out, run_dir, spec.name, spec.mode, run_config(cfg, spec))
-    checkpoint = None
+    checkpoint, failed = None, True
     try:
         if spec.mode in NORETRAIN_ORDER:
             model = load_classifier(base_ckpt, num_classes=dm.num_classes, in_chans=dm.in_chans, image_size=dm.image_size, arch=cfg.model.get("arch", "small_cnn"))
@@ -209,8 +211,9 @@ def execute_run(spec: RunSpec, cfg: BenchmarkConfig, out: Path, base_ckpt: Path,
         if cfg.save_checkpoints and spec.mode not in NORETRAIN_ORDER:
             checkpoint = str(run_dir / "last.ckpt")
             trainer.save_checkpoint(checkpoint, weights_only=False)
+        failed = False
     finally:
-        _finish_loggers(loggers)
+        _finish_loggers(loggers, failed)
     return {"test_acc": float(metrics["test/acc"]), "epochs": epochs, "seconds": time.perf_counter() - start, "checkpoint": checkpoint}
 
 

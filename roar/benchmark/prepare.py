@@ -104,15 +104,18 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     seed_everything(cfg.base.seed, workers=True, verbose=False)
     model = _classifier(cfg, dm)
     run_dir = out / RUNS_DIR / "base"
-    loggers = _loggers(cfg, out, run_dir, "base", "base", {**cfg.to_dict(), "run": "base"})
+    # the settings under ``benchmark``, as in every retrain's run: one W&B column (benchmark.protocol.fill...) for the whole group
+    loggers = _loggers(cfg, out, run_dir, "base", "base", {"benchmark": cfg.to_dict(), "mode": "base", "seed": cfg.base.seed})
     trainer = _trainer(cfg, run_dir, logger=loggers, max_epochs=cfg.base.max_epochs, progress=progress)
     if say is not None and not progress:
         trainer.callbacks.append(EpochProgress("base model"))
+    failed = True
     try:
         trainer.fit(model, datamodule=dm)
         metrics = trainer.test(model, datamodule=dm, verbose=False)[0]
+        failed = False
     finally:
-        _finish_loggers(loggers)
+        _finish_loggers(loggers, failed)
     accuracy = float(metrics["test/acc"])
     _check_base_model(model, accuracy, cfg, dm.num_classes, f"trained for {path}")
     tmp = path.with_suffix(".ckpt.tmp")

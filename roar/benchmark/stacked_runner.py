@@ -246,16 +246,20 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     device = _device(cfg)
     members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
     folders = [run_directory(out, s) for s in specs]
-    loggers = []
+    loggers, failed = [], True
     for spec, folder in zip(specs, folders, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
         loggers.append(_loggers(cfg, out, folder, spec.name, spec.mode, run_config(cfg, spec)))
     try:
 
+        # Logged against the optimiser step, as Lightning logs a run alone: the same x axis
+        # (trainer/global_step in W&B, step in metrics.csv) for a stacked and an unstacked run.
+        batches = len(members[0].dm.train_dataloader())
+
         def on_epoch(epoch: int, losses: list[float]) -> None:
             for member_loggers, loss in zip(loggers, losses, strict=True):
                 for logger in member_loggers:
-                    logger.log_metrics({"train/loss": loss, "epoch": epoch}, step=epoch)
+                    logger.log_metrics({"train/loss": loss, "epoch": epoch}, step=(epoch + 1) * batches - 1)
 
         stack, epochs = train_stack(members, cfg, on_epoch, vectorize)
         accuracies = test_accuracies(stack, members)
@@ -268,11 +272,12 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
                 steps = epochs * len(member.dm.train_dataloader())  # the fields Trainer.save_checkpoint writes after fit
                 torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": steps, "stacked": len(members)}, checkpoint)
             for logger in member_loggers:
-                logger.log_metrics({"test/acc": accuracies[i]}, step=epochs)
+                logger.log_metrics({"test/acc": accuracies[i], "epoch": epochs}, step=epochs * batches)
                 logger.save()
             outcomes.append({"test_acc": accuracies[i], "epochs": epochs, "checkpoint": checkpoint})
+        failed = False
     finally:
         for member_loggers in loggers:
-            _finish_loggers(member_loggers)
+            _finish_loggers(member_loggers, failed)
     share = (time.perf_counter() - start) / len(specs)
     return [{**o, "seconds": share} for o in outcomes]

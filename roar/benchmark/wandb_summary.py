@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
+from roar.benchmark.curves import AXIS_LABEL, FIGURE_NAMES, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
 from roar.benchmark.plan import MODES, evaluation_label
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell as the report wrote it: a number, a boolean, None for an empty cell, else the text."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def csv_table(path: Path) -> tuple[list[str], list[list[Any]]] | None:
+    """The columns and rows of one of the report's CSV files (None when the folder has none)."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        columns = next(reader, [])
+        return columns, [[_cell(c) for c in row] for row in reader]
+
+
+def figure_files(out: Path) -> list[Path]:
+    """The report's curve figures: ``roar.png``... and one per other fill (``noretrain@noisy_linear.png``)."""
+    found = [out / FIGURE_NAMES[mode] for mode in MODES]
+    found += [p for mode in MODES for p in sorted(out.glob(f"{mode}@*.png"))]
+    return [p for p in found if p.is_file()]
+
+
+def summary_run_id(out: Path, group: str) -> str:
+    """The W&B id of an output folder's summary run: the same at every resume of its grid, another for
+    another folder (W&B ids are unique per project; a group name is not)."""
+    return f"summary-{hashlib.sha256(f'{out.resolve()}|{group}'.encode()).hexdigest()[:16]}"
 
 
 def log_summary_to_wandb(
@@ -28,6 +68,12 @@ def log_summary_to_wandb(
     table (``leakage``) and ``leakage.png`` (``figures/leakage``). Offline by default: files under
     ``out_dir/wandb``, uploaded later with ``wandb sync``.
 
+    Where ``out_dir`` holds the report (:func:`~roar.benchmark.report.write_report`), its files are
+    logged as they are, so the dashboard shows the report's numbers: ``summary.csv`` (``summary``),
+    ``rankings.csv`` with its intervals and differences from random (``ranking``),
+    ``consistency.csv`` (``consistency``) and each curve figure with its confidence band
+    (``figures/<mode>``, ``figures/roar@blur``).
+
     Returns:
         The W&B run's folder.
     """
@@ -35,7 +81,14 @@ def log_summary_to_wandb(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = dict(project=project, group=group, job_type="summary", name=f"{group}-summary", dir=str(out), config=config or {}, mode=mode)
+    run_id = summary_run_id(out, group)
+    # A resumed grid logs its summary again: the folder's summary is one run, the latest. Offline, the
+    # earlier summary's files are replaced; online, the same id resumes the same run.
+    for earlier in (out / "wandb").glob(f"offline-run-*-{run_id}"):
+        shutil.rmtree(earlier, ignore_errors=True)
+    kwargs: dict[str, Any] = dict(
+        project=project, group=group, job_type="summary", name=f"{group}-summary", id=run_id, resume="allow", dir=str(out), config=config or {}, mode=mode
+    )
     try:
         run = wandb.init(**kwargs, reinit="create_new")  # never log into a run someone else left open
     except (TypeError, ValueError):  # wandb < 0.19.10 knows only booleans
@@ -61,12 +114,17 @@ def log_summary_to_wandb(
                 for e in ranking([r for pts in per_method.values() for r in pts], curve_mode, fill):
                     rank_rows.append([name, dataset, model, e["method"], e["auc"], e["rank"], e["complete"]])
                     run.summary[f"auc/{name}/{e['method']}{suffix}"] = e["auc"]
-        run.log(
-            {
-                "summary": wandb.Table(columns=list(SUMMARY_COLUMNS), data=[[row[c] for c in SUMMARY_COLUMNS] for row in summary]),
-                "ranking": wandb.Table(columns=["mode", "dataset", "model", "method", "auc", "rank", "complete"], data=rank_rows),
-            }
-        )
+        tables = {
+            "summary": (list(SUMMARY_COLUMNS), [[row[c] for c in SUMMARY_COLUMNS] for row in summary]),
+            "ranking": (["mode", "dataset", "model", "method", "auc", "rank", "complete"], rank_rows),
+        }
+        # the report's own files when there: intervals at the grid's confidence level, as in report.md
+        for key, name in (("summary", "summary.csv"), ("ranking", "rankings.csv"), ("consistency", "consistency.csv")):
+            if (found := csv_table(out / name)) is not None:
+                tables[key] = found
+        logged: dict[str, Any] = {key: wandb.Table(columns=cols, data=data) for key, (cols, data) in tables.items()}
+        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out)})
+        run.log(logged)
         log_leakage_to_wandb(run, out)  # the mask-leakage probe, when the folder has one
     finally:
         run.finish()
