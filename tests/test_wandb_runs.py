@@ -23,7 +23,9 @@ TINY = [
 
 @pytest.mark.parametrize("stack", [2, pytest.param(1, marks=pytest.mark.slow)], ids=["stacked", "one-by-one"])
 def test_each_retrain_is_one_lean_offline_run_with_its_config_and_accuracy(tmp_path, monkeypatch, capsys, stack):
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # a service of an earlier test is not this grid's
+    # A service of an earlier test is not this grid's, and the grid's teardown ends this process's
+    # W&B service: restoring the variable would point later tests at a dead one, so it stays unset.
+    os.environ.pop("WANDB_SERVICE", None)
     out = tmp_path / "grid"
     # stacked: both seeds' runs are open at once, and each must still be its own W&B run
     assert roar_main(["benchmark", *TINY, "--benchmark.stack", str(stack), "--out", str(out)]) == 0
