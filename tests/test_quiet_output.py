@@ -111,3 +111,22 @@ def test_line_numbers_never_skip_an_evaluation_that_has_no_line_yet(capsys):
             bar.finished(finished, outcome)
     numbers = [int(n) for n in re.findall(r"^\[(\d+)/4\]", capsys.readouterr().out, flags=re.M)]
     assert numbers == [1, 2, 4]
+
+
+def test_the_eta_counts_retrains_not_the_quick_evaluations(capsys):
+    """A no-retrain evaluation takes a fraction of a second: 20 of them left are not 20 retrains left."""
+    from roar.benchmark.plan import RunSpec
+    from roar.benchmark.progress import GridProgress
+
+    def spec(mode: str, threshold: float) -> RunSpec:
+        return RunSpec(dataset="digits", model="small_cnn", method="gradient", mode=mode, threshold=threshold, seed=0)
+
+    retrains = [spec("roar", t) for t in (0.1, 0.2, 0.3)]
+    evaluations = [spec("noretrain", t / 100) for t in range(1, 21)]
+    outcome = {"status": "done", "test_acc": 0.5, "seconds": 1.0}
+    with GridProgress(total=23, done=0, pending=[*retrains, *evaluations]) as bar:
+        time.sleep(1.0)  # the first retrain
+        bar.finished(retrains[0], outcome)
+    (eta,) = [int(m) * 60 + int(s) for m, s in re.findall(r"eta (\d+):(\d\d)", capsys.readouterr().out)]
+    # about 1 s per retrain x 2 retrains left; counted per run it was 1 s x 22 runs left
+    assert 1 <= eta < 11, eta

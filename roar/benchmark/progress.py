@@ -59,6 +59,11 @@ class GridProgress:
         # Evaluations finished but not yet on a line: the numbers of the lines skip them until the
         # line that sums them up, so a retrain's line never jumps over a number no line shows.
         self._unprinted = 0
+        # The ETA counts retrains only: a no-retrain evaluation costs a fraction of a second, and
+        # the demo's 31 of them, counted as runs, made its ETA twice too long while retrains ran
+        # (and too short just after the evaluations, run first one at a time).
+        self._retrains_planned = None if pending is None else sum(spec.mode not in NORETRAIN_ORDER for spec in pending)
+        self._retrains_credited = 0
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -80,12 +85,28 @@ class GridProgress:
         """Runs that ended at the same moment (the members of a stack): one line each, and every
         line's ETA counts all of them as done, so it does not swing with each member's line."""
         self._credited = self.count + len(specs)
+        retrains = sum(spec.mode not in NORETRAIN_ORDER for spec in specs)
+        self._retrains_credited += retrains
         for spec, outcome in zip(specs, outcomes, strict=True):
-            self.finished(spec, outcome)
+            self._finished(spec, outcome, credited=True)
 
     def finished(self, spec: RunSpec, outcome: dict[str, Any]) -> None:
+        self._finished(spec, outcome, credited=False)
+
+    def _eta(self) -> float | None:
+        """Seconds left at the rate so far: per retrain when the plan is known, else per run."""
+        elapsed = time.perf_counter() - self._start
+        if self._retrains_planned is not None:
+            if not self._retrains_credited:
+                return None
+            return elapsed / self._retrains_credited * max(0, self._retrains_planned - self._retrains_credited)
+        return elapsed / (self._credited - self._first) * (self.total - self._credited)
+
+    def _finished(self, spec: RunSpec, outcome: dict[str, Any], credited: bool) -> None:
         self.count += 1
         self._credited = max(self._credited, self.count)
+        if not credited and spec.mode not in NORETRAIN_ORDER:
+            self._retrains_credited += 1
         if not self.enabled:
             return
         line = f"[{self.count - self._unprinted}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"
@@ -102,9 +123,7 @@ class GridProgress:
                 self._unprinted = 0
                 line = (f"[{self.count}/{self.total}] no retraining: {self._evaluations_done} evaluations of the base model on "
                         f"masked test data ({self._evaluation_seconds:.1f} s; accuracies in report.md)")  # fmt: skip
-        if self._bar is None and self.count < self.total:  # a log file: the ETA the bar would show
-            finished = self._credited - self._first
-            left = (time.perf_counter() - self._start) / finished * (self.total - self._credited)
+        if self._bar is None and self.count < self.total and (left := self._eta()) is not None:  # a log file: the ETA
             line += f", eta {_duration(left)}"
         say(line)
         if self._bar is not None:
