@@ -130,3 +130,17 @@ def test_the_eta_counts_retrains_not_the_quick_evaluations(capsys):
     (eta,) = [int(m) * 60 + int(s) for m, s in re.findall(r"eta (\d+):(\d\d)", capsys.readouterr().out)]
     # about 1 s per retrain x 2 retrains left; counted per run it was 1 s x 22 runs left
     assert 1 <= eta < 11, eta
+
+
+def test_the_eta_leaves_out_the_time_before_the_first_run_started(capsys):
+    """Starting workers (imports) is paid once: it is not the first run's duration."""
+    from roar.benchmark.plan import RunSpec
+    from roar.benchmark.progress import GridProgress
+
+    retrains = [RunSpec(dataset="digits", model="small_cnn", method="gradient", mode="roar", threshold=0.5, seed=seed) for seed in range(5)]
+    with GridProgress(total=5, done=0, pending=retrains) as bar:
+        time.sleep(1.5)  # workers starting
+        bar.finished(retrains[0], {"status": "done", "test_acc": 0.5, "seconds": 0.1})
+    (eta,) = [int(m) * 60 + int(s) for m, s in re.findall(r"eta (\d+):(\d\d)", capsys.readouterr().out)]
+    # 0.1 s per run x 4 left; from the grid's start it was 1.6 s x 4 = 6 s
+    assert eta <= 2, eta

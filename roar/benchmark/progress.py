@@ -64,6 +64,10 @@ class GridProgress:
         # (and too short just after the evaluations, run first one at a time).
         self._retrains_planned = None if pending is None else sum(spec.mode not in NORETRAIN_ORDER for spec in pending)
         self._retrains_credited = 0
+        # The ETA's clock starts when the first finished run started (its finish less its own
+        # seconds), not when the grid did: starting workers (seconds of imports) is paid once, and
+        # counted as part of the first run it made the first lines' ETA several times too long.
+        self._clock: float | None = None
         self._bar = None
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -95,7 +99,7 @@ class GridProgress:
 
     def _eta(self) -> float | None:
         """Seconds left at the rate so far: per retrain when the plan is known, else per run."""
-        elapsed = time.perf_counter() - self._start
+        elapsed = time.perf_counter() - (self._clock if self._clock is not None else self._start)
         if self._retrains_planned is not None:
             if not self._retrains_credited:
                 return None
@@ -103,6 +107,8 @@ class GridProgress:
         return elapsed / (self._credited - self._first) * (self.total - self._credited)
 
     def _finished(self, spec: RunSpec, outcome: dict[str, Any], credited: bool) -> None:
+        if self._clock is None:
+            self._clock = max(self._start, time.perf_counter() - float(outcome.get("seconds") or 0.0))
         self.count += 1
         self._credited = max(self._credited, self.count)
         if not credited and spec.mode not in NORETRAIN_ORDER:
