@@ -51,8 +51,7 @@ class GridProgress:
 
     def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None) -> None:
         self.total, self.count, self.enabled = total, done, enabled
-        self._start, self._first = time.perf_counter(), done
-        self._credited = done  # runs the ETA counts as finished: a stack's members all at once
+        self._start = time.perf_counter()
         self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
         self._evaluations_done = 0
         self._evaluation_seconds = 0.0
@@ -62,8 +61,10 @@ class GridProgress:
         # The ETA counts retrains only: a no-retrain evaluation costs a fraction of a second, and
         # the demo's 31 of them, counted as runs, made its ETA twice too long while retrains ran
         # (and too short just after the evaluations, run first one at a time).
-        self._retrains_planned = None if pending is None else sum(spec.mode not in NORETRAIN_ORDER for spec in pending)
-        self._retrains_credited = 0
+        # Without the plan (pending None) every run counts.
+        self._timed_evaluations = pending is None
+        self._timed_left = total - done if pending is None else sum(self._timed(spec) for spec in pending)
+        self._timed_done = 0  # a stack's members all at once
         # The ETA's clock starts when the first finished run started (its finish less its own
         # seconds), not when the grid did: starting workers (seconds of imports) is paid once, and
         # counted as part of the first run it made the first lines' ETA several times too long.
@@ -88,31 +89,30 @@ class GridProgress:
     def finished_together(self, specs: list[RunSpec], outcomes: list[dict[str, Any]]) -> None:
         """Runs that ended at the same moment (the members of a stack): one line each, and every
         line's ETA counts all of them as done, so it does not swing with each member's line."""
-        self._credited = self.count + len(specs)
-        retrains = sum(spec.mode not in NORETRAIN_ORDER for spec in specs)
-        self._retrains_credited += retrains
+        self._timed_done += sum(self._timed(spec) for spec in specs)
         for spec, outcome in zip(specs, outcomes, strict=True):
             self._finished(spec, outcome, credited=True)
 
     def finished(self, spec: RunSpec, outcome: dict[str, Any]) -> None:
         self._finished(spec, outcome, credited=False)
 
+    def _timed(self, spec: RunSpec) -> bool:
+        """Whether the ETA counts ``spec``: a retrain, or any run when the plan is unknown."""
+        return self._timed_evaluations or spec.mode not in NORETRAIN_ORDER
+
     def _eta(self) -> float | None:
-        """Seconds left at the rate so far: per retrain when the plan is known, else per run."""
+        """Seconds left at the rate so far (per retrain when the plan is known, else per run)."""
+        if not self._timed_done:
+            return None
         elapsed = time.perf_counter() - (self._clock if self._clock is not None else self._start)
-        if self._retrains_planned is not None:
-            if not self._retrains_credited:
-                return None
-            return elapsed / self._retrains_credited * max(0, self._retrains_planned - self._retrains_credited)
-        return elapsed / (self._credited - self._first) * (self.total - self._credited)
+        return elapsed / self._timed_done * max(0, self._timed_left - self._timed_done)
 
     def _finished(self, spec: RunSpec, outcome: dict[str, Any], credited: bool) -> None:
         if self._clock is None:
             self._clock = max(self._start, time.perf_counter() - float(outcome.get("seconds") or 0.0))
         self.count += 1
-        self._credited = max(self._credited, self.count)
-        if not credited and spec.mode not in NORETRAIN_ORDER:
-            self._retrains_credited += 1
+        if not credited and self._timed(spec):
+            self._timed_done += 1
         if not self.enabled:
             return
         line = f"[{self.count - self._unprinted}/{self.total}] {run_label(spec)}: {outcome_text(outcome)}"

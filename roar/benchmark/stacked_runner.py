@@ -247,11 +247,9 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
     folders = [run_directory(out, s) for s in specs]
     loggers, failed = [], True
-    for spec, folder in zip(specs, folders, strict=True):
-        folder.mkdir(parents=True, exist_ok=True)
+    for spec, folder in zip(specs, folders, strict=True):  # _loggers empties and makes each folder
         loggers.append(_loggers(cfg, out, folder, spec.name, spec.mode, run_config(cfg, spec)))
     try:
-
         # Logged against the optimiser step, as Lightning logs a run alone: the same x axis
         # (trainer/global_step in W&B, step in metrics.csv) for a stacked and an unstacked run.
         batches = len(members[0].dm.train_dataloader())
@@ -269,8 +267,8 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
             checkpoint = None
             if cfg.save_checkpoints:
                 checkpoint = str(folder / "last.ckpt")
-                steps = epochs * len(member.dm.train_dataloader())  # the fields Trainer.save_checkpoint writes after fit
-                torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": steps, "stacked": len(members)}, checkpoint)
+                # the fields Trainer.save_checkpoint writes after fit
+                torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": epochs * batches, "stacked": len(members)}, checkpoint)
             for logger in member_loggers:
                 logger.log_metrics({"test/acc": accuracies[i], "epoch": epochs}, step=epochs * batches)
                 logger.save()
