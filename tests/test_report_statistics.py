@@ -53,6 +53,10 @@ def test_two_seeds_roar_only_warns_and_embeds_only_drawn_figures(tmp_path):
     kar = report.split("## KAR")[1].split("\n## ")[0]
     assert "No kar runs." in kar and "kar.png" not in report and "noretrain.png" not in report
     assert "![roar curves](roar.png)" in report and paths["kar"].is_file()
+    # one evaluation: the consistency section has no tau table and does not describe one
+    consistency = report.split("## Consistency between evaluations")[1].split("\n## ")[0]
+    assert "One evaluation per model here, so no rankings to compare" in consistency and "tau" not in consistency
+    assert "| `roar (channel_mean)` | lower | 2 | 10 | 30.0 s | `gradient` > `random` |" in consistency
     # two seeds 0.01 apart at every point: the accuracy interval is their range
     assert "| `gradient` | 0.805 [0.800, 0.810] (2) | 0.645 [0.640, 0.650] (2) | 0.325 [0.320, 0.330] (2) |" in report
 
@@ -112,6 +116,7 @@ def test_consistency_table_over_modes_and_fills(tmp_path):
     section = report.split("## Consistency between evaluations")[1]
     assert "| `roar (blur)` | lower | 3 | 21 | 48.0 s | `random` > `integrated_gradients` > `gradient` |" in section
     assert "| `roar (channel_mean)` | +1.00 | -1.00 | +1.00 |" in section
+    assert "Kendall's tau-b between every pair of rankings" in section and "no rankings to compare" not in section
     # each fill has its own ROAR table
     assert "### digits / small_cnn, fill `blur`" in report.split("## KAR")[0]
 

@@ -112,19 +112,26 @@ def _duration(seconds: float) -> str:
 def markdown(analysed: Sequence[tuple[Evaluation, list[MethodResult]]], table_fn) -> list[str]:
     """The report's "Consistency" section; ``table_fn(header, rows)`` renders a markdown table."""
     table = consistency(analysed)
-    lines = [
-        "## Consistency between evaluations",
-        "",
-        "The ranking of the methods (complete curves, best first) under every evaluation in these results, "
-        "the summed wall time of its runs (shared unmasked reference included; the attribution ranks are "
-        "computed once for all evaluations and are in none), and Kendall's tau-b between every pair of rankings "
-        "(1: the same order, -1: reversed; – when fewer than two methods are shared). ROAD (Rong, Leemann et al., "
-        "ICML 2022) claims that removal without retraining ranks as ROAR does at a fraction of the cost: "
-        "this table shows where that holds on these data.",
-        "",
-    ]
+    lines = ["## Consistency between evaluations", ""]
     if not table["evaluations"]:
         return lines + ["No evaluations.", ""]
+    intro = (
+        "The ranking of the methods (complete curves, best first) under every evaluation in these results, "
+        "the summed wall time of its runs (shared unmasked reference included; the attribution ranks are "
+        "computed once for all evaluations and are in none)"
+    )
+    if table["pairs"]:
+        intro += (
+            ", and Kendall's tau-b between every pair of rankings (1: the same order, -1: reversed; – when fewer "
+            "than two methods are shared). ROAD (Rong, Leemann et al., ICML 2022) claims that removal without "
+            "retraining ranks as ROAR does at a fraction of the cost: this table shows where that holds on these data."
+        )
+    else:  # nothing to compare: say how to get a comparison rather than describe a tau table that is not there
+        intro += (
+            ". One evaluation per model here, so no rankings to compare: add modes (`noretrain`, or ROAD's "
+            "`noretrain@noisy_linear`) to see whether cheaper evaluations rank the methods as this one does."
+        )
+    lines += [intro, ""]
     pairs_by_data = sorted({(e["dataset"], e["model"]) for e in table["evaluations"]})
     for dataset, model in pairs_by_data:
         if len(pairs_by_data) > 1:
