@@ -47,10 +47,16 @@ class GridProgress:
         done: runs already recorded (a resumed grid starts there).
         enabled: print anything at all.
         pending: the runs still to do (to know when the last no-retrain evaluation is in).
+        parallel: runs trained at once (local workers times stack members): the ETA's first lines.
     """
 
-    def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None) -> None:
+    def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None, parallel: int = 1) -> None:
         self.total, self.count, self.enabled = total, done, enabled
+        # Runs that started together finish together: when the first of them is in, the others
+        # are about as far along, so until as many runs as ran at once are in, the rate counts
+        # that many (one run counted over its whole duration made the first line of a 2-worker,
+        # 2-seed-stack grid say 2:48 for a grid 1.5 min from done).
+        self._parallel = max(1, parallel)
         self._start = time.perf_counter()
         self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
         self._evaluations_done = 0
@@ -105,7 +111,8 @@ class GridProgress:
         if not self._timed_done:
             return None
         elapsed = time.perf_counter() - (self._clock if self._clock is not None else self._start)
-        return elapsed / self._timed_done * max(0, self._timed_left - self._timed_done)
+        done = max(self._timed_done, min(self._parallel, self._timed_left))
+        return elapsed / done * max(0, self._timed_left - self._timed_done)
 
     def _finished(self, spec: RunSpec, outcome: dict[str, Any], credited: bool) -> None:
         if self._clock is None:

@@ -44,6 +44,7 @@ from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, method_identity
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import run_stacks
+from roar.benchmark.stacked_runner import resolve_stack, stack_groups, unstackable_reason
 from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked
@@ -164,7 +165,7 @@ def run_benchmark(
             launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo) as bar:
+        with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, blank)) as bar:
             if not launch.parallel and launch.threads:
                 torch.set_num_threads(launch.threads)
             if not launch.parallel:
@@ -188,6 +189,15 @@ def run_benchmark(
         if report:
             write_benchmark_report(cfg, out, results)
     return results
+
+
+def _runs_at_once(cfg: BenchmarkConfig, launch: LaunchOptions, todo: list[RunSpec], blank: Any) -> int:
+    """Runs trained at the same time: this machine's workers (a Ray cluster's size is unknown here: 1)
+    times the members of the largest stack."""
+    workers = launch.workers if launch.parallel and launch.launcher == "local" and isinstance(launch.workers, int) else 1
+    size = resolve_stack(cfg, sum(p.numel() for p in blank.net.parameters()))
+    stacked = 1 if size == 1 or unstackable_reason(cfg) else max((len(g) for g in stack_groups(todo, size)), default=1)
+    return workers * stacked
 
 
 def failed_runs(cfg: BenchmarkConfig, results: ResultsStore) -> list[dict[str, Any]]:
