@@ -112,9 +112,20 @@ def _bad_value_of_a_class(message: str) -> str:
         return f"--{key}: {added.group(1)}"
     subtypes, given = re.search(r"Subtypes: \[(.*)\]", message), re.search(r"Given value: (.*)", message)
     if subtypes and given and "class_path" not in message:
-        kinds = [_readable(f"a {t.strip()}") for t in re.findall(r"<class '[\w.]+'>|typing\.[^,]+", subtypes.group(1))]
+        # split at top-level commas only: dict[str, dict[str, typing.Any]] is one subtype, not three
+        kinds = [_readable(f"a {t.strip()}") for t in _flat_brackets(subtypes.group(1)).split(",")]
+        kinds = [re.sub(r"^an? (?=\w+\[)", "", k).replace("\0", ",") for k in kinds]  # "dict[str, int]", not "a dict[str, int]"
         return f"--{key} {given.group(1).strip()!r}: expected {' or '.join(kinds)}"
     return message
+
+
+def _flat_brackets(text: str) -> str:
+    """``text`` with every comma inside square brackets replaced by NUL, so a split at commas keeps ``dict[str, int]`` whole."""
+    depth, out = 0, []
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        out.append("\0" if char == "," and depth else char)
+    return "".join(out)
 
 
 def _readable(expected: str) -> str:

@@ -243,3 +243,15 @@ def test_logging_turned_off_takes_the_default_learning_rate_monitor_with_it(tmp_
     assert cli.trainer.loggers == []
     assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
     assert any(type(c).__name__ == "ModelCheckpoint" for c in cli.trainer.callbacks)
+
+
+def test_a_bad_value_of_a_nested_generic_names_its_whole_type(capsys):
+    # YAML reads '{ig:{n_steps:4}}' (no space after the colons) as a string. The message names the
+    # type whole: splitting the subtypes at every comma printed "expected a typing.Any]] or null".
+    from roar.sanity.report import main as sanity_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        sanity_main(["--sanity.method_params", "{integrated_gradients:{n_steps:4}}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sanity.method_params '{integrated_gradients:{n_steps:4}}': expected dict[str, dict[str, typing.Any]] or null\n" in err

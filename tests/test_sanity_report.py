@@ -147,6 +147,8 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     status, printed = _run(_tiny(out, "--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.control", "false"))
     assert status == 0
     assert "reusing the true-label model" in " ".join(printed.split())
+    # the hint names the option as the command line takes it (a bare --retrain is refused)
+    assert "--sanity.retrain true to train again" in " ".join(printed.split())
     assert "does not replace bottom-up, which this run left out (sanity.orders)" in " ".join(printed.split())
     assert (out / "model.ckpt").stat().st_mtime_ns == stamps["model.ckpt"]
     rows = read_csv(out / "sanity.csv")

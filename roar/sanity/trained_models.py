@@ -113,7 +113,7 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
         wanted = json.loads(json.dumps(_training_record(cfg, permuted), sort_keys=True))
         reusable = path.is_file() and record.is_file() and json.loads(record.read_text()) == wanted
         if reusable and not cfg.retrain:
-            say(f"reusing the {kind} model in {path} (same settings; --retrain true to train again)")
+            say(f"reusing the {kind} model in {path} (same settings; --sanity.retrain true to train again)")
         else:
             why = "--retrain" if cfg.retrain else ("settings changed" if path.is_file() else "none yet")
             epochs = cfg.permuted_epochs if permuted else cfg.epochs
