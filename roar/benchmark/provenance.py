@@ -23,76 +23,27 @@ fingerprints of a ``channel_mean`` grid stay those of roar 0.3.0, so its results
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import DEFAULT_FILL, FILL_SEPARATOR, REFERENCE_METHOD, RunSpec
-from roar.fingerprint import differences, fingerprint_key, jsonable, roar_version
+from roar.fingerprint import differences, fingerprint_key, jsonable
+from roar.training_settings import training_settings
 
 TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
 """What the benchmark's trainers use where the config says nothing."""
-
-IGNORED = {
-    # Where and how fast, not what: changing them keeps every result valid.
-    "trainer": {
-        "accelerator", "logger", "callbacks", "enable_progress_bar", "enable_model_summary", "enable_checkpointing",
-        "default_root_dir", "log_every_n_steps", "profiler", "num_sanity_val_steps", "barebones", "benchmark",
-    },
-    "data": {"num_workers", "download"},
-    "model": {"compile", "channels_last"},
-}  # fmt: skip
 
 
 class ConfigChangedError(ValueError):
     """The output folder holds artefacts of another configuration."""
 
 
-def _signature_defaults(cls: type) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
-    }
-
-
-def _section(defaults: dict[str, Any], given: dict[str, Any], ignored: set[str]) -> dict[str, Any]:
-    merged = {**defaults, **given}
-    return jsonable({k: merged[k] for k in sorted(merged) if k not in ignored})
-
-
 def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
     """The fingerprint of the base model's training: data, model, trainer, epochs, seed, version."""
-    from roar.data.datamodule import ImageDataModule
-    from roar.models.classifier import ImageClassifier
-
-    trainer = _section(TRAINER_DEFAULTS, cfg.trainer, IGNORED["trainer"])
-    epochs = cfg.base.max_epochs if cfg.base.max_epochs is not None else trainer["max_epochs"]
-    model = _section(_signature_defaults(ImageClassifier), cfg.model, IGNORED["model"])
-    for key in ("arch_args", "weights"):  # unset options leave fingerprints of earlier versions as they were
-        if model.get(key) is None:
-            model.pop(key, None)
-    if model.get("weights"):  # the starting weights are their bytes, not their path
-        from roar.attribution.store import checkpoint_sha256
-
-        model["weights_sha256"] = checkpoint_sha256(model["weights"])
-    data = _section(_signature_defaults(ImageDataModule), cfg.data, IGNORED["data"])
-    for key in ("limit_train", "limit_test"):  # the whole data, as before limits existed: earlier fingerprints hold
-        if data.get(key) is None:
-            data.pop(key, None)
-    if data.get("source") == "lightning":  # a user's datamodule: editing its code changes the data
-        from roar.fingerprint import source_sha256
-        from roar.registry import import_object
-
-        data["source_sha256"] = source_sha256(import_object(data["source_options"]["class_path"], "data class_path"))
-    return {
-        "roar": roar_version(),
-        "data": data,
-        "model": model,
-        "trainer": trainer,
-        "base": {"max_epochs": epochs, "seed": cfg.base.seed},
-    }
+    settings = training_settings(cfg.data, cfg.model, cfg.trainer, TRAINER_DEFAULTS)
+    epochs = cfg.base.max_epochs if cfg.base.max_epochs is not None else settings["trainer"]["max_epochs"]
+    return {**settings, "base": {"max_epochs": epochs, "seed": cfg.base.seed}}
 
 
 def grid_settings(cfg: BenchmarkConfig, base_checkpoint_sha256: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Adebayo et al.'s (NeurIPS 2018) data randomisation compares a model trained on the true labels
 with one of the same architecture trained to memorise permuted labels. A checkpoint is reused only
-if it was trained with the same settings, recorded beside it in a ``.json`` file.
+if it was trained with the same settings, resolved (:mod:`roar.training_settings`), recorded beside it in a
+``.json`` file with the checkpoint's sha256.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Any
 
 import torch
 
+from roar.attribution.store_format import checkpoint_sha256
 from roar.epoch_progress import EpochProgress
+from roar.fingerprint import differences
 from roar.sanity.maps import build_methods, explained_network
 from roar.sanity.report_config import SanityReportConfig
+from roar.training_settings import training_settings
 
 MODEL_CHECKPOINT = "model.ckpt"
 PERMUTED_CHECKPOINT = "permuted.ckpt"
@@ -23,6 +27,9 @@ PERMUTED_CHECKPOINT = "permuted.ckpt"
 IGNORED_TRAINER_KEYS = ("max_epochs", "logger", "callbacks", "enable_checkpointing", "enable_progress_bar", "enable_model_summary", "default_root_dir")
 """Trainer settings the report sets itself (epochs per model, its own CSV logs, no checkpoints midway)."""
 LINKED = ("num_classes", "in_chans", "image_size", "channel_mean", "channel_std")
+TRAINER_DEFAULTS = {"devices": 1}
+"""The trainer settings of both models where the config says nothing (the accelerator follows ``sanity.device``)."""
+CHECKPOINT_SHA256 = "checkpoint_sha256"
 
 
 def _datamodule(cfg: SanityReportConfig, permuted: bool):
@@ -35,11 +42,12 @@ def _datamodule(cfg: SanityReportConfig, permuted: bool):
 
 
 def _training_record(cfg: SanityReportConfig, permuted: bool) -> dict[str, Any]:
-    """What identifies a trained model: compared with the ``.json`` beside a checkpoint before reuse."""
+    """What identifies a trained model, its settings resolved (defaults filled in, roar's version, a
+    user datamodule's source): compared with the ``.json`` beside a checkpoint before reuse."""
+    data = {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})}
+    trainer = {k: v for k, v in cfg.trainer.items() if k not in IGNORED_TRAINER_KEYS}
     return {
-        "data": {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})},
-        "model": cfg.model,
-        "trainer": {k: v for k, v in sorted(cfg.trainer.items()) if k not in IGNORED_TRAINER_KEYS},
+        **json.loads(json.dumps(training_settings(data, cfg.model, trainer, TRAINER_DEFAULTS))),
         "label_permutation": permuted,
         "epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "seed": cfg.seed,
@@ -60,7 +68,7 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
     device = cfg.torch_device
     settings = {k: v for k, v in cfg.trainer.items() if k not in IGNORED_TRAINER_KEYS}
     trainer = L.Trainer(**{
-        "accelerator": "gpu" if device.type == "cuda" else "cpu", "devices": 1, "log_every_n_steps": 10, **settings,
+        "accelerator": "gpu" if device.type == "cuda" else "cpu", **TRAINER_DEFAULTS, "log_every_n_steps": 10, **settings,
         "max_epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "logger": CSVLogger(out / "logs", name="permuted_labels" if permuted else "true_labels"),
         "enable_checkpointing": False, "enable_progress_bar": cfg.progress and cfg.verbose, "enable_model_summary": False,
@@ -69,7 +77,9 @@ def train_model(cfg: SanityReportConfig, out: Path, permuted: bool, checkpoint: 
     })  # fmt: skip
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(checkpoint)
-    checkpoint.with_suffix(".json").write_text(json.dumps(_training_record(cfg, permuted), indent=2, sort_keys=True))
+    # the checkpoint's bytes too: a model.ckpt replaced or damaged beside an unchanged record is not reused
+    record = {**_training_record(cfg, permuted), CHECKPOINT_SHA256: checkpoint_sha256(checkpoint)}
+    checkpoint.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True))
     return model
 
 
@@ -95,6 +105,25 @@ def check_compatible(model, datamodule, path: Path) -> None:
             raise ValueError(f"checkpoint {str(path)!r} has {name}={have}, but the data has {name}={want}")
 
 
+def _changed_since_training(cfg: SanityReportConfig, permuted: bool, path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be reused for ``cfg`` (its settings, or its bytes,
+    changed), or None when it can."""
+    record = path.with_suffix(".json")
+    if not (path.is_file() and record.is_file()):
+        return "none yet"
+    try:
+        recorded = json.loads(record.read_text())
+    except ValueError:
+        return f"{record.name} is unreadable"
+    stored = recorded.pop(CHECKPOINT_SHA256, None)
+    changes = differences(recorded, _training_record(cfg, permuted), limit=3)
+    if changes:
+        return "settings changed: " + "; ".join(changes)
+    if stored != checkpoint_sha256(path):
+        return f"{path.name} changed since it was trained"
+    return None
+
+
 def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamodule=None) -> tuple[Any, Path]:
     """The given checkpoint, else ``<out>``'s if it was trained with these settings, else a new one.
 
@@ -109,13 +138,11 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
         say(f"using the {kind} checkpoint {path}")
     else:
         path = out / (PERMUTED_CHECKPOINT if permuted else MODEL_CHECKPOINT)
-        record = path.with_suffix(".json")
-        wanted = json.loads(json.dumps(_training_record(cfg, permuted), sort_keys=True))
-        reusable = path.is_file() and record.is_file() and json.loads(record.read_text()) == wanted
-        if reusable and not cfg.retrain:
+        changed = _changed_since_training(cfg, permuted, path)
+        if changed is None and not cfg.retrain:
             say(f"reusing the {kind} model in {path} (same settings; --sanity.retrain true to train again)")
         else:
-            why = "--retrain" if cfg.retrain else ("settings changed" if path.is_file() else "none yet")
+            why = "--sanity.retrain true" if cfg.retrain else (changed if path.is_file() else "none yet")
             epochs = cfg.permuted_epochs if permuted else cfg.epochs
             say(f"training the {kind} model for {epochs} epochs ({why}) -> {path}")
             train_model(cfg, out, permuted, path)
