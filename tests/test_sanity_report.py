@@ -12,9 +12,11 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 
+import roar
 from roar.__main__ import main as roar_main
-from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, model_warnings, read_csv, run_report
+from roar.sanity.report import CSV_COLUMNS, SanityReportConfig, model_warnings, parse_config, read_csv, run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "sanity" / "digits.yaml")
@@ -157,6 +159,33 @@ def test_a_second_run_reuses_matching_checkpoints(report, tmp_path):
     # Only this run's figures: the first run's other checks and its noise control are gone.
     figures = sorted(p.name for p in out.glob("*.png"))
     assert figures == sorted([f"curve_cascading_{m}.png" for m in METRICS] + [f"grid_cascading_{m}.png" for m in METHODS])
+
+
+def test_the_full_config_is_saved_beside_the_numbers_and_reruns_them(report):
+    """sanity.yaml holds every setting, defaults included (sMPRT's noise, eMPRT's bins): --config reruns the same."""
+    out, _ = report
+    saved = yaml.safe_load((out / "sanity.yaml").read_text())
+    assert saved["sanity"]["smprt_noise"] is not None and saved["sanity"]["emprt_bins"] is not None
+    assert saved["data"]["init_args"]["image_size"] == 8 and saved["sanity"]["num_images"] == 4
+    assert parse_config(["--config", str(out / "sanity.yaml")]) == parse_config(_tiny(out)[1:])
+
+
+def test_a_checkpoint_replaced_beside_its_record_is_trained_again(report, tmp_path):
+    """Reuse needs the settings (resolved: defaults filled in, roar's version) and the checkpoint's bytes to match."""
+    out = tmp_path / "swapped"
+    shutil.copytree(report[0], out)
+    record = json.loads((out / "model.json").read_text())
+    # resolved: the learning rate the config leaves at ImageClassifier's default is written down, as is roar's version
+    assert record["model"]["lr"] == 0.05 and record["roar"] == ".".join(roar.__version__.split(".")[:2])
+    assert record["data"]["image_size"] == 8 and record["epochs"] == 2 and record["label_permutation"] is False
+    shutil.copyfile(out / "permuted.ckpt", out / "model.ckpt")  # a valid checkpoint, of another model
+    status, printed = _run(_tiny(out, "--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.control", "false"))
+    assert status == 0
+    assert "training the true-label model for 2 epochs (model.ckpt changed since it was trained)" in " ".join(printed.split())
+    # a changed setting names itself
+    status, printed = _run(_tiny(out, "--sanity.orders", "[cascading]", "--sanity.data_check", "false", "--sanity.control", "false", "--model.lr", "0.1"))
+    assert status == 0
+    assert "(settings changed: model.lr: 0.05 -> 0.1)" in " ".join(printed.split())
 
 
 @pytest.mark.parametrize(

@@ -206,6 +206,13 @@ def build_parser():
 
 
 def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
+    """The settings and the output folder of a ``python -m roar sanity`` command line."""
+    cfg, out, _ = _parse(argv)
+    return cfg, out
+
+
+def _parse(argv: Sequence[str]) -> tuple[SanityReportConfig, Path, str]:
+    """:func:`parse_config`, and the command's full config as YAML (defaults included), saved as ``sanity.yaml``."""
     from roar.attribution.registry import normalize_methods
     from roar.data.datamodule import datamodule_arguments
     from roar.fit_config import fit_sections, plain
@@ -228,7 +235,7 @@ def parse_config(argv: Sequence[str]) -> tuple[SanityReportConfig, Path]:
 
     if problem := out_folder_problem(args.out):
         parser.error(problem)
-    return SanityReportConfig(**values), Path(args.out)
+    return SanityReportConfig(**values), Path(args.out), parser.dump(args, skip_check=True, skip_none=False)
 
 
 MEMORISED = 0.9
@@ -263,12 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m roar sanity``; returns the exit status (2 for bad settings)."""
     from rich.console import Console
 
-    cfg, out = parse_config(sys.argv[1:] if argv is None else argv)
+    cfg, out, config_yaml = _parse(sys.argv[1:] if argv is None else argv)
     try:
         datamodule = preflight(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # every setting the numbers depend on (sMPRT's noise, eMPRT's bins...), beside them, as a config to rerun
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sanity.yaml").write_text(config_yaml)
     from roar.quiet import quiet_third_party
 
     with quiet_third_party(cfg.verbose):
