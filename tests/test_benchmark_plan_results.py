@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from roar.benchmark.plan import DEFAULT_THRESHOLDS, MODES, RunSpec, build_plan
-from roar.benchmark.results import CSV_COLUMNS, ResultsStore
+from roar.benchmark.results import CSV_COLUMNS, ResultsStore, UnreadableResultsError
 
 METHODS = ["gradient", "integrated_gradients_sg_sq", "random"]
 
@@ -246,6 +246,29 @@ def test_killed_writer_leaves_no_half_row(tmp_path):
     assert store.rows() == []
     store.record(_spec(), status="done", test_acc=0.5)  # and the database is not left locked
     assert len(store) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "page"])
+def test_a_damaged_database_is_refused_in_one_line_and_replaced_only_with_force(tmp_path, damage):
+    """A results.db damaged on disk (a full disk, a copy cut short, a hand edit) is neither resumed
+    nor read past: a clear refusal naming the ways on, not sqlite's traceback; ``--force`` replaces it."""
+    store = ResultsStore(tmp_path / "results.db")
+    for seed in range(40):  # a few pages of rows
+        store.record(_spec(seed=seed), status="done", test_acc=0.5, config={"padding": "x" * 200})
+    size = store.path.stat().st_size
+    with store.path.open("r+b") as f:
+        if damage == "truncated":
+            f.truncate(size // 2)
+        else:  # a table page's header overwritten: SQLite opens it and reads wrong rows, or fails mid-read
+            f.seek(4096)
+            f.write(bytes([0x0D, 0, 0, 0, 0x09, 0xFF]))
+    with pytest.raises(UnreadableResultsError, match=r"results.db is not a readable results database \(.*\).*--force true") as err:
+        ResultsStore(store.path)
+    assert "\n" not in str(err.value)
+    fresh = ResultsStore(store.path, replace_unreadable=True)
+    assert fresh.rows() == []
+    fresh.record(_spec(), status="done", test_acc=0.5)
+    assert len(ResultsStore(store.path)) == 1
 
 
 def _die_mid_transaction(path: str) -> None:

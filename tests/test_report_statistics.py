@@ -140,3 +140,36 @@ def test_runs_table_of_road_alone_counts_no_noretrain_run(tmp_path):
     assert [line.split(" | ")[0] for line in runs.splitlines() if line.startswith("| ") and "---" not in line][1:] == [
         "| noretrain@noisy_linear", "| noretrain_kar@noisy_linear", "| reference (base model)",
     ]
+
+
+def test_an_unfinished_grid_counts_only_the_seeds_its_masked_runs_have(tmp_path):
+    """Ctrl-C after the references of seeds 0-2 and the masked runs of seed 0: the curves have one seed.
+
+    The reference of seeds 1 and 2 is no run of the ROAR evaluation: counted, it made the report say
+    3 seeds and warn of nothing, and moved the area (mean reference of 3 seeds) off its interval.
+    """
+    store = ResultsStore(tmp_path / "results.db")
+    for s in range(3):
+        _record(store, "unmasked", "reference", 0.0, s, 0.9 + 0.03 * s)
+    for method, slope in SLOPE.items():
+        for t in THRESHOLDS:
+            _record(store, method, "roar", t, 0, 0.9 - slope * t)
+    paths = write_report(tmp_path, store, print_table=False)
+    report = paths["report"].read_text()
+    [warning] = _warnings(report)
+    assert "`roar (channel_mean)` on digits/small_cnn ran 1 seed: no confidence interval exists" in warning
+    assert "| `roar (channel_mean)` | lower | 1 | 5 |" in report  # seeds 1, runs: its 4 and seed 0's reference
+    assert "| `gradient` | 0.900 [–] (1) | 0.740 [–] (1) | 0.420 [–] (1) |" in report
+    with paths["rankings"].open(newline="") as f:
+        gradient = next(r for r in csv.DictReader(f) if r["method"] == "gradient")
+    # the area of seed 0's curve alone: 0.2 * (0.9 + 0.74) / 2 + 0.4 * (0.74 + 0.42) / 2
+    assert gradient["seeds"] == "1" and float(gradient["auc"]) == pytest.approx(0.396)
+    with paths["summary"].open(newline="") as f:
+        start = next(r for r in csv.DictReader(f) if (r["method"], r["threshold"]) == ("gradient", "0.0"))
+    assert (start["n"], float(start["mean"])) == ("1", pytest.approx(0.9))  # the curve's own seed, as in report.md
+    # three seeds at 0.2 but one at 0.6: the fewest seeds of a point is what the warning counts
+    for s in (1, 2):
+        for method, slope in SLOPE.items():
+            _record(store, method, "roar", 0.2, s, 0.9 + 0.03 * s - slope * 0.2)
+    [warning] = _warnings(write_report(tmp_path, store, print_table=False)["report"].read_text())
+    assert "ran 1 seed at some of its points (of 3: an unfinished grid?)" in warning

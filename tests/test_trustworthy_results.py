@@ -105,6 +105,17 @@ def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path)
     assert provenance["training"]["base"]["max_epochs"] == 7
 
 
+def test_a_damaged_results_database_is_refused_in_one_line_and_force_replaces_it(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    db = out / "results.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])  # a copy cut short
+    assert benchmark(out) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {db} is not a readable results database (") and "--force true" in line
+    assert benchmark(out, "--force", "true") == 0
+    assert len(ResultsStore(db).rows()) == 3
+
+
 def test_a_method_default_is_part_of_the_fingerprint():
     from roar.attribution.registry import resolved_params
 

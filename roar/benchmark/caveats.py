@@ -63,17 +63,18 @@ def caveats(rows: list[dict[str, Any]], analysed: Iterable[Evaluation], out_dir:
     """One sentence per thing to distrust in the report (empty when there is none)."""
     lines = []
     for ev in analysed:
-        n = len(ev.seeds)
+        n = min(len(ev.seeds), ev.fewest_seeds)  # a point of fewer seeds makes the curve's interval that weak
         if n >= MIN_SEEDS:
             continue
+        fewest = f" at some of its points (of {len(ev.seeds)}: an unfinished grid?)" if n < len(ev.seeds) else ""
         if "noretrain" in ev.mode and n == 1:
             lines.append(
                 f"`{ev.name}` on {ev.dataset}/{ev.model} evaluates the one base model once: its intervals over seeds are undefined (shown as `[–]`)."
             )
         elif n == 1:
-            lines.append(f"`{ev.name}` on {ev.dataset}/{ev.model} ran 1 seed: no confidence interval exists, and no difference from random or ranking can be called real. Run at least {MIN_SEEDS} seeds.")
+            lines.append(f"`{ev.name}` on {ev.dataset}/{ev.model} ran 1 seed{fewest}: no confidence interval exists, and no difference from random or ranking can be called real. Run at least {MIN_SEEDS} seeds.")
         else:
-            lines.append(f"`{ev.name}` on {ev.dataset}/{ev.model} ran only {n} seeds: its intervals are the range of {n} values, too narrow to trust. Run at least {MIN_SEEDS} seeds.")
+            lines.append(f"`{ev.name}` on {ev.dataset}/{ev.model} ran only {n} seeds{fewest}: its intervals are the range of {n} values, too narrow to trust. Run at least {MIN_SEEDS} seeds.")
     references: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
         if _done(row) and row["method"] == REFERENCE_METHOD and row["mode"] == REFERENCE_MODE:

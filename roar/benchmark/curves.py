@@ -115,12 +115,20 @@ def summarize(
     pairs = {(dataset, model) for dataset, model, *_ in groups}
     for dataset, model in pairs:
         for ref_mode, mode, threshold in placements:
-            ref = summary.get((dataset, model, REFERENCE_METHOD, ref_mode, DEFAULT_FILL, 0.0))
+            ref = groups.get((dataset, model, REFERENCE_METHOD, ref_mode, DEFAULT_FILL, 0.0))
             if ref is None:
                 continue
             curves = {(k[2], k[4]) for k in groups if k[:2] == (dataset, model) and k[3] == mode and k[2] != REFERENCE_METHOD}
+            # only the seeds its (mode, fill) ran, as in the report's evaluations (roar.benchmark.evaluations):
+            # a reference seed of no masked run (an unfinished grid) is no seed of that curve
+            ran: dict[str, set[int]] = defaultdict(set)
+            for key, seeds in groups.items():
+                if key[:2] == (dataset, model) and key[3] == mode and key[2] != REFERENCE_METHOD:
+                    ran[key[4]].update(s for s, _ in seeds)
             for method, fill in curves:
-                summary.setdefault((dataset, model, method, mode, fill, threshold), dict(ref))
+                mine = [(s, v) for s, v in ref if s in ran[fill]]
+                if mine:
+                    summary.setdefault((dataset, model, method, mode, fill, threshold), stats(mine))
 
     def order(key: tuple[str, str, str, str, str, float]) -> tuple[Any, ...]:
         dataset, model, method, mode, fill, threshold = key

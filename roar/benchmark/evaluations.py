@@ -88,6 +88,12 @@ class Evaluation:
     def lower_is_better(self) -> bool:
         return lower_is_better(self.mode)
 
+    @property
+    def fewest_seeds(self) -> int:
+        """The fewest seeds any point of any method's curve has (an unfinished grid has points of fewer)."""
+        counts = [int(np.isfinite(row).sum()) for matrix in self.accuracy.values() for row in matrix]
+        return min((c for c in counts if c), default=0)  # a threshold a curve lacks is no point of it (incomplete)
+
     def complete(self, method: str) -> bool:
         """Every threshold has at least one seed: the area is comparable with the others'."""
         return bool(np.isfinite(self.accuracy[method]).any(axis=1).all())
@@ -112,6 +118,11 @@ def evaluations(rows: Iterable[dict[str, Any]], default_fill: str = DEFAULT_FILL
     for (dataset, model, mode, fill), own in sorted(groups.items(), key=lambda item: order(item[0])):
         ref_mode, ref_threshold = REFERENCE_POINTS.get(mode, (None, None))
         refs = references.get((dataset, model, ref_mode), []) if ref_mode else []
+        # A reference seed none of this evaluation's runs has (an unfinished grid, an old fill's rows
+        # after seeds were added) is not one of its seeds: it would move the area off its interval
+        # and count a seed the masked points never ran.
+        ran = {int(r["seed"]) for r in own}
+        refs = [r for r in refs if int(r["seed"]) in ran]
         thresholds = sorted({round(float(r["threshold"]), 9) for r in own} | ({ref_threshold} if refs else set()))
         seeds = sorted({int(r["seed"]) for r in own + refs})
         t_index, s_index = {t: i for i, t in enumerate(thresholds)}, {s: i for i, s in enumerate(seeds)}

@@ -88,6 +88,10 @@ def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+class UnreadableResultsError(ValueError):
+    """``results.db`` is damaged: its rows are neither resumed nor reported (``--force`` replaces it)."""
+
+
 class ResultsStore:
     """One row per finished (or failed) run, in ``results.db``.
 
@@ -99,7 +103,7 @@ class ResultsStore:
         >>> todo = [s for s in plan if s.run_id not in store.finished_ids()]  # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, replace_unreadable: bool = False) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / DB_NAME
@@ -116,9 +120,28 @@ class ResultsStore:
             return
         self._columns = COLUMNS
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as err:  # a damaged file (a disk full, a hand edit): never read past it
+            if not replace_unreadable:
+                raise UnreadableResultsError(
+                    f"{path} is not a readable results database ({err}); its runs cannot be trusted or resumed: "
+                    "restore it from a copy, use a new --out, or --force true to start this folder afresh"
+                ) from None
+            for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            self._open()
+
+    def _open(self) -> None:
+        """Create (or upgrade) the schema: raises :class:`sqlite3.DatabaseError` on a damaged file."""
+        path = self.path
         with self._connect() as conn:
             # WAL is a property of the database file: set once, every later connection uses it.
             conn.execute("PRAGMA journal_mode=WAL")
+            damage = conn.execute("PRAGMA quick_check").fetchone()[0]  # a damaged page reads wrong rows, not always an error
+            if damage != "ok":
+                problems = [line for line in str(damage).splitlines() if not line.startswith("***")]
+                raise sqlite3.DatabaseError(f"damaged: {'; '.join(problems[:2])}{' ...' if len(problems) > 2 else ''}")
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(_SCHEMA)
             version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -137,7 +137,7 @@ def run_benchmark(
     # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
     # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
     with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources(), wandb_service(cfg.logger == "wandb"):
-        results = ResultsStore(out / "results.db")
+        results = ResultsStore(out / "results.db", replace_unreadable=force)
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
         if force:
