@@ -168,6 +168,44 @@ def test_train_py_and_sanity_refuse_an_arch_arg_the_network_does_not_take(capsys
     assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
 
 
+NET = (
+    "from torch import nn\n\nclass EditedNet(nn.Module):\n    def __init__(self, num_classes, in_chans, image_size):\n        super().__init__()\n"
+    "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, 16), nn.{act}(), nn.Linear(16, num_classes))\n\n"
+    "    def forward(self, x):\n        return self.body(x)\n"
+)
+
+
+def test_editing_a_class_path_networks_source_is_not_reused(tmp_path, capsys, monkeypatch):
+    # ReLU -> Tanh keeps every weight's shape, so the old base.ckpt still loads: only the source's hash tells them apart
+    (tmp_path / "edited_net.py").write_text(NET.format(act="ReLU"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    arch = ["--model.arch", "edited_net.EditedNet", "--benchmark.methods", "[random]"]
+    assert benchmark(out, *arch) == 0
+    assert benchmark(out, *arch) == 0, "unchanged source: resumed"
+    (tmp_path / "edited_net.py").write_text(NET.format(act="Tanh"))
+    assert benchmark(out, *arch) == 2
+    assert "model.source_sha256" in capsys.readouterr().err
+
+
+def test_the_sanity_models_of_an_edited_network_or_datamodule_are_not_reused(tmp_path, monkeypatch):
+    from roar.data.datamodule import datamodule_arguments
+    from roar.sanity.report_config import SanityReportConfig
+    from roar.sanity.trained_models import _training_record
+
+    (tmp_path / "sanity_edited_net.py").write_text(NET.format(act="ReLU"))
+    (tmp_path / "edited_data.py").write_text("from user_code import TinyDigits\n\nclass EditedDigits(TinyDigits):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = datamodule_arguments({"class_path": "edited_data.EditedDigits"})
+    cfg = SanityReportConfig(data=data, model={"arch": "sanity_edited_net.EditedNet"})
+    before = _training_record(cfg, permuted=False)
+    assert _training_record(cfg, permuted=False) == before
+    (tmp_path / "sanity_edited_net.py").write_text(NET.format(act="Tanh"))
+    assert _training_record(cfg, permuted=False)["model_source_sha256"] != before["model_source_sha256"]
+    (tmp_path / "edited_data.py").write_text("from user_code import TinyDigits\n\nclass EditedDigits(TinyDigits):\n    test_every = 4\n")
+    assert _training_record(cfg, permuted=False)["data_source_sha256"] != before["data_source_sha256"]
+
+
 def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
     out = tmp_path / "out"
     assert benchmark(out, "--data", "{class_path: user_code.TinyDigits, init_args: {batch_size: 32}}", "--benchmark.methods", "[gradient]") == 0

@@ -81,11 +81,12 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
     for key in ("limit_train", "limit_test"):  # the whole data, as before limits existed: earlier fingerprints hold
         if data.get(key) is None:
             data.pop(key, None)
-    if data.get("source") == "lightning":  # a user's datamodule: editing its code changes the data
-        from roar.fingerprint import source_sha256
-        from roar.registry import import_object
+    from roar.data.lightning_source import datamodule_source_sha256
+    from roar.models.factory import arch_source_sha256
 
-        data["source_sha256"] = source_sha256(import_object(data["source_options"]["class_path"], "data class_path"))
+    for section, sha256 in ((data, datamodule_source_sha256(data)), (model, arch_source_sha256(model.get("arch")))):
+        if sha256:  # a user's datamodule or network: editing its code changes what is trained
+            section["source_sha256"] = sha256
     return {
         "roar": roar_version(),
         "data": data,

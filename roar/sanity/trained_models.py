@@ -36,9 +36,15 @@ def _datamodule(cfg: SanityReportConfig, permuted: bool):
 
 def _training_record(cfg: SanityReportConfig, permuted: bool) -> dict[str, Any]:
     """What identifies a trained model: compared with the ``.json`` beside a checkpoint before reuse."""
+    from roar.data.lightning_source import datamodule_source_sha256
+    from roar.models.factory import arch_source_sha256
+
+    # a user's datamodule or network (by import path): editing its code trains the model anew
+    code = {"data": datamodule_source_sha256(cfg.data), "model": arch_source_sha256(cfg.model.get("arch"))}
     return {
         "data": {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})},
         "model": cfg.model,
+        **{f"{k}_source_sha256": v for k, v in code.items() if v},
         "trainer": {k: v for k, v in sorted(cfg.trainer.items()) if k not in IGNORED_TRAINER_KEYS},
         "label_permutation": permuted,
         "epochs": cfg.permuted_epochs if permuted else cfg.epochs,
