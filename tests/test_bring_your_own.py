@@ -168,6 +168,22 @@ def test_train_py_and_sanity_refuse_an_arch_arg_the_network_does_not_take(capsys
     assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
 
 
+def test_train_py_given_a_users_datamodule_says_in_one_line_how_to_wrap_it_and_the_wrapped_one_trains(tmp_path, capsys):
+    from train import main
+
+    fit = ["fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+           "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+           "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main([*fit, "--data", "{class_path: user_code.TinyDigits}"])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: --data: user_code.TinyDigits is not a subclass of ImageDataModule; ")
+    wrapped = error.rpartition(" --data ")[2].strip("'").replace("init_args: {...}", "init_args: {batch_size: 32}")
+    cli = main([*fit, "--data", wrapped])  # the hint, as printed: 8 px digits of the user's datamodule
+    assert cli.model.hparams.image_size == 8 and "test/acc" in cli.trainer.callback_metrics
+
+
 NET = (
     "from torch import nn\n\nclass EditedNet(nn.Module):\n    def __init__(self, num_classes, in_chans, image_size):\n        super().__init__()\n"
     "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, 16), nn.{act}(), nn.Linear(16, num_classes))\n\n"
@@ -257,7 +273,7 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--data.imgsize", "8"], "did you mean image_size"),
         (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
         (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),
-        (["--data", "{class_path: user_code.DigitPairs}"], "does not correspond to a subclass of LightningDataModule"),
+        (["--data", "{class_path: user_code.DigitPairs}"], "--data: user_code.DigitPairs is not a subclass of LightningDataModule"),
         (["--data", "{class_path: user_code.TinyDigits}", "--data.init_args.limit_train", "100"], "wrap user_code.TinyDigits to use it"),
     ],
 )
