@@ -264,6 +264,7 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--benchmark.methods", "[{name: x, class_path: torch.nn.Linear}]"], "not a captum Attribution class"),
         (["--benchmark.methods", "[{name: x, class_path: captum.attr.Occlusion, attribute_args: {window: 3}}]"], "does not take 'window'"),
         (["--benchmark.methods", "[{name: x, function: 'nowhere.module:explain'}]"], "does not import"),
+        (["--benchmark.methods", "[{name: x, function: 'torch.nn.functional:relu'}]"], "method 'x': function 'torch.nn.functional:relu': attribution function relu must take (model, inputs, target"),
         (["--benchmark.methods", "[gradeint]"], "did you mean gradient"),
         (["--benchmark.methods", "[{name: x, method: random, ensemble: sg}]"], "reads no model"),
         (["--model.arch", "timm/resnet10x"], "close matches: timm/resnet10t"),
