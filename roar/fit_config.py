@@ -82,6 +82,23 @@ _IN_CLASS = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*Parser
 _IN_CLASS_SHORTENED = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*--([\w.]+) (.*)")
 _SIMPLE = re.compile(r'^Parser key "([\w.]+)":\s*\n\s*Expected (.+?)\. Got value: ([^\n]*)\Z')
 _LITERAL = re.compile(r"a typing\.Literal\[(.*)\]")
+_NOT_SUBCLASS = re.compile(r"Import path ([\w.]+) does not correspond to a subclass of (\w+)")
+
+
+def _lightning_hint(class_path: str, base: str) -> str:
+    """``train.py fit`` takes roar's datamodules only: how to give it a user's LightningDataModule (the lightning source)."""
+    from lightning.pytorch import LightningDataModule
+
+    from roar.registry import import_object
+
+    try:
+        cls = import_object(class_path, "data class_path")
+    except ValueError:
+        return ""
+    if base == "LightningDataModule" or not (isinstance(cls, type) and issubclass(cls, LightningDataModule)):
+        return ""
+    return (f"; a LightningDataModule of yours is roar's lightning source: --data '{{class_path: roar.data.ImageDataModule, "
+            f"init_args: {{source: lightning, source_options: {{class_path: {class_path}, init_args: {{...}}}}, image_size: null}}}}'")
 
 
 def _bad_value_of_a_class(message: str) -> str:
@@ -96,6 +113,10 @@ def _bad_value_of_a_class(message: str) -> str:
     simple = _SIMPLE.match(message.strip())
     if simple:
         return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2))}"
+    not_subclass, parser_key = _NOT_SUBCLASS.search(message), re.match(r'Parser key "([\w.]+)"', message)
+    if not_subclass and parser_key:  # --data given a class of another kind: one line, however jsonargparse nests it
+        path, base = not_subclass.groups()
+        return f"--{parser_key.group(1)}: {path} is not a subclass of {base}" + _lightning_hint(path, base)
     union = _UNION.match(message)
     if not union:
         return message

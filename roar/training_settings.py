@@ -5,7 +5,8 @@ one (DESIGN.md, "Fingerprints"). Resolved means defaults filled in: a setting th
 out is recorded at the value it took, so a model trained when a default was 10 epochs is not
 reused under a default of 20; and speed- or output-only settings (``num_workers``,
 ``accelerator``, loggers, ``compile``...) are left out, so changing them keeps a model valid.
-A user's datamodule adds the sha256 of its source file, and starting weights their bytes' sha256.
+A user's datamodule or network adds the sha256 of its source file, and starting weights their
+bytes' sha256.
 
 Used for the benchmark's base model (:mod:`roar.benchmark.provenance`) and the sanity report's
 true- and permuted-label models (:mod:`roar.sanity.trained_models`).
@@ -69,11 +70,12 @@ def training_settings(data: dict[str, Any], model: dict[str, Any], trainer: dict
     for key in ("limit_train", "limit_test"):  # the whole data, as before limits existed: earlier fingerprints hold
         if resolved_data.get(key) is None:
             resolved_data.pop(key, None)
-    if resolved_data.get("source") == "lightning":  # a user's datamodule: editing its code changes the data
-        from roar.fingerprint import source_sha256
-        from roar.registry import import_object
+    from roar.data.lightning_source import datamodule_source_sha256
+    from roar.models.factory import arch_source_sha256
 
-        resolved_data["source_sha256"] = source_sha256(import_object(resolved_data["source_options"]["class_path"], "data class_path"))
+    for section, sha256 in ((resolved_data, datamodule_source_sha256(resolved_data)), (resolved_model, arch_source_sha256(resolved_model.get("arch")))):
+        if sha256:  # a user's datamodule or network: editing its code changes what is trained
+            section["source_sha256"] = sha256
     return {"roar": roar_version(), "data": resolved_data, "model": resolved_model, "trainer": resolved_trainer}
 
 

@@ -168,6 +168,60 @@ def test_train_py_and_sanity_refuse_an_arch_arg_the_network_does_not_take(capsys
     assert "model.arch_args of user_code.TwoLayerNet has no 'hiden' (did you mean hidden?)" in capsys.readouterr().err
 
 
+def test_train_py_given_a_users_datamodule_says_in_one_line_how_to_wrap_it_and_the_wrapped_one_trains(tmp_path, capsys):
+    from train import main
+
+    fit = ["fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+           "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+           "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main([*fit, "--data", "{class_path: user_code.TinyDigits}"])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: --data: user_code.TinyDigits is not a subclass of ImageDataModule; ")
+    wrapped = error.rpartition(" --data ")[2].strip("'").replace("init_args: {...}", "init_args: {batch_size: 32}")
+    cli = main([*fit, "--data", wrapped])  # the hint, as printed: 8 px digits of the user's datamodule
+    assert cli.model.hparams.image_size == 8 and "test/acc" in cli.trainer.callback_metrics
+
+
+NET = (
+    "from torch import nn\n\nclass EditedNet(nn.Module):\n    def __init__(self, num_classes, in_chans, image_size):\n        super().__init__()\n"
+    "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size**2, 16), nn.{act}(), nn.Linear(16, num_classes))\n\n"
+    "    def forward(self, x):\n        return self.body(x)\n"
+)
+
+
+def test_editing_a_class_path_networks_source_is_not_reused(tmp_path, capsys, monkeypatch):
+    # ReLU -> Tanh keeps every weight's shape, so the old base.ckpt still loads: only the source's hash tells them apart
+    (tmp_path / "edited_net.py").write_text(NET.format(act="ReLU"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    arch = ["--model.arch", "edited_net.EditedNet", "--benchmark.methods", "[random]"]
+    assert benchmark(out, *arch) == 0
+    assert benchmark(out, *arch) == 0, "unchanged source: resumed"
+    (tmp_path / "edited_net.py").write_text(NET.format(act="Tanh"))
+    assert benchmark(out, *arch) == 2
+    assert "model.source_sha256" in capsys.readouterr().err
+
+
+def test_the_sanity_models_of_an_edited_network_or_datamodule_are_not_reused(tmp_path, monkeypatch):
+    from roar.data.datamodule import datamodule_arguments
+    from roar.sanity.report_config import SanityReportConfig
+    from roar.sanity.trained_models import _training_record
+
+    (tmp_path / "sanity_edited_net.py").write_text(NET.format(act="ReLU"))
+    (tmp_path / "edited_data.py").write_text("from user_code import TinyDigits\n\nclass EditedDigits(TinyDigits):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = datamodule_arguments({"class_path": "edited_data.EditedDigits"})
+    cfg = SanityReportConfig(data=data, model={"arch": "sanity_edited_net.EditedNet"})
+    before = _training_record(cfg, permuted=False)
+    assert _training_record(cfg, permuted=False) == before
+    (tmp_path / "sanity_edited_net.py").write_text(NET.format(act="Tanh"))
+    assert _training_record(cfg, permuted=False)["model"]["source_sha256"] != before["model"]["source_sha256"]
+    (tmp_path / "edited_data.py").write_text("from user_code import TinyDigits\n\nclass EditedDigits(TinyDigits):\n    test_every = 4\n")
+    assert _training_record(cfg, permuted=False)["data"]["source_sha256"] != before["data"]["source_sha256"]
+
+
 def test_a_users_lightning_datamodule_runs_a_roar_retrain(tmp_path):
     out = tmp_path / "out"
     assert benchmark(out, "--data", "{class_path: user_code.TinyDigits, init_args: {batch_size: 32}}", "--benchmark.methods", "[gradient]") == 0
@@ -210,6 +264,7 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--benchmark.methods", "[{name: x, class_path: torch.nn.Linear}]"], "not a captum Attribution class"),
         (["--benchmark.methods", "[{name: x, class_path: captum.attr.Occlusion, attribute_args: {window: 3}}]"], "does not take 'window'"),
         (["--benchmark.methods", "[{name: x, function: 'nowhere.module:explain'}]"], "does not import"),
+        (["--benchmark.methods", "[{name: x, function: 'torch.nn.functional:relu'}]"], "method 'x': function 'torch.nn.functional:relu': attribution function relu must take (model, inputs, target"),
         (["--benchmark.methods", "[gradeint]"], "did you mean gradient"),
         (["--benchmark.methods", "[{name: x, method: random, ensemble: sg}]"], "reads no model"),
         (["--model.arch", "timm/resnet10x"], "close matches: timm/resnet10t"),
@@ -219,7 +274,7 @@ def test_model_weights_start_the_base_model_and_a_foreign_head_is_left_fresh(tmp
         (["--data.imgsize", "8"], "did you mean image_size"),
         (["--config", "{model: {learning_rate: 0.1}}"], "valid keys: arch, arch_args"),
         (["--config", "{trainer: {max_epoch: 3}}"], "did you mean max_epochs"),
-        (["--data", "{class_path: user_code.DigitPairs}"], "does not correspond to a subclass of LightningDataModule"),
+        (["--data", "{class_path: user_code.DigitPairs}"], "--data: user_code.DigitPairs is not a subclass of LightningDataModule"),
         (["--data", "{class_path: user_code.TinyDigits}", "--data.init_args.limit_train", "100"], "wrap user_code.TinyDigits to use it"),
     ],
 )

@@ -83,7 +83,10 @@ def _split(name: str, params: dict[str, Any] | None) -> tuple[MethodFactory, dic
         obj = import_object(definition["function"], f"method {name!r}: function")
         if isinstance(obj, type) or not callable(obj):
             raise ValueError(f"method {name!r}: function {definition['function']!r} is {obj!r}, not a function; a class goes under class_path")
-        function_params(obj)
+        try:  # the signature must be (model, inputs, target, ...): say which entry of the config is wrong
+            function_params(obj)
+        except ValueError as err:
+            raise ValueError(f"method {name!r}: function {definition['function']!r}: {err}") from None
         return MethodFactory(obj, "function"), definition, params
     key = definition.get("method", name)
     if key not in METHODS:

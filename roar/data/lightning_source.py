@@ -100,6 +100,16 @@ class _CheckedDataset(Dataset):
         return _checked_item(self.dataset[index], self.where)
 
 
+def datamodule_source_sha256(data: dict[str, Any]) -> str | None:
+    """sha256 of the source file of a user's datamodule in ImageDataModule arguments (the ``lightning`` source), else None.
+
+    Part of every trained model's fingerprint: editing the datamodule's code changes the data.
+    """
+    if data.get("source") != "lightning":
+        return None
+    return source_sha256(import_object((data.get("source_options") or {}).get("class_path"), "data class_path"))
+
+
 @register_source("lightning")
 def load_lightning_datamodule(
     root: str | None = None,

@@ -202,6 +202,24 @@ def _check_arch_args(name: str, constructor: Callable[..., Any], arch_args: dict
             raise ValueError(f"model.arch_args of {name} has no {key!r}{hint}; {listing}")
 
 
+def arch_source_sha256(name: str) -> str | None:
+    """sha256 of the source file of a user's network: a class path, or a builder registered outside roar.
+
+    Part of every trained model's fingerprint (the benchmark's ``base.ckpt``, the sanity report's
+    models), as a method's and a datamodule's source are: editing the network's code trains it
+    anew instead of reusing a checkpoint of the old code, whose shapes may still fit. None for
+    roar's built-ins and timm's models (covered by roar's and timm's versions).
+    """
+    from roar.fingerprint import source_sha256
+
+    if not isinstance(name, str) or name.startswith(TIMM_PREFIX):
+        return None
+    builder = MODELS.get(name) if name in MODELS else _module_class(name) if "." in name else None
+    if builder is None or (getattr(builder, "__module__", "") or "").split(".")[0] == "roar":
+        return None
+    return source_sha256(builder)
+
+
 def build_model(name: str, num_classes: int, in_chans: int, image_size: int, **arch_args: Any) -> nn.Module:
     """Build a freshly initialised network.
 
