@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,19 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
         roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "pip install 'roar[ray]'" in err
+    assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
+
+
+def test_ray_address_auto_without_a_cluster_is_refused_before_the_base_model(tmp_path, monkeypatch, capsys):
+    # --ray-address auto joins the cluster `ray start` made on this node; with none, Ray's ConnectionError
+    # came as a traceback from the first submission, after the base model and the ranks
+    pytest.importorskip("ray")
+    if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists():
+        pytest.skip("a Ray cluster is running on this machine")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --ray-address auto: no Ray cluster to join" in err and "ray start --head" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
 
 
