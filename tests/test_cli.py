@@ -169,6 +169,20 @@ def test_a_data_root_without_its_files_is_one_error_line(tmp_path, capsys):
     assert "Union subtypes" not in err and "Given value" not in err
 
 
+def test_a_retrain_whose_base_checkpoint_is_missing_is_one_error_line(tmp_path, capsys):
+    # configs/roar/digits.yaml points at runs/digits_demo/base.ckpt; before the demo has run it is not
+    # there, and prepare_data raised a traceback (under DDP the other process hung at a barrier first).
+    gone = tmp_path / "base.ckpt"
+    retrain = ["--config", str(ROOT / "configs/roar/digits.yaml"), "--data.ranks.method", "gradient"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *retrain, "--data.ranks.store", str(tmp_path / "store"), "--data.ranks.base_checkpoint", str(gone)))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: base_checkpoint {gone}: no such file; method 'gradient' ranks with the base model" in err
+    assert "--data.ranks.base_checkpoint PATH" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists(), "refused before any rank was computed"
+
+
 def test_an_unreadable_image_is_one_error_line_naming_it(tmp_path, capsys):
     # Ours wraps PIL's OSError: the message printed is ours (the file named), not PIL's nor a traceback.
     from formats import write_image_folder

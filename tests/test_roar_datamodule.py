@@ -151,15 +151,18 @@ def base_checkpoint(tmp_path_factory):
 
 
 def test_model_ranks_need_a_fitting_checkpoint(tmp_path, base_checkpoint):
-    dm = roar_dm(tmp_path, method="gradient", base_checkpoint=str(tmp_path / "missing.ckpt"))
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        dm.prepare_data()
+    # refused when the config is read (StoreRanks), not in prepare_data, where DDP's other process waits at a barrier
+    with pytest.raises(FileNotFoundError, match="missing.ckpt: no such file"):
+        roar_dm(tmp_path, method="gradient", base_checkpoint=str(tmp_path / "missing.ckpt"))
     with pytest.raises(ValueError, match=r"image_size=8 \(expected 16\)"):
         load_classifier(base_checkpoint, image_size=16)
     with pytest.raises(ValueError, match=r"num_classes=10 \(expected 2\)"):
-        compute_ranks(roar_dm(tmp_path, source="synthetic_linear", method="gradient"), "gradient", tmp_path / "s", checkpoint=base_checkpoint, progress=False)
+        compute_ranks(roar_dm(tmp_path, source="synthetic_linear"), "gradient", tmp_path / "s", checkpoint=base_checkpoint, progress=False)
+    with pytest.raises(ValueError, match="no base_checkpoint is given"):
+        roar_dm(tmp_path, method="gradient")
     with pytest.raises(ValueError, match="give the base checkpoint"):
-        roar_dm(tmp_path, method="gradient").prepare_data()
+        compute_ranks(roar_dm(tmp_path, method="sobel"), "gradient", tmp_path / "s", progress=False)
+    roar_dm(tmp_path, method="sobel", base_checkpoint=str(tmp_path / "missing.ckpt"))  # sobel reads no model: no file needed
 
 
 def test_roar_retrain_through_the_cli(tmp_path, base_checkpoint):

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,19 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
     assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
 
 
+def test_ray_address_auto_without_a_cluster_is_refused_before_the_base_model(tmp_path, monkeypatch, capsys):
+    # --ray-address auto joins the cluster `ray start` made on this node; with none, Ray's ConnectionError
+    # came as a traceback from the first submission, after the base model and the ranks
+    pytest.importorskip("ray")
+    if (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists():
+        pytest.skip("a Ray cluster is running on this machine")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: --ray-address auto: no Ray cluster to join" in err and "ray start --head" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
+
+
 # --------------------------------------------------------------------------- worker processes
 def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(tmp_path, capsys):
     out = tmp_path / "grid"
@@ -123,6 +137,7 @@ def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(t
     assert status.pop(KILLED) == "failed" and set(status.values()) == {"done"}
     (failed,) = ResultsStore(out / "results.db").failures()
     assert "worker process" in failed["error"] and "died" in failed["error"]
+    assert failed["error"].endswith("run the benchmark again to retry it")  # no retries left: the rerun is the user's
     # every finished run is complete (its config recorded), whichever worker wrote it
     assert all(r["config"]["benchmark"]["name"] == "tiny" and 0 <= r["test_acc"] <= 1 and r["fingerprint"] for r in rows if r["status"] == "done")
     before = {r["run_id"]: r["seconds"] for r in rows if r["status"] == "done"}
@@ -142,11 +157,15 @@ def test_workers_run_the_grid_once_each_and_a_killed_worker_loses_only_its_run(t
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path):
+def test_a_killed_worker_is_retried_in_a_fresh_process(tmp_path, caplog):
     cfg = tiny_config(seeds=2)
     cfg.trainer["callbacks"] = [killing(tmp_path)]
-    results = run_benchmark(cfg, tmp_path / "out", progress=False, report=False, launch=LaunchOptions(workers=2))
+    with caplog.at_level(logging.WARNING, logger="roar.benchmark.local_pool"):
+        results = run_benchmark(cfg, tmp_path / "out", progress=False, report=False, launch=LaunchOptions(workers=2))
     assert list(tmp_path.glob("killed-*")), "the callback killed a worker"
+    # the line says the driver retries it, and not also to run the benchmark again (it said both)
+    (line,) = [r.getMessage() for r in caplog.records if "died" in r.getMessage()]
+    assert line.endswith("retrying it in a fresh worker (1 of 1)") and "run the benchmark again" not in line, line
     rows = check_db(results.path)
     plan, todo = pending_runs(cfg, results)
     assert not todo and len(rows) == len(plan) == 6

@@ -9,12 +9,14 @@ computed first when missing.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, check_batch_size, check_budget
 from roar.attribution.compute import check_ranking, compute_ranks
+from roar.attribution.registry import needs_model
 from roar.data.ranks import RankProvider
 
 
@@ -53,6 +55,7 @@ class StoreRanks(RankProvider):
     ) -> None:
         # Every argument is checked here, when the config is read, not when the first batch is masked.
         check_ranking(method, method_params, granularity=granularity, score=score, target=target)
+        _check_base_checkpoint(method, method_params, base_checkpoint)
         self.method, self.granularity, self.score = method, granularity, score
         self.store = store
         self.base_checkpoint = base_checkpoint
@@ -78,6 +81,22 @@ class StoreRanks(RankProvider):
             memory_budget=self.memory_budget, device=self.device, progress=progress,
         )  # fmt: skip
         return ranks["train"], ranks["test"]
+
+
+def _check_base_checkpoint(method: str, method_params: dict[str, Any] | None, base_checkpoint: str | None) -> None:
+    """A model-based method's ranks are keyed by the base checkpoint's sha256, so the file must exist even
+    when they are cached. Checked when the config is read: found missing in ``prepare_data``, it was a
+    traceback, and under DDP the other processes waited at a barrier until gloo gave up."""
+    if not needs_model(method, method_params):
+        return
+    how = (
+        "train the base model first (`python train.py fit` writes a checkpoint under its run folder, "
+        "`python -m roar benchmark` writes <out>/base.ckpt) and pass it as --data.ranks.base_checkpoint PATH"
+    )
+    if base_checkpoint is None:
+        raise ValueError(f"method {method!r} ranks with the base model, but no base_checkpoint is given: {how}")
+    if not Path(base_checkpoint).is_file():
+        raise FileNotFoundError(f"base_checkpoint {base_checkpoint}: no such file; method {method!r} ranks with the base model: {how}")
 
 
 __all__ = ["StoreRanks"]

@@ -100,7 +100,7 @@ class _Slot:
 def _death_message(spec: RunSpec, deaths: int) -> str:
     return (
         f"the worker process running {spec.run_id} died {deaths} time(s) without recording a result "
-        "(killed: out of memory? a segfault? a preempted machine?); run the benchmark again to retry it"
+        "(killed: out of memory? a segfault? a preempted machine?)"
     )
 
 
@@ -170,7 +170,8 @@ def run_local_pool(
                         if deaths[spec.run_id] <= worker_retries:
                             log.warning("%s; retrying it in a fresh worker (%d of %d)", message, deaths[spec.run_id], worker_retries)
                             queue.appendleft([spec])  # alone: a stack that died is not tried again as one
-                        else:
+                        else:  # only now is a rerun of the command the user's to start
+                            message += "; run the benchmark again to retry it"
                             log.warning(message)
                             results.record(spec, status="failed", error=message, config=run_config(cfg, spec))
                             finished(spec, {"status": "failed", "error": message})

@@ -14,7 +14,8 @@ driver writes ``results.db``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,32 @@ def _connect_ray(ray: Any, address: str | None) -> bool:
     finally:
         notices.removeFilter(drop)
     return True
+
+
+@contextmanager
+def ray_cluster(cfg: BenchmarkConfig, options: LaunchOptions) -> Iterator[None]:
+    """Join (or start) Ray and check that it holds a task's resources, for the whole grid.
+
+    Entered before the base model trains: a cluster that is not there (``--ray-address auto``
+    with no ``ray start`` on this node) or lacks the GPUs a task asks for was found only when the
+    first task was submitted, after the base model and every method's ranks, hours on ImageNet.
+    :func:`run_ray` then finds Ray connected; Ray is shut down on leaving if this call started it.
+    """
+    ray = require_ray()
+    try:
+        started = _connect_ray(ray, options.ray_address)
+    except ConnectionError as err:
+        raise ValueError(
+            f"--ray-address {options.ray_address}: no Ray cluster to join ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            "start one with `ray start --head` (docs/scale.md), pass the head's <host>:6379, "
+            "or --ray-address local for a throwaway instance on this machine"
+        ) from None
+    try:
+        ray_resources(cfg, options, ray.cluster_resources())
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def ray_resources(cfg: BenchmarkConfig, options: LaunchOptions, cluster: dict[str, float]) -> dict[str, float]:

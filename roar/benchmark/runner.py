@@ -12,6 +12,7 @@ once, by :mod:`roar.benchmark.prepare` (its names are re-exported here, their ol
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from roar.benchmark.cell import (
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.launchers import LaunchOptions
 from roar.benchmark.local_pool import run_local_pool
-from roar.benchmark.ray_launcher import run_ray
+from roar.benchmark.ray_launcher import ray_cluster, run_ray
 from roar.benchmark.lock import FolderLock
 from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.prepare import (  # the base model and the ranks; their old home re-exports them
@@ -136,7 +137,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
     # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
-    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources(), wandb_service(cfg.logger == "wandb"):
+    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources(), wandb_service(cfg.logger == "wandb"), ExitStack() as stack:
         results = ResultsStore(out / "results.db", replace_unreadable=force)
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
@@ -155,6 +156,8 @@ def run_benchmark(
         blank = _classifier(cfg, dm)
         probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
         tell = say if progress else None
+        if launch.launcher == "ray" and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
+            stack.enter_context(ray_cluster(cfg, launch))
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         plan, _ = pending_runs(cfg, results)
