@@ -61,8 +61,11 @@ def test_an_unchanged_rerun_resumes_and_recomputes_nothing(finished, tmp_path, c
     out = copy_of(finished, tmp_path)
     before, base_bytes = snapshot(out), (out / "base.ckpt").read_bytes()
     entries = {p: p.stat().st_mtime_ns for p in (out / "attributions").glob("*/*/ranks.npy")}
-    assert benchmark(out) == 0
-    assert "resuming: 3 of 3 runs" in capsys.readouterr().out
+    assert benchmark(out, "--progress", "true") == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 3 of 3 runs" in printed
+    # said as reused, not "ready (0.0 s)" as if computed in no time
+    assert "ranks of integrated_gradients: reused (same base model, parameters and data)" in printed and "ready (" not in printed, printed
     assert snapshot(out) == before, "no run was redone"
     assert (out / "base.ckpt").read_bytes() == base_bytes, "the base model was reused"
     assert {p: p.stat().st_mtime_ns for p in (out / "attributions").glob("*/*/ranks.npy")} == entries

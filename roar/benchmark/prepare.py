@@ -22,13 +22,13 @@ import torch
 from lightning.pytorch import seed_everything
 
 from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_keys
-from roar.attribution.store import checkpoint_sha256
+from roar.attribution.store import AttributionStore, checkpoint_sha256
 from roar.benchmark.cell import RUNS_DIR, STORE_DIR, _classifier, _finish_loggers, _loggers, _trainer
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.provenance import base_training, refusal
 from roar.data.datamodule import ImageDataModule
 from roar.epoch_progress import EpochProgress
-from roar.fingerprint import differences
+from roar.fingerprint import differences, fingerprint_key
 from roar.models.checkpoint import PROVENANCE_KEY, load_checkpoint, load_classifier, non_finite_parameters, provenance
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ def prepare_ranks(
     probe_methods(dm, list(methods or cfg.methods), cfg.method_params, model=model)
     p = cfg.protocol
     keys: dict[str, dict[str, str]] = {}
+    stored = {fingerprint_key(entry.fingerprint) for entry in AttributionStore(out / STORE_DIR).entries()}
     for method in methods or cfg.methods:
         if method == "random" and p.random_mask == "fresh":
             keys[method] = {"fresh": "drawn at every read"}
@@ -180,6 +181,8 @@ def prepare_ranks(
             memory_budget=cfg.attribution_memory_budget, device=cfg.attribution_device, progress=progress and sys.stderr.isatty(),
             say=chosen.append if say is not None else None,  # no lines wanted: the logger keeps it
         )  # fmt: skip
-        if say is not None:
+        if say is not None and all(key in stored for key in keys[method].values()):  # a resumed grid: said as such
+            say(f"ranks of {method}: reused (same base model, parameters and data)")
+        elif say is not None:
             say(f"ranks of {method}: ready ({time.perf_counter() - start:.1f} s{''.join(f'; {line}' for line in chosen)})")
     return keys
