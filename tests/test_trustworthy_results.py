@@ -108,6 +108,25 @@ def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path)
     assert provenance["training"]["base"]["max_epochs"] == 7
 
 
+def test_longer_retrains_keep_the_base_model_that_base_max_epochs_trains(finished, tmp_path, capsys):
+    """base.max_epochs trains the base model: the retrains' trainer.max_epochs changes the runs, not it
+    (recording both refused an identical base model, and --force retrained it: hours on ImageNet)."""
+    out = copy_of(finished, tmp_path)
+    base_bytes = (out / "base.ckpt").read_bytes()
+    assert benchmark(out, "--trainer.max_epochs", "2") == 2  # the recorded runs are of 1 epoch
+    assert "trainer.max_epochs: 1 -> 2" in capsys.readouterr().err
+    assert benchmark(out, "--trainer.max_epochs", "2", "--force", "true", "--progress", "true") == 0
+    assert "base model: reusing" in capsys.readouterr().out and (out / "base.ckpt").read_bytes() == base_bytes
+    # a base model of roar 0.3, whose record holds the retrains' epochs too, is still this base model
+    legacy = copy_of(finished, tmp_path / "legacy")
+    checkpoint = torch.load(legacy / "base.ckpt", weights_only=True)
+    checkpoint["roar_provenance"]["training"]["trainer"]["max_epochs"] = 1
+    torch.save(checkpoint, legacy / "base.ckpt")
+    legacy_bytes = (legacy / "base.ckpt").read_bytes()
+    assert benchmark(legacy, "--force", "true", "--progress", "true") == 0
+    assert "base model: reusing" in capsys.readouterr().out and (legacy / "base.ckpt").read_bytes() == legacy_bytes
+
+
 def test_a_damaged_results_database_is_refused_in_one_line_and_force_replaces_it(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     db = out / "results.db"

@@ -25,7 +25,7 @@ from roar.attribution.compute import compute_ranks, probe_methods, rank_entry_ke
 from roar.attribution.store import AttributionStore, checkpoint_sha256
 from roar.benchmark.cell import RUNS_DIR, STORE_DIR, _classifier, _finish_loggers, _loggers, _trainer
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.provenance import base_training, refusal
+from roar.benchmark.provenance import base_model_training, base_training, refusal
 from roar.data.datamodule import ImageDataModule
 from roar.epoch_progress import EpochProgress
 from roar.fingerprint import differences, fingerprint_key
@@ -68,7 +68,7 @@ def _check_base_model(model: torch.nn.Module, accuracy: float, cfg: BenchmarkCon
 def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """Train the base model, or reuse a checkpoint made by exactly these settings; return its path.
 
-    ``<out>/base.ckpt`` records the fingerprint of its training (:func:`base_training`) inside
+    ``<out>/base.ckpt`` records the fingerprint of its training (:func:`base_model_training`) inside
     itself: it is reused only when that matches, refused otherwise (``force`` retrains it). A
     ``base.checkpoint`` of the user's is checked against the config's architecture and the data.
     A base model that diverged or stayed near chance is never kept. ``progress``: Lightning's
@@ -89,10 +89,11 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
             raise FileNotFoundError(f"base.checkpoint {path} does not exist; remove base.checkpoint to train a base model into {out}")
         load_classifier(path, **fits)  # refuses another architecture, data shape, or non-finite weights
         return path
-    expected = base_training(cfg)
+    expected = base_model_training(cfg)
     if path.is_file():
         recorded = (provenance(path) or {}).get("training")
-        if recorded == expected:
+        # roar 0.3 recorded the retrains' epochs too (base_training): such a base model is still this one
+        if recorded in (expected, base_training(cfg)):
             load_classifier(path, **fits)
             (say or log.info)(f"base model: reusing {path} (same settings)")
             return path

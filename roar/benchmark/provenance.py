@@ -46,6 +46,16 @@ def base_training(cfg: BenchmarkConfig) -> dict[str, Any]:
     return {**settings, "base": {"max_epochs": epochs, "seed": cfg.base.seed}}
 
 
+def base_model_training(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """What ``base.ckpt`` records and is reused on: :func:`base_training`, less the retrains' epochs
+    (``trainer.max_epochs``) when ``base.max_epochs`` sets the base model's own, so changing how
+    long the retrains train (and ``--force``) keeps a base model that would be trained the same."""
+    training = base_training(cfg)
+    if cfg.base.max_epochs is not None:
+        training["trainer"] = {k: v for k, v in training["trainer"].items() if k != "max_epochs"}
+    return training
+
+
 def grid_settings(cfg: BenchmarkConfig, base_checkpoint_sha256: str | None = None) -> dict[str, Any]:
     """The settings every run of the grid shares; a given base checkpoint stands for its training.
 
