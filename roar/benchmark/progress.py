@@ -47,15 +47,16 @@ class GridProgress:
         done: runs already recorded (a resumed grid starts there).
         enabled: print anything at all.
         pending: the runs still to do (to know when the last no-retrain evaluation is in).
-        parallel: runs trained at once (local workers times stack members): the ETA's first lines.
+        parallel: runs trained at once (local workers times stack members): no ETA until more are in.
     """
 
     def __init__(self, total: int, done: int, enabled: bool = True, pending: list[RunSpec] | None = None, parallel: int = 1) -> None:
         self.total, self.count, self.enabled = total, done, enabled
-        # Runs that started together finish together: when the first of them is in, the others
-        # are about as far along, so until as many runs as ran at once are in, the rate counts
-        # that many (one run counted over its whole duration made the first line of a 2-worker,
-        # 2-seed-stack grid say 2:48 for a grid 1.5 min from done).
+        # Runs that started together finish together: until more runs are in than ran at once,
+        # the rate is not known (one run over its duration made the first line of a 2-worker,
+        # 2-seed-stack grid say 2:48 for a grid 1.5 min from done; counting the runs in flight as
+        # done said 0:45, as their own seconds leave out each job's recording and logging), so
+        # those lines carry no ETA.
         self._parallel = max(1, parallel)
         self._start = time.perf_counter()
         self._evaluations_left = sum(spec.mode in NORETRAIN_ORDER for spec in pending or [])
@@ -108,11 +109,10 @@ class GridProgress:
 
     def _eta(self) -> float | None:
         """Seconds left at the rate so far (per retrain when the plan is known, else per run)."""
-        if not self._timed_done:
+        if not self._timed_done or (self._parallel > 1 and self._timed_done <= self._parallel):
             return None
         elapsed = time.perf_counter() - (self._clock if self._clock is not None else self._start)
-        done = max(self._timed_done, min(self._parallel, self._timed_left))
-        return elapsed / done * max(0, self._timed_left - self._timed_done)
+        return elapsed / self._timed_done * max(0, self._timed_left - self._timed_done)
 
     def _finished(self, spec: RunSpec, outcome: dict[str, Any], credited: bool) -> None:
         if self._clock is None:
