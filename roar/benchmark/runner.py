@@ -164,11 +164,12 @@ def run_benchmark(
         # the same base model and ranks, too; a run whose fill settings alone changed is run again
         check_recorded_rows(results.rows(), cfg, where, provenance, planned={spec.run_id for spec in plan})
         plan, todo = pending_runs(cfg, results, provenance)
+        parameters = sum(p.numel() for p in blank.net.parameters())  # how workers and stacks are sized
         if todo:  # a finished grid starts no workers, so it has no worker count to print
-            launch = resolve_workers(launch, cfg, sum(p.numel() for p in blank.parameters()), len(todo))
+            launch = resolve_workers(launch, cfg, parameters, len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, blank)) as bar:
+        with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, parameters)) as bar:
             if not launch.parallel and launch.threads:
                 torch.set_num_threads(launch.threads)
             if not launch.parallel:
@@ -194,11 +195,11 @@ def run_benchmark(
     return results
 
 
-def _runs_at_once(cfg: BenchmarkConfig, launch: LaunchOptions, todo: list[RunSpec], blank: Any) -> int:
+def _runs_at_once(cfg: BenchmarkConfig, launch: LaunchOptions, todo: list[RunSpec], parameters: int) -> int:
     """Runs trained at the same time: this machine's workers (a Ray cluster's size is unknown here: 1)
-    times the members of the largest stack."""
+    times the members of the largest stack (of a model of ``parameters``)."""
     workers = launch.workers if launch.parallel and launch.launcher == "local" and isinstance(launch.workers, int) else 1
-    size = resolve_stack(cfg, sum(p.numel() for p in blank.net.parameters()))
+    size = resolve_stack(cfg, parameters)
     stacked = 1 if size == 1 or unstackable_reason(cfg) else max((len(g) for g in stack_groups(todo, size)), default=1)
     return workers * stacked
 

@@ -47,7 +47,7 @@ def _training_record(cfg: SanityReportConfig, permuted: bool) -> dict[str, Any]:
     data = {**cfg.data, **({"augment": cfg.permuted_augment} if permuted else {})}
     trainer = {k: v for k, v in cfg.trainer.items() if k not in IGNORED_TRAINER_KEYS}
     return {
-        **json.loads(json.dumps(training_settings(data, cfg.model, trainer, TRAINER_DEFAULTS))),
+        **training_settings(data, cfg.model, trainer, TRAINER_DEFAULTS),  # JSON-able already
         "label_permutation": permuted,
         "epochs": cfg.permuted_epochs if permuted else cfg.epochs,
         "seed": cfg.seed,
@@ -142,7 +142,7 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
         if changed is None and not cfg.retrain:
             say(f"reusing the {kind} model in {path} (same settings; --sanity.retrain true to train again)")
         else:
-            why = "--sanity.retrain true" if cfg.retrain else (changed if path.is_file() else "none yet")
+            why = "--sanity.retrain true" if cfg.retrain else changed
             epochs = cfg.permuted_epochs if permuted else cfg.epochs
             say(f"training the {kind} model for {epochs} epochs ({why}) -> {path}")
             train_model(cfg, out, permuted, path)
