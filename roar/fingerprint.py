@@ -77,7 +77,8 @@ def source_sha256(obj: Any) -> str:
     """sha256 of the source file that defines ``obj`` (a function, a class, a module).
 
     Part of the fingerprint of user code (a method by import path, a registered method, a
-    datamodule): editing the file invalidates what it produced, including a helper it calls.
+    datamodule, a network): editing the file invalidates what it produced, and so does editing a
+    module of the user's own code that it imports, directly or not (:mod:`roar.source_files`).
     Objects without a readable source file (C extensions) fall back to their qualified name and
     their package's version.
     """
@@ -92,7 +93,16 @@ def source_sha256(obj: Any) -> str:
         path = None
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+            digest = hashlib.sha256(f.read())
+        # The local modules it imports (its helpers), by name and content; none: the file's own sha256.
+        from roar.source_files import own_source_files
+
+        helpers = own_source_files(module.__name__) if module is not None else {}
+        for name, helper in sorted(helpers.items()):
+            if os.path.realpath(helper) != os.path.realpath(path):
+                with open(helper, "rb") as f:
+                    digest.update(f"\0{name}\0".encode() + hashlib.sha256(f.read()).digest())
+        return digest.hexdigest()
     package = (getattr(module, "__name__", "") or "").split(".")[0]
     try:
         version = metadata.version(package)

@@ -71,9 +71,9 @@ def test_roar_attribute_ranks_a_captum_class_by_path(tmp_path):
     assert ranks(out, "ixg", "train").shape[0] > ranks(out, "ixg", "test").shape[0] > 0
 
 
-def _attribute(tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
+def _attribute(tmp_path: Path, out: Path, function: str = "mymethod:explain") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "tests")])}
-    command = [sys.executable, "-m", "roar", "attribute", *TINY, "--benchmark.methods", "[{name: mine, function: 'mymethod:explain'}]", "--out", str(out)]
+    command = [sys.executable, "-m", "roar", "attribute", *TINY, "--benchmark.methods", f"[{{name: mine, function: '{function}'}}]", "--out", str(out)]
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
@@ -94,6 +94,22 @@ def test_editing_a_methods_source_recomputes_its_ranks(tmp_path):
     test_entries = [e for e in entries if e.split == "test"]
     maps = [np.asarray(AttributionStore(out / "attributions").load(e.fingerprint)) for e in test_entries]
     assert not np.array_equal(maps[0], maps[1]) and any(np.array_equal(m, first) for m in maps)
+
+
+def test_editing_a_helper_the_method_imports_recomputes_its_ranks(tmp_path):
+    out = tmp_path / "out"
+    assert benchmark(out, "--benchmark.methods", "[random]") == 0
+    (tmp_path / "helped.py").write_text("from edge_helpers import edges\n\ndef explain(model, inputs, target):\n    return edges(inputs)\n")
+    helper = tmp_path / "edge_helpers.py"
+    helper.write_text("def edges(x):\n    return x - x.roll(1, dims=-1)\n")
+    assert _attribute(tmp_path, out, "helped:explain").returncode == 0
+    helper.write_text("def edges(x):\n    return x - x.roll(1, dims=-2)\n")  # the method's own file is unchanged
+    result = _attribute(tmp_path, out, "helped:explain")
+    assert result.returncode == 0, result.stderr
+    entries = [e for e in AttributionStore(out / "attributions").entries() if e.method == "mine" and e.split == "test"]
+    assert len(entries) == 2, "ranks of the old helper are not reused"
+    maps = [np.asarray(AttributionStore(out / "attributions").load(e.fingerprint)) for e in entries]
+    assert not np.array_equal(maps[0], maps[1])
 
 
 def test_an_entry_point_plugin_is_found_by_name(tmp_path, monkeypatch):
