@@ -188,10 +188,15 @@ def trapezoid_area(xs: Sequence[float], ys: np.ndarray) -> np.ndarray:
 
 
 def ranks_of(scores: np.ndarray, lower_is_better: bool) -> np.ndarray:
-    """Rank positions (0 = best) of the last axis of ``scores``; ties keep the input order."""
+    """Rank positions (0 = best) of the last axis of ``scores``; tied scores share the best of their positions.
+
+    Competition ranking ("1224"): a position is the number of strictly better scores. Two methods
+    with the same area (the same masks, say) hold the same rank in every resample, instead of the
+    first by name holding first place "100%" of the time; NaN, never better, ranks last.
+    """
     scores = np.asarray(scores, dtype=float)
-    order = np.argsort(scores if lower_is_better else -scores, axis=-1, kind="stable")
-    return np.argsort(order, axis=-1, kind="stable")
+    key = np.where(np.isnan(scores), np.inf, scores if lower_is_better else -scores)
+    return (key[..., None, :] < key[..., :, None]).sum(axis=-1)
 
 
 def ranking_stability(replicates: np.ndarray, lower_is_better: bool) -> np.ndarray:
@@ -204,7 +209,7 @@ def ranking_stability(replicates: np.ndarray, lower_is_better: bool) -> np.ndarr
 
     Returns:
         ``(M, M)``: entry ``[m, k]`` is the fraction of replicates in which method ``m`` ranks
-        at position ``k`` (0 = best); each row and each column sums to 1.
+        at position ``k`` (0 = best); each row sums to 1 (a column sums to more where methods tie).
     """
     positions = ranks_of(replicates, lower_is_better)  # (B, M)
     methods = positions.shape[1]

@@ -173,3 +173,18 @@ def test_an_unfinished_grid_counts_only_the_seeds_its_masked_runs_have(tmp_path)
             _record(store, method, "roar", 0.2, s, 0.9 + 0.03 * s - slope * 0.2)
     [warning] = _warnings(write_report(tmp_path, store, print_table=False)["report"].read_text())
     assert "ran 1 seed at some of its points (of 3: an unfinished grid?)" in warning
+
+
+def test_methods_of_equal_area_share_a_rank_in_the_table_the_resamples_and_the_consistency_row(tmp_path):
+    store = _roar_store(tmp_path, seeds=3)
+    for s in range(3):  # "copy" masks as gradient does: the same accuracy in every run
+        for t in THRESHOLDS:
+            _record(store, "copy", "roar", t, s, 0.9 - SLOPE["gradient"] * t + 0.01 * s)
+    report = write_report(tmp_path, store, print_table=False)["report"].read_text()
+    rows = {line.split("|")[2].strip(): line.split("|") for line in report.splitlines() if line.startswith("| ") and "`" in line.split("|")[2]}
+    assert rows["`copy`"][1].strip() == rows["`gradient`"][1].strip() == "1" and rows["`random`"][1].strip() == "3"
+    assert rows["`copy`"][6].strip() == rows["`gradient`"][6].strip() == "1: 100%"
+    assert "`copy` = `gradient` > `random`" in report
+    with open(tmp_path / "rankings.csv") as f:
+        ranks = {r["method"]: (r["rank"], r["holds_rank"]) for r in csv.DictReader(f)}
+    assert ranks["copy"] == ranks["gradient"] == ("1", "1.0") and ranks["random"][0] == "3"

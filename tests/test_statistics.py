@@ -18,6 +18,7 @@ from roar.statistics import (
     check_resamples,
     kendall_tau_b,
     ranking_stability,
+    ranks_of,
     resample_indices,
     resampled_means,
     trapezoid_area,
@@ -200,3 +201,12 @@ def test_evaluations_group_by_fill_and_direction():
     assert found[1].thresholds[0] == 0.0  # the shared unmasked reference starts the blur curves too
     assert row_fill({"config": '{"protocol": {"fill": "noisy_linear"}}'}) == "noisy_linear" and row_fill({"fill": "blur"}) == "blur"
     assert lower_is_better("roar") and lower_is_better("noretrain") and not lower_is_better("kar") and not lower_is_better("noretrain_kar")
+
+
+def test_tied_scores_share_the_best_of_their_ranks():
+    np.testing.assert_array_equal(ranks_of(np.array([0.3, 0.1, 0.3, 0.5]), lower_is_better=True), [1, 0, 1, 3])
+    np.testing.assert_array_equal(ranks_of(np.array([0.3, 0.1, 0.3, np.nan]), lower_is_better=False), [0, 2, 0, 3])
+    # Two methods with the same area in every resample: both first every time, not the first by name "100%".
+    replicates = np.array([[0.2, 0.2, 0.5], [0.3, 0.3, 0.1]])
+    stability = ranking_stability(replicates, lower_is_better=True)
+    np.testing.assert_allclose(stability, [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])

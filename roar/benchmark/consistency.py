@@ -52,6 +52,7 @@ def consistency(analysed: Sequence[tuple[Evaluation, list[MethodResult]]]) -> di
                 "dataset": ev.dataset, "model": ev.model, "name": ev.name, "mode": ev.mode, "fill": ev.fill,
                 "better": "lower" if ev.lower_is_better else "higher", "seeds": len(ev.seeds), "runs": ev.runs,
                 "seconds": ev.seconds, "ranking": [r.method for r in results if r.rank is not None],
+                "ranks": [r.rank for r in results if r.rank is not None],
             }
         )  # fmt: skip
     pairs = []
@@ -105,6 +106,16 @@ def write_files(out: Path, analysed: Sequence[tuple[Evaluation, list[MethodResul
     return paths
 
 
+def _ranking(evaluation: dict[str, Any]) -> str:
+    """``a = b > c``: the ranking, best first, methods of equal area joined by ``=``."""
+    text = ""
+    for i, (method, rank) in enumerate(zip(evaluation["ranking"], evaluation["ranks"])):
+        if i:
+            text += " = " if rank == evaluation["ranks"][i - 1] else " > "
+        text += f"`{method}`"
+    return text
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
@@ -139,7 +150,7 @@ def markdown(analysed: Sequence[tuple[Evaluation, list[MethodResult]]], table_fn
         evs = [e for e in table["evaluations"] if (e["dataset"], e["model"]) == (dataset, model)]
         lines += table_fn(
             ("evaluation", "better", "seeds", "runs", "compute", "ranking, best first"),
-            [(f"`{e['name']}`", e["better"], e["seeds"], e["runs"], _duration(e["seconds"]), " > ".join(f"`{m}`" for m in e["ranking"]) or "–") for e in evs],
+            [(f"`{e['name']}`", e["better"], e["seeds"], e["runs"], _duration(e["seconds"]), _ranking(e) or "–") for e in evs],
         ) + [""]
         if len(evs) > 1:
             tau = {(p["evaluation_a"], p["evaluation_b"]): p["kendall_tau_b"] for p in table["pairs"] if (p["dataset"], p["model"]) == (dataset, model)}

@@ -146,7 +146,7 @@ class MethodResult:
         method: the method.
         auc: area under its mean curve, with the bootstrap interval over seeds.
         delta: ``auc`` minus ``random``'s, with the paired interval (None without a complete ``random``).
-        rank: 1 = best; None for an incomplete curve (not comparable).
+        rank: 1 = best, equal areas sharing one; None for an incomplete curve (not comparable).
         stability: ``{rank: fraction of resamples}`` among the complete methods (empty with one seed).
         complete: every threshold present.
         points: the curve's number of points.
@@ -207,7 +207,8 @@ def analyse(
         delta = None
         if base is not None and done:
             delta = interval(estimate[m] - estimate[base], replicates[m] - replicates[base])
-        rank = complete.index(m) + 1 if done else None
+        # Competition ranking: equal areas share a rank (and the next rank is skipped), as in the resamples.
+        rank = 1 + sum(sign * estimate[o] < sign * estimate[m] for o in complete) if done else None
         held = {k + 1: float(f) for k, f in enumerate(stability[complete.index(m)])} if done and stability.size else {}
         results.append(MethodResult(m, interval(estimate[m], replicates[m]), delta, rank, held, done, int(np.isfinite(ev.accuracy[m]).any(axis=1).sum())))
     return results
