@@ -306,6 +306,14 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     assert taken.read_text() == "mine\n"
 
 
+def test_a_missing_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert benchmark(out, "--data.source", "cifar10", "--data.root", str(tmp_path / "nowhere")) == 2
+    err = capsys.readouterr().err
+    assert f"no CIFAR-10 folder at {tmp_path / 'nowhere'}" in err and "--data.root PATH" in err
+    assert not out.exists()  # no benchmark.yaml or empty results.db to mistake for a started grid
+
+
 # ------------------------------------------------------------------------------- the folder lock
 def test_two_benchmarks_cannot_run_on_one_folder(tmp_path, capsys):
     out = tmp_path / "out"

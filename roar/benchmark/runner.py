@@ -134,10 +134,16 @@ def run_benchmark(
     cfg.validate()
     launch = (launch or LaunchOptions()).validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources).
-    # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
-    with FolderLock(out, "benchmark"), quiet_third_party(verbose), reuse_loaded_sources(), wandb_service(cfg.logger == "wandb"), ExitStack() as stack:
+    with ExitStack() as stack:
+        # The grid's datamodules all read one dataset: it is loaded once (reuse_loaded_sources), and
+        # first, so a missing or unreadable dataset is refused before anything is written to ``out``.
+        stack.enter_context(quiet_third_party(verbose))
+        stack.enter_context(reuse_loaded_sources())
+        dm = ImageDataModule(**cfg.data)
+        out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(FolderLock(out, "benchmark"))
+        # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
+        stack.enter_context(wandb_service(cfg.logger == "wandb"))
         results = ResultsStore(out / "results.db", replace_unreadable=force)
         if config_yaml is not None:
             (out / "benchmark.yaml").write_text(config_yaml)
@@ -148,7 +154,6 @@ def run_benchmark(
             discard(out)  # the mask-leakage probes of those results go with them
         where = str(out / "results.db")
         check_recorded_rows(results.rows(), cfg, where)  # a changed config is refused before any training
-        dm = ImageDataModule(**cfg.data)
         check_distinct_thresholds(cfg, dm)
         check_store_matches(out / STORE_DIR, dm)
         # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.

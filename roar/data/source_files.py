@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-_DOWNLOAD_HINT = "set `download: true` in the data config (or pass --data.download true) to fetch it"
+_DOWNLOAD_HINT = "point `root` at the folder that holds it (--data.root PATH), or set `download: true` in the data config (--data.download true) to fetch it"
 
 
 def _require_root(name: str, root: str | Path | None) -> Path:
