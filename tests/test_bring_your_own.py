@@ -96,6 +96,7 @@ def test_editing_a_methods_source_recomputes_its_ranks(tmp_path):
     assert not np.array_equal(maps[0], maps[1]) and any(np.array_equal(m, first) for m in maps)
 
 
+@pytest.mark.slow  # tests/test_source_files.py covers the fingerprint in a second; this is the same through `roar attribute`
 def test_editing_a_helper_the_method_imports_recomputes_its_ranks(tmp_path):
     out = tmp_path / "out"
     assert benchmark(out, "--benchmark.methods", "[random]") == 0
