@@ -163,7 +163,11 @@ def test_a_changed_fill_setting_reruns_only_that_fills_runs(finished, tmp_path, 
     shutil.copytree(finished, out)
     before = snapshot(out)
     assert benchmark(out, "--benchmark.protocol.fill_sigma", "0.7") == 0
-    assert "resuming: 6 of 8 runs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming: 6 of 8 runs" in printed
+    # the two reruns are said, with why: not silently run again beside "same fingerprint"
+    sigma = next(r["provenance"]["fill"]["fill_sigma"] for r in ResultsStore(finished / "results.db").rows() if r["fill"] == "blur")
+    assert f"runs of blur run again, its settings changed: 2 (fill_sigma: {json.dumps(sigma)} -> 0.7)" in printed
     after = snapshot(out)
     changed = sorted(run_id for run_id in before if after[run_id] != before[run_id])
     assert changed == ["roar@blur/gradient/t0.500/s0/digits/small_cnn", "roar@blur/random/t0.500/s0/digits/small_cnn"]

@@ -188,3 +188,34 @@ def test_methods_of_equal_area_share_a_rank_in_the_table_the_resamples_and_the_c
     with open(tmp_path / "rankings.csv") as f:
         ranks = {r["method"]: (r["rank"], r["holds_rank"]) for r in csv.DictReader(f)}
     assert ranks["copy"] == ranks["gradient"] == ("1", "1.0") and ranks["random"][0] == "3"
+
+
+def test_rows_of_one_fill_under_two_fill_settings_are_never_compared(tmp_path):
+    """A rerun after ``fill_sigma`` changed replaces the blur rows one by one: stopped halfway, the store holds
+    ``gradient`` at sigma 4 and ``random`` at sigma 1.5. Their AUCs, Δ random and ranks would compare two controls
+    under one heading (and one "fingerprint of every result"), so the report refuses them, naming both settings."""
+    from roar.benchmark.curves import summarize
+
+    store = ResultsStore(tmp_path / "results.db")
+    shared = {"settings": {"protocol": {"fill": "channel_mean"}}, "base_checkpoint_sha256": "a" * 64}
+    for s in range(2):
+        store.record(RunSpec("digits", "small_cnn", "unmasked", "reference", 0.0, s), status="done", test_acc=0.9, provenance={**shared, "spec": s})
+        for method, sigma in (("gradient", 4.0), ("random", 1.5)):
+            for t in THRESHOLDS:
+                spec = RunSpec("digits", "small_cnn", method, "roar", t, s, "blur")
+                provenance = {**shared, "spec": spec.run_id, "fill": {"fill": "blur", "fill_sigma": sigma}}
+                store.record(spec, status="done", test_acc=0.9 - SLOPE[method] * t, provenance=provenance)
+    message = "fill 'blur' were run with different settings .*fill_sigma=1.5: 4 runs.*fill_sigma=4.0: 4 runs"
+    with pytest.raises(ValueError, match=message):
+        summarize(store.rows())
+    with pytest.raises(ValueError, match=message):
+        write_report(tmp_path, store, print_table=False)
+    assert not (tmp_path / "report.md").exists()
+    # once the rerun is finished every blur row has the new setting: reported as usual
+    for s in range(2):
+        for t in THRESHOLDS:
+            spec = RunSpec("digits", "small_cnn", "random", "roar", t, s, "blur")
+            provenance = {**shared, "spec": spec.run_id, "fill": {"fill": "blur", "fill_sigma": 4.0}}
+            store.record(spec, status="done", test_acc=0.9 - SLOPE["random"] * t, provenance=provenance)
+    report = write_report(tmp_path, store, print_table=False)["report"].read_text()
+    assert "| 1 | `gradient` | " in report and "| 2 | `random` | " in report

@@ -460,6 +460,30 @@ def test_a_report_only_reads_the_results_database(finished, tmp_path):
     assert (db.read_bytes(), sorted(p.name for p in archived.iterdir())) == before
 
 
+def test_a_report_dir_shows_the_probes_of_the_folder_reported_and_no_other(finished, tmp_path, capsys):
+    # reports of two archived folders written one after the other into one --report_dir: the second
+    # folder ran no probe, so its report has no leakage section (not the first folder's, as its own)
+    probed, plain, report = copy_of(finished, tmp_path), tmp_path / "plain", tmp_path / "report"
+    shutil.copytree(finished, plain)
+    probe = {"dataset": "digits", "model": "small_cnn", "method": "random", "order": "roar", "threshold": 0.5, "seed": 0, "test_acc": 0.9, "n_test": 360, "chance": 0.1}
+    (probed / LEAKAGE_CSV).write_text(",".join(probe) + "\n" + ",".join(map(str, probe.values())) + "\n")
+    assert roar_main(["report", "--out", str(probed), "--report_dir", str(report)]) == 0
+    assert LEAKAGE_TITLE in (report / "report.md").read_text()
+    assert roar_main(["report", "--out", str(plain), "--report_dir", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    assert LEAKAGE_TITLE not in text and "leak" not in text.split("## Protocol")[0]
+    assert not (report / LEAKAGE_CSV).exists() and not (report / "leakage.png").exists()
+    # another benchmark's folder as --report_dir: its report files (and probes) would be replaced by these results'
+    before = {p.name: p.read_bytes() for p in probed.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        roar_main(["report", "--out", str(plain), "--report_dir", str(probed)])
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "results.db" in line and str(probed) in line
+    assert {p.name: p.read_bytes() for p in probed.iterdir() if p.is_file()} == before
+
+
 def test_a_report_from_the_folder_alone_describes_the_grid_that_ran(finished, tmp_path):
     # `python -m roar report --out DIR` without the grid's config: the title, the configuration
     # table and the methods are those the results recorded, not the defaults; options still apply

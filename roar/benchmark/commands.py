@@ -218,6 +218,7 @@ def report_main(argv: list[str]) -> int:
     import shutil
 
     from roar.benchmark.leakage_report import LEAKAGE_CSV
+    from roar.benchmark.leakage_report import discard as discard_leakage
     from roar.benchmark.results import ResultsStore
     from roar.benchmark.runner import write_benchmark_report
     from roar.benchmark.wandb_runs import wandb_service
@@ -242,9 +243,15 @@ def report_main(argv: list[str]) -> int:
     recorded = None if args.config else _recorded_config(rows)
     if recorded is not None:  # the grid's own name, methods and protocol; options given here still apply on top
         cfg, out, args = _config(parser, ["--config", recorded, *argv], writes_out=False)
-    if report_dir.resolve() != out.resolve() and (out / LEAKAGE_CSV).is_file():  # the report's leakage section reads it there
-        report_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)
+    if report_dir.resolve() != out.resolve():
+        if (report_dir / "results.db").exists():  # its results.csv, summary, report.md and probes would become these results'
+            parser.error(f"--report_dir {report_dir} is a benchmark's output folder (it has results.db); write the report of {out} elsewhere")
+        # the report's leakage section reads report_dir/leakage.csv: this folder's probes, else none (an earlier report's would pass as these)
+        if (out / LEAKAGE_CSV).is_file():
+            report_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / LEAKAGE_CSV, report_dir / LEAKAGE_CSV)
+        else:
+            discard_leakage(report_dir)
     try:
         with quiet_third_party(), wandb_service(cfg.logger == "wandb"):  # the summary run without W&B's banners, as after a grid
             write_benchmark_report(cfg, report_dir, ResultsStore(db, read_only=True))

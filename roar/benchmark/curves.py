@@ -64,13 +64,36 @@ def settings_keys(rows: Iterable[dict[str, Any]]) -> list[str]:
     Raises:
         ValueError: the rows come from more than one configuration, which no table may average.
     """
-    keys = sorted({str(row["settings_key"]) for row in rows if _is_done(row) and row.get("settings_key")})
+    rows = [row for row in rows if _is_done(row)]
+    keys = sorted({str(row["settings_key"]) for row in rows if row.get("settings_key")})
     if len(keys) > 1:
         raise ValueError(
             f"these results come from {len(keys)} different configurations (settings fingerprints {', '.join(k[:12] for k in keys)}); "
             "refusing to average across them: report each output folder on its own"
         )
+    _check_fill_settings(rows)
     return keys
+
+
+def _check_fill_settings(rows: list[dict[str, Any]]) -> None:
+    """Refuse done rows of one fill recorded under different settings of that fill (``fill_sigma``...).
+
+    A fill's own settings are outside the settings key (a changed ``fill_sigma`` reruns that fill's
+    runs one by one, README "Reruns"), so a rerun stopped halfway leaves rows of both settings, which
+    one table would rank against each other as one control.
+    """
+    found: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in rows:
+        own = row.get("provenance", {}).get("fill") if isinstance(row.get("provenance"), dict) else None
+        if isinstance(own, dict):
+            found[str(own.get("fill", recorded_fill(row)))][", ".join(f"{k}={v}" for k, v in sorted(own.items()) if k != "fill")] += 1
+    for fill, settings in sorted(found.items()):
+        if len(settings) > 1:
+            listed = "; ".join(f"{s}: {n} runs" for s, n in sorted(settings.items()))
+            raise ValueError(
+                f"the runs of fill {fill!r} were run with different settings ({listed}): a rerun after a fill setting changed "
+                "stopped before it finished? Resume it (the same command) to rerun the rest, or use a new --out per setting"
+            )
 
 
 def summarize(

@@ -195,6 +195,26 @@ def stale_fill(recorded: dict[str, Any], expected: dict[str, Any]) -> bool:
     return _without_fill(recorded) == _without_fill(expected) and recorded.get("fill") != expected.get("fill")
 
 
+def stale_fill_lines(rows: list[dict[str, Any]], provenance: GridProvenance, plan: list[RunSpec]) -> list[str]:
+    """One line per fill whose recorded runs the grid runs again because that fill's own settings changed.
+
+    Without it a resumed grid printed "resuming: 6 of 8 runs (same fingerprint)" and then reran the
+    other two with no word of why.
+    """
+    planned = {spec.run_id: spec for spec in plan}
+    changed: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        spec, recorded = planned.get(row["run_id"]), row.get("provenance")
+        if spec is None or row.get("status") != "done" or not isinstance(recorded, dict):
+            continue
+        expected = provenance.for_run(spec)
+        if row.get("fingerprint") != fingerprint_key(expected) and stale_fill(recorded, expected):
+            counts[spec.fill] = counts.get(spec.fill, 0) + 1
+            changed.setdefault(spec.fill, differences(recorded.get("fill") or {}, expected.get("fill") or {}))
+    return [f"runs of {fill} run again, its settings changed: {n} ({'; '.join(changed[fill])})" for fill, n in sorted(counts.items())]
+
+
 def _comparable_settings(cfg: BenchmarkConfig, recorded: dict[str, Any]) -> dict[str, Any]:
     # Before the base model exists, a given checkpoint's sha256 is the recorded one if the file is
     # the same path; it is compared for real once the base checkpoint is hashed.
