@@ -113,6 +113,18 @@ class RoarCLI(LightningCLI):
     def before_fit(self) -> None:
         self._check_ckpt_fits_data()
         self._drop_unset_wandb_anonymous()
+        self._log_seed()
+
+    def _log_seed(self) -> None:
+        """The run's seed beside its hyperparameters (hparams.yaml, the W&B run's config).
+
+        Lightning logs the model's and the datamodule's arguments only, whose ``seed`` is the data
+        split's: runs of ``--seed_everything 0..4`` all showed ``seed: 0`` on a dashboard. The loggers
+        merge this with the hyperparameters Lightning logs when the fit starts.
+        """
+        seed = self._get(self.config, "seed_everything")
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({"seed_everything": seed})
 
     before_validate = before_test = before_predict = before_fit  # LightningCLI calls before_<subcommand>
 
