@@ -141,6 +141,14 @@ def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, cap
         # a prefix of max_epochs is a misspelling, not an abbreviation argparse may take for it
         (["--trainer.max_epoch", "3"], "'max_epoch' is not a valid key (did you mean max_epochs"),
         (["--data.init_args.imgsize", "3"], "error: --data: 'imgsize' is not a valid key of roar.data.datamodule.ImageDataModule (did you mean image_size?)"),
+        # a logger file that is not there, a logger or callback class that does not exist: one line naming it
+        (["--trainer.logger", "configs/logger/wandbx.yaml"],
+         "error: --trainer.logger 'configs/logger/wandbx.yaml': no such file, nor a class path; expected a config file, "
+         "a class path of a lightning.pytorch.loggers.logger.Logger, a list of them, bool or null\n"),
+        (["--trainer.callbacks+=callbacks.ModelRandomCheck"],
+         "error: --trainer.callbacks 'callbacks.ModelRandomCheck': no such file, and module 'callbacks' has no attribute "
+         "'ModelRandomCheck' (did you mean ModelRandomizationCheck?); its lightning.pytorch.callbacks.callback.Callback "
+         "classes: DataRandomizationCheck, ModelRandomizationCheck, SanityCheckCallback\n"),
     ],
 )
 def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
