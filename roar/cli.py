@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,13 @@ class RoarCLI(LightningCLI):
         for logger in self.trainer.loggers:
             logger.log_hyperparams({"seed_everything": seed})
 
-    before_validate = before_test = before_predict = before_fit  # LightningCLI calls before_<subcommand>
+    def before_test(self) -> None:
+        # Restoring --ckpt_path into this run's new version folder, Lightning warns that the ModelCheckpoint's
+        # dirpath changed and its best-k state "won't be reloaded": true, and nothing to a run that saves none.
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from", category=UserWarning)
+        self.before_fit()
+
+    before_validate = before_predict = before_test  # LightningCLI calls before_<subcommand>
 
     def _drop_unset_wandb_anonymous(self) -> None:
         """Lightning's ``WandbLogger`` passes ``anonymous=None`` to ``wandb.init``, which W&B >= 0.19 warns about.

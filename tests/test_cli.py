@@ -77,6 +77,22 @@ def test_fit_then_test_from_checkpoint_reaches_95_percent(tmp_path):
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(fitted_acc, abs=1e-6)
 
 
+def test_testing_a_checkpoint_does_not_warn_about_its_checkpoint_folder(tmp_path):
+    """README's `train.py test --ckpt_path .../last.ckpt` writes a new version folder; Lightning then warned
+    that the ModelCheckpoint's dirpath changed and its best-k state "won't be reloaded", which a test never uses."""
+    import warnings
+
+    one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
+    fitted = main(fit_args(tmp_path, *one_step))
+    ckpt = Path(fitted.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tested = main(["test", "--config", DIGITS, "--trainer", DEBUG, "--trainer.logger.init_args.save_dir", str(tmp_path),
+                       "--trainer.enable_progress_bar", "false", "--ckpt_path", str(ckpt)])  # fmt: skip
+    assert "test/acc" in tested.trainer.callback_metrics
+    assert [str(w.message) for w in caught if "dirpath has changed" in str(w.message)] == []
+
+
 def test_rerun_into_the_same_folder_does_not_fail_on_saved_config(tmp_path):
     one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
     args = fit_args(tmp_path, *one_step, "--trainer.logger.init_args.version", "fixed")
