@@ -111,6 +111,16 @@ class RoarCLI(LightningCLI):
         if mismatches:  # one line, as the other refusals of --ckpt_path, not a traceback from a Lightning hook
             self.parser.error(str(CheckpointError(f"--ckpt_path {path} does not fit this data: {', '.join(mismatches)}")))
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A checkpoint loaded at the run's setup that does not fit (a callback's ``reference_checkpoint``,
+        a retrain's base model) is the user's to fix: one line, exit 2, as the other refusals, not a traceback."""
+        from roar.models.checkpoint import CheckpointError
+
+        try:
+            super()._run_subcommand(subcommand)
+        except CheckpointError as err:
+            self.parser.error(str(err))
+
     def before_fit(self) -> None:
         self._check_ckpt_fits_data()
         self._drop_unset_wandb_anonymous()

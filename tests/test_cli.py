@@ -135,6 +135,22 @@ def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path, capsys):
     assert "num_classes=3 (the data has 10)" in capsys.readouterr().err
 
 
+def test_a_callbacks_reference_checkpoint_for_other_data_is_one_error_line(tmp_path, capsys):
+    """README's DataRandomizationCheck given a permuted-label model of 8 px for 16 px data: refused at setup,
+    before training, in one line (it was the CheckpointError's traceback)."""
+    from roar.models.classifier import ImageClassifier
+
+    small = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8)
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, tmp_path / "eight.ckpt")
+    check = ["--trainer.callbacks+=callbacks.DataRandomizationCheck", "--trainer.callbacks.reference_checkpoint", str(tmp_path / "eight.ckpt")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *check))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {tmp_path / 'eight.ckpt'} does not fit this data/model: image_size=8 (expected 16)" in err
+    assert not list(tmp_path.rglob("*.ckpt"))[1:], "nothing was trained"
+
+
 def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, capsys):
     with pytest.raises(SystemExit):  # was Lightning's FileNotFoundError traceback, after building the trainer
         main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "gone.ckpt"), "--trainer.logger", "false"])
