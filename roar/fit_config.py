@@ -42,6 +42,18 @@ class ConfigParser(LightningArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any):  # type: ignore[override]
         return super().error(_bad_value_of_a_class(_with_valid_keys(self, message)), *args, **kwargs)
 
+    subcommand_parsers: dict[str, ConfigParser]
+    """``train.py``'s ``fit``, ``test``... parsers by name (empty for a parser without subcommands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subcommand_parsers = {}
+
+    def add_subcommands(self, *args: Any, **kwargs: Any) -> Any:
+        action = super().add_subcommands(*args, **kwargs)
+        self.subcommand_parsers = action.choices  # argparse's name -> parser map, filled as subcommands are added
+        return action
+
     def print_usage(self, file: Any = None) -> None:
         """One usage line above an error: the full synopsis (30 lines of options) buried the one line
         naming the bad value; ``--help`` still prints it, with the options' descriptions."""
@@ -53,11 +65,16 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     data = re.search(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted", message)
     # "--sanity.num_imgs 3": argparse names the argument only; the one-line usage no longer lists the options
     unknown = re.search(r"unrecognized arguments: --([\w.]+)", message)
+    # train.py fit --config with `model: {learning_rate: ...}`: the key belongs to the subcommand's parser
+    subcommand = re.search(r"Subcommand '(\w+)' does not accept option '([\w.]+)'", message)
+    if subcommand and subcommand.group(1) in parser.subcommand_parsers:
+        parser, unknown = parser.subcommand_parsers[subcommand.group(1)], re.search(r"([\w.]+)", subcommand.group(2))
     if group or unknown:
         section, _, bad = (group.group(1), None, group.group(2)) if group else unknown.group(1).rpartition(".")
         defaults = parser.get_defaults()
         keys = defaults.get(section) if section else defaults
-        valid = sorted(k for k in (keys.keys() if hasattr(keys, "keys") else []) if "." not in k and not k.startswith("__"))
+        # a nested section is one key (`model`, not `model.lr`): the top level listed no model or trainer
+        valid = sorted({k.split(".")[0] for k in (keys.keys() if hasattr(keys, "keys") else []) if not k.startswith("__")})
         if not valid:
             return message
     elif data:

@@ -191,6 +191,23 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
     assert message in err and "Union subtypes" not in err
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("model: {learning_rate: 0.1}\n", "'learning_rate' is not a valid key; valid keys: arch, arch_args, channels_last,"),
+        ("seed_everithing: 3\n", "'seed_everithing' is not a valid key (did you mean seed_everything?); valid keys: ckpt_path, config, data, model, "),
+    ],
+)
+def test_a_misspelled_key_in_a_config_file_lists_the_valid_keys(tmp_path, capsys, text, message):
+    """README, "Configs": a misspelled key anywhere is refused with the valid keys listed; in a file given to
+    train.py fit it said only "Subcommand 'fit' does not accept option 'model.learning_rate'"."""
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--config", str(tmp_path / "typo.yaml")))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_image_size_the_model_cannot_take_fails_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(fit_args(tmp_path, "--data.init_args.image_size", "2"))
