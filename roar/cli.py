@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,39 @@ class RoarCLI(LightningCLI):
         if mismatches:  # one line, as the other refusals of --ckpt_path, not a traceback from a Lightning hook
             self.parser.error(str(CheckpointError(f"--ckpt_path {path} does not fit this data: {', '.join(mismatches)}")))
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """A checkpoint loaded at the run's setup that does not fit (a callback's ``reference_checkpoint``,
+        a retrain's base model) is the user's to fix: one line, exit 2, as the other refusals, not a traceback."""
+        from roar.models.checkpoint import CheckpointError
+
+        try:
+            super()._run_subcommand(subcommand)
+        except CheckpointError as err:
+            self.parser.error(str(err))
+
     def before_fit(self) -> None:
         self._check_ckpt_fits_data()
         self._drop_unset_wandb_anonymous()
+        self._log_seed()
 
-    before_validate = before_test = before_predict = before_fit  # LightningCLI calls before_<subcommand>
+    def _log_seed(self) -> None:
+        """The run's seed beside its hyperparameters (hparams.yaml, the W&B run's config).
+
+        Lightning logs the model's and the datamodule's arguments only, whose ``seed`` is the data
+        split's: runs of ``--seed_everything 0..4`` all showed ``seed: 0`` on a dashboard. The loggers
+        merge this with the hyperparameters Lightning logs when the fit starts.
+        """
+        seed = self._get(self.config, "seed_everything")
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({"seed_everything": seed})
+
+    def before_test(self) -> None:
+        # Restoring --ckpt_path into this run's new version folder, Lightning warns that the ModelCheckpoint's
+        # dirpath changed and its best-k state "won't be reloaded": true, and nothing to a run that saves none.
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from", category=UserWarning)
+        self.before_fit()
+
+    before_validate = before_predict = before_test  # LightningCLI calls before_<subcommand>
 
     def _drop_unset_wandb_anonymous(self) -> None:
         """Lightning's ``WandbLogger`` passes ``anonymous=None`` to ``wandb.init``, which W&B >= 0.19 warns about.

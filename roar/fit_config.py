@@ -42,6 +42,18 @@ class ConfigParser(LightningArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any):  # type: ignore[override]
         return super().error(_bad_value_of_a_class(_with_valid_keys(self, message)), *args, **kwargs)
 
+    subcommand_parsers: dict[str, ConfigParser]
+    """``train.py``'s ``fit``, ``test``... parsers by name (empty for a parser without subcommands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subcommand_parsers = {}
+
+    def add_subcommands(self, *args: Any, **kwargs: Any) -> Any:
+        action = super().add_subcommands(*args, **kwargs)
+        self.subcommand_parsers = action.choices  # argparse's name -> parser map, filled as subcommands are added
+        return action
+
     def print_usage(self, file: Any = None) -> None:
         """One usage line above an error: the full synopsis (30 lines of options) buried the one line
         naming the bad value; ``--help`` still prints it, with the options' descriptions."""
@@ -53,11 +65,16 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     data = re.search(r"class_path '([\w.]+)'[^\n]*\n\s*Option '(\w+)' is not accepted", message)
     # "--sanity.num_imgs 3": argparse names the argument only; the one-line usage no longer lists the options
     unknown = re.search(r"unrecognized arguments: --([\w.]+)", message)
+    # train.py fit --config with `model: {learning_rate: ...}`: the key belongs to the subcommand's parser
+    subcommand = re.search(r"Subcommand '(\w+)' does not accept option '([\w.]+)'", message)
+    if subcommand and subcommand.group(1) in parser.subcommand_parsers:
+        parser, unknown = parser.subcommand_parsers[subcommand.group(1)], re.search(r"([\w.]+)", subcommand.group(2))
     if group or unknown:
         section, _, bad = (group.group(1), None, group.group(2)) if group else unknown.group(1).rpartition(".")
         defaults = parser.get_defaults()
         keys = defaults.get(section) if section else defaults
-        valid = sorted(k for k in (keys.keys() if hasattr(keys, "keys") else []) if "." not in k and not k.startswith("__"))
+        # a nested section is one key (`model`, not `model.lr`): the top level listed no model or trainer
+        valid = sorted({k.split(".")[0] for k in (keys.keys() if hasattr(keys, "keys") else []) if not k.startswith("__")})
         if not valid:
             return message
     elif data:
@@ -110,6 +127,9 @@ def _bad_value_of_a_class(message: str) -> str:
     misspelled key of the data class keeps the line :func:`_with_valid_keys` added. Messages of
     other shapes pass unchanged.
     """
+    neither = _not_a_file_nor_a_class(message)
+    if neither:
+        return neither
     simple = _SIMPLE.match(message.strip())
     if simple:
         return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2))}"
@@ -138,6 +158,44 @@ def _bad_value_of_a_class(message: str) -> str:
         kinds = [re.sub(r"^an? (?=\w+\[)", "", k).replace("\0", ",") for k in kinds]  # "dict[str, int]", not "a dict[str, int]"
         return f"--{key} {given.group(1).strip()!r}: expected {' or '.join(kinds)}"
     return message
+
+
+_NOT_A_PATH = re.compile(r'^Parser key "([\w.]+)":\s*\n\s*- Expected a path but (.+?) either not accessible or invalid\n')
+_NO_ATTRIBUTE = re.compile(r"module '([\w.]+)' has no attribute '(\w+)'|No module named '[\w.]+'")
+
+
+def _not_a_file_nor_a_class(message: str) -> str | None:
+    """``--trainer.logger wandbx`` or ``--trainer.callbacks+=callbacks.ModelRandomCheck`` in one line.
+
+    A logger or callback is a config file or a class path; a value that is neither was twelve lines
+    of union subtypes, none of them naming what the user can give.
+    """
+    head = _NOT_A_PATH.match(message.strip())
+    subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    bases = re.findall(r"<class '([\w.]+)'>", subtypes.group(1)) if subtypes else []
+    bases = [b for b in bases if b not in ("bool", "NoneType")]
+    if not head or not bases:
+        return None
+    key, value = head.groups()
+    missing = _NO_ATTRIBUTE.search(message)
+    if missing and missing.group(1):  # an existing module without that class: list the module's classes of that kind
+        import importlib
+
+        from roar.registry import import_object
+
+        try:
+            base, module = import_object(bases[0], "base class"), importlib.import_module(missing.group(1))
+        except (ImportError, ValueError):
+            return None
+        names = sorted(n for n, obj in vars(module).items() if isinstance(obj, type) and issubclass(obj, base) and not inspect.isabstract(obj))
+        close = difflib.get_close_matches(missing.group(2), names, n=2)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return f"--{key} {value!r}: no such file, and {missing.group(0)}{hint}; its {bases[0]} classes: {', '.join(names) or 'none'}"
+    reason = missing.group(0) if missing else "nor a class path"
+    kinds = ["a config file", f"a class path of a {bases[0]}"]
+    kinds += ["a list of them"] * bool(re.search(r"(list|Iterable)\[", subtypes.group(1)))
+    kinds += ["bool"] * ("<class 'bool'>" in subtypes.group(1)) + ["null"] * ("NoneType" in subtypes.group(1))
+    return f"--{key} {value!r}: no such file, {'and ' * bool(missing)}{reason}; expected {', '.join(kinds[:-1])} or {kinds[-1]}"
 
 
 def _flat_brackets(text: str) -> str:

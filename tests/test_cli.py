@@ -77,6 +77,22 @@ def test_fit_then_test_from_checkpoint_reaches_95_percent(tmp_path):
     assert tested.trainer.callback_metrics["test/acc"].item() == pytest.approx(fitted_acc, abs=1e-6)
 
 
+def test_testing_a_checkpoint_does_not_warn_about_its_checkpoint_folder(tmp_path):
+    """README's `train.py test --ckpt_path .../last.ckpt` writes a new version folder; Lightning then warned
+    that the ModelCheckpoint's dirpath changed and its best-k state "won't be reloaded", which a test never uses."""
+    import warnings
+
+    one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
+    fitted = main(fit_args(tmp_path, *one_step))
+    ckpt = Path(fitted.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tested = main(["test", "--config", DIGITS, "--trainer", DEBUG, "--trainer.logger.init_args.save_dir", str(tmp_path),
+                       "--trainer.enable_progress_bar", "false", "--ckpt_path", str(ckpt)])  # fmt: skip
+    assert "test/acc" in tested.trainer.callback_metrics
+    assert [str(w.message) for w in caught if "dirpath has changed" in str(w.message)] == []
+
+
 def test_rerun_into_the_same_folder_does_not_fail_on_saved_config(tmp_path):
     one_step = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", "--test_after_fit", "false"]
     args = fit_args(tmp_path, *one_step, "--trainer.logger.init_args.version", "fixed")
@@ -119,6 +135,22 @@ def test_a_checkpoint_for_other_data_is_refused_by_name(tmp_path, capsys):
     assert "num_classes=3 (the data has 10)" in capsys.readouterr().err
 
 
+def test_a_callbacks_reference_checkpoint_for_other_data_is_one_error_line(tmp_path, capsys):
+    """README's DataRandomizationCheck given a permuted-label model of 8 px for 16 px data: refused at setup,
+    before training, in one line (it was the CheckpointError's traceback)."""
+    from roar.models.classifier import ImageClassifier
+
+    small = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8)
+    torch.save({"state_dict": small.state_dict(), "hyper_parameters": dict(small.hparams)}, tmp_path / "eight.ckpt")
+    check = ["--trainer.callbacks+=callbacks.DataRandomizationCheck", "--trainer.callbacks.reference_checkpoint", str(tmp_path / "eight.ckpt")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *check))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {tmp_path / 'eight.ckpt'} does not fit this data/model: image_size=8 (expected 16)" in err
+    assert not list(tmp_path.rglob("*.ckpt"))[1:], "nothing was trained"
+
+
 def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, capsys):
     with pytest.raises(SystemExit):  # was Lightning's FileNotFoundError traceback, after building the trainer
         main(["test", "--config", DIGITS, "--ckpt_path", str(tmp_path / "gone.ckpt"), "--trainer.logger", "false"])
@@ -141,6 +173,14 @@ def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, cap
         # a prefix of max_epochs is a misspelling, not an abbreviation argparse may take for it
         (["--trainer.max_epoch", "3"], "'max_epoch' is not a valid key (did you mean max_epochs"),
         (["--data.init_args.imgsize", "3"], "error: --data: 'imgsize' is not a valid key of roar.data.datamodule.ImageDataModule (did you mean image_size?)"),
+        # a logger file that is not there, a logger or callback class that does not exist: one line naming it
+        (["--trainer.logger", "configs/logger/wandbx.yaml"],
+         "error: --trainer.logger 'configs/logger/wandbx.yaml': no such file, nor a class path; expected a config file, "
+         "a class path of a lightning.pytorch.loggers.logger.Logger, a list of them, bool or null\n"),
+        (["--trainer.callbacks+=callbacks.ModelRandomCheck"],
+         "error: --trainer.callbacks 'callbacks.ModelRandomCheck': no such file, and module 'callbacks' has no attribute "
+         "'ModelRandomCheck' (did you mean ModelRandomizationCheck?); its lightning.pytorch.callbacks.callback.Callback "
+         "classes: DataRandomizationCheck, ModelRandomizationCheck, SanityCheckCallback\n"),
     ],
 )
 def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
@@ -149,6 +189,23 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert message in err and "Union subtypes" not in err
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("model: {learning_rate: 0.1}\n", "'learning_rate' is not a valid key; valid keys: arch, arch_args, channels_last,"),
+        ("seed_everithing: 3\n", "'seed_everithing' is not a valid key (did you mean seed_everything?); valid keys: ckpt_path, config, data, model, "),
+    ],
+)
+def test_a_misspelled_key_in_a_config_file_lists_the_valid_keys(tmp_path, capsys, text, message):
+    """README, "Configs": a misspelled key anywhere is refused with the valid keys listed; in a file given to
+    train.py fit it said only "Subcommand 'fit' does not accept option 'model.learning_rate'"."""
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--config", str(tmp_path / "typo.yaml")))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_image_size_the_model_cannot_take_fails_before_training(tmp_path, capsys):

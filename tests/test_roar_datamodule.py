@@ -177,6 +177,11 @@ def test_roar_retrain_through_the_cli(tmp_path, base_checkpoint):
     assert cli.datamodule.mode == "kar" and cli.datamodule.method == "gradient"
     assert "test/acc" in cli.trainer.callback_metrics
     assert len(list((tmp_path / "store" / "gradient").iterdir())) == 2  # train and test ranks
+    # the run's logged hyperparameters (hparams.yaml here, the W&B run's config) say which ranking masked its
+    # data and under which seed: they held neither, only the data split's `seed: 0`, whatever --seed_everything
+    logged = yaml.safe_load((Path(cli.trainer.logger.log_dir) / "hparams.yaml").read_text())
+    assert logged["ranks"]["method"] == "gradient" and logged["ranks"]["granularity"] == "element"
+    assert logged["seed_everything"] == 3 and logged["threshold"] == 0.5 and logged["mode"] == "kar"
 
 
 def test_the_data_package_never_imports_the_attribution_package():

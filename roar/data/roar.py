@@ -110,9 +110,11 @@ class RoarDataModule(ImageDataModule):
             limit_train=limit_train, limit_test=limit_test,
         )  # fmt: skip
         # Checkpoints keep plain hyperparameters (they load with weights_only): the provider is
-        # recorded by what it is, not pickled.
+        # recorded by what it is, not pickled. Saved again with it, because the loggers (hparams.yaml,
+        # the W&B run's config) get the hyperparameters as first saved: set afterwards, a retrain's
+        # run did not say which method's ranks masked its data.
         self.save_hyperparameters(ignore=["image_size", "ranks"])
-        self.hparams["ranks"] = ranks.describe() if ranks is not None else None
+        self.save_hyperparameters({**self.hparams, "ranks": ranks.describe() if ranks is not None else None})
         self.rank_provider = ranks
         self.threshold = float(threshold)
         self.mode = mode
