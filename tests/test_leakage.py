@@ -24,7 +24,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from roar.attribution import StoreRanks
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.leakage import LEAKAGE_TITLE, MaskOnlyDataModule, probe_accuracy, probe_orders
+from roar.benchmark.leakage import LEAKAGE_TITLE, MaskOnlyDataModule, chance_accuracy, probe_accuracy, probe_orders
 from roar.benchmark.leakage_report import leaks
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.runner import run_benchmark, write_benchmark_report
@@ -114,7 +114,9 @@ def test_benchmark_records_leakage_beside_the_report(tmp_path, capsys):
     acc = {(r["method"], r["order"]): float(r["test_acc"]) for r in rows}
     assert sorted(acc) == [("gradient", "roar"), ("random", "roar")]
     assert acc[("gradient", "roar")] > 0.95 and abs(acc[("random", "roar")] - 0.5) < 4 * math.sqrt(0.25 / 1000)
-    assert all(float(r["chance"]) == 0.5 and int(r["n_test"]) == 1000 for r in rows)
+    labels = ImageDataModule(**cfg.data).source.test.labels
+    majority = torch.bincount(labels).max().item() / len(labels)  # about 0.5: two classes drawn at random
+    assert 0.5 < majority < 0.5 + MARGIN and all(float(r["chance"]) == majority and int(r["n_test"]) == 1000 for r in rows)
     assert leaks(next(r for r in rows if r["method"] == "gradient")) and not leaks(next(r for r in rows if r["method"] == "random"))
     report = (out / "report.md").read_text()
     assert report.count(LEAKAGE_TITLE) == 1 and "| `gradient` | " in report and (out / "leakage.png").is_file()
@@ -154,3 +156,18 @@ def test_force_discards_the_probes_of_the_discarded_results(tmp_path):
     report = (out / "report.md").read_text()
     assert LEAKAGE_TITLE not in report and "leak" not in report.split("## Warnings")[-1].split("\n## ")[0]
     assert not (out / "leakage.csv").exists() and not (out / "leakage.png").exists()
+
+
+def test_chance_is_the_majority_share_of_the_scored_test_images(tmp_path):
+    """A probe blind to the mask still learns the class prior: on 10 cats and 2 dogs it scores 10/12, not 1/2."""
+    from formats import write_image_folder
+
+    write_image_folder(tmp_path / "pets", per_class=10, size=8)
+    for path in sorted((tmp_path / "pets/test/dog").iterdir())[:8]:
+        path.unlink()
+    dm = ImageDataModule(source="image_folder", root=str(tmp_path / "pets"), val_fraction=0.0)
+    assert dm.num_classes == 2 and len(dm.source.test.labels) == 12
+    assert chance_accuracy(dm, 12) == pytest.approx(10 / 12)
+    assert chance_accuracy(dm, 2) == pytest.approx(1.0)  # only the images scored count (limit_test_batches)
+    digits = ImageDataModule(source="digits")
+    assert 0.1 <= chance_accuracy(digits, len(digits.source.test.labels)) < 0.11  # ten classes, nearly balanced

@@ -78,6 +78,18 @@ def tested_images(dm: MaskOnlyDataModule, trainer: Any) -> int:
     return int(min(size, batches * dm.batch_size))
 
 
+def chance_accuracy(dm: MaskOnlyDataModule, n_test: int) -> float:
+    """The best test accuracy of a probe blind to its input: the share of the most frequent class
+    among the ``n_test`` scored test images (``1 / num_classes`` on a balanced test set).
+
+    A mask that carries nothing still lets the probe learn the class prior, so on imbalanced data
+    chance is the majority share, not ``1 / num_classes``: with the latter, every method's probe,
+    ``random``'s too, would be marked as leaking on a 90/10 dataset.
+    """
+    labels = torch.as_tensor(dm.source.test.labels[:n_test]).long()
+    return float(torch.bincount(labels, minlength=dm.num_classes).max()) / max(len(labels), 1)
+
+
 def probe_orders(modes: list[str]) -> list[str]:
     """The masking orders whose curves the benchmark draws: ``roar`` and/or ``kar`` (no-retrain modes mask in their order)."""
     orders = {mode if mode in RETRAIN_MODES else NORETRAIN_ORDER[mode] for mode in modes}
@@ -128,9 +140,10 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
         trainer = _trainer(cfg, run_dir, logger=[], progress=verbose)
         acc = probe_accuracy(dm, _classifier(cfg, dm), trainer)
         seconds = time.perf_counter() - start
+        n_test = tested_images(dm, trainer)
         rows.append({
             "dataset": dataset, "model": model_name, "method": spec.method, "order": spec.mode, "threshold": spec.threshold, "seed": seed,
-            "test_acc": acc, "n_test": tested_images(dm, trainer), "chance": 1.0 / dm.num_classes, "epochs": trainer.current_epoch,
+            "test_acc": acc, "n_test": n_test, "chance": chance_accuracy(dm, n_test), "epochs": trainer.current_epoch,
             "seconds": seconds, "fingerprint": key,
         })  # fmt: skip
         write_rows(rows, path)  # after every probe: an interrupted run keeps what it trained
@@ -141,4 +154,4 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     return rows
 
 
-__all__ = ["COLUMNS", "LEAKAGE_CSV", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "read_rows", "run_leakage_probe", "tested_images"]
+__all__ = ["COLUMNS", "LEAKAGE_CSV", "chance_accuracy", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "read_rows", "run_leakage_probe", "tested_images"]

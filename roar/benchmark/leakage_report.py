@@ -101,7 +101,7 @@ def leakage_section(rows: list[dict[str, Any]], level: float = DEFAULT_LEVEL, fi
     chances = sorted({float(r["chance"]) for r in rows})
     lines += [
         f"Test accuracy of the benchmark's classifier trained on the 0/1 masks alone (seed {rows[0]['seed']}), with its exact "
-        f"{level:.0%} Clopper-Pearson interval over the probe's test images; chance is {', '.join(f'{c:.3f}' for c in chances)}. "
+        f"{level:.0%} Clopper-Pearson interval over the probe's test images; chance (the test share of the most frequent class) is {', '.join(f'{c:.3f}' for c in chances)}. "
         "**leaks**: the whole interval lies above chance, so the mask's shape tells the class and a retrained ROAR/KAR model "
         "can use it; that method's curve measures the mask as well as the features (Rong, Leemann et al., ICML 2022). "
         f"`{BASELINE}` is the reference: its masks ignore the image, so it should not leak (each cell is one test at "
