@@ -177,6 +177,8 @@ def _not_a_file_nor_a_class(message: str) -> str | None:
     if not head or not bases:
         return None
     key, value = head.groups()
+    if value.lstrip("'\" ").startswith("{"):  # a class_path given as a dict: the class itself is what's wrong, said elsewhere
+        return None
     missing = _NO_ATTRIBUTE.search(message)
     if missing and missing.group(1):  # an existing module without that class: list the module's classes of that kind
         import importlib
