@@ -99,6 +99,20 @@ def test_stacked_cells_equal_separate_runs(separate_and_stacked, vectorize):
     assert max(accs) > 0.2, accs  # learning happened (chance is 0.1)
 
 
+def test_a_stacked_accuracy_is_recorded_as_a_separate_run_records_it(separate_and_stacked):
+    """The same correct count is the same number in results.csv, to the bit: a separate run records
+    torchmetrics' float32 ``correct / n``; the stack recorded it in float64 (0.6573816155988857 beside
+    0.6573815941810608 for 236 of 359), so summary.csv and report.md of ``--benchmark.stack 2`` differed
+    from the serial grid's in the 8th digit though every prediction was the same."""
+    cfg, _, separate, stacked, _ = separate_and_stacked
+    from roar.data.datamodule import ImageDataModule
+
+    n = len(ImageDataModule(**cfg.data).source.test)
+    for one, together in zip(separate, stacked[False], strict=True):  # the loop: each member's own kernels
+        assert round(one["test_acc"] * n) == round(together["test_acc"] * n)  # the same predictions...
+        assert together["test_acc"] == one["test_acc"]  # ...give the same recorded accuracy
+
+
 def test_a_member_does_not_depend_on_the_others(separate_and_stacked):
     cfg, specs, separate, _, out = separate_and_stacked
     # the same first member beside another seed: its result is unchanged, the changed member's is not

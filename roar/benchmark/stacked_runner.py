@@ -231,7 +231,10 @@ def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float
         for i, (_, labels) in enumerate(step_batches):
             correct[i] += int((logits[i].argmax(dim=1) == labels).sum())
         total += len(step_batches[0][1])
-    return (correct.double() / max(1, total)).tolist()
+    # float32, as torchmetrics' MulticlassAccuracy divides for a separate run (Trainer.test's test/acc):
+    # the same predictions must record the same number, or a stacked grid's tables differ from the
+    # serial grid's in the 8th digit (float64 236/359 = 0.65738161..., float32 0.65738159...)
+    return [float(c) for c in correct.float() / float(max(1, total))]
 
 
 def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, vectorize: bool | None = None) -> list[dict[str, Any]]:
