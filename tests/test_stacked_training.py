@@ -6,6 +6,7 @@ masks, augmentation and optimiser steps. Only the floating-point order of batche
 differ, so weights agree to float tolerance and test accuracies to within one image.
 """
 
+import os
 
 import pytest
 import torch
@@ -186,3 +187,20 @@ def test_stacked_benchmark_records_the_same_experiment(tmp_path):
         assert load_checkpoint(together["checkpoint"]).get("stacked") == 2  # trained in a stack of two
         load_classifier(together["checkpoint"], arch="small_cnn")  # a checkpoint like any other run's
     assert (tmp_path / "stack2" / "runs" / "roar" / "random" / "t0.500-s1").is_dir()
+
+
+def test_a_stack_applies_trainer_deterministic_as_a_trainer_does(tmp_path):
+    """``trainer.deterministic: true`` is a setting a stack accepts, so it must act as under
+    ``Trainer`` (torch's deterministic algorithms, cuDNN autotuning off): a stack in a worker process,
+    where no Trainer ever ran, trained with CUDA's nondeterministic kernels though the config asked
+    for deterministic ones."""
+    previous, workspace = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    torch.use_deterministic_algorithms(False)  # what a fresh worker process starts with
+    try:
+        execute_stack([spec("random", "roar", 0.5, 0)], config(trainer={"max_epochs": 1, "accelerator": "cpu", "deterministic": True}), tmp_path, tmp_path / "base.ckpt")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)  # set with deterministic algorithms for cuBLAS
