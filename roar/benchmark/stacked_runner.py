@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
+from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
 
 from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, run_config, run_directory
 from roar.benchmark.plan import RunSpec
@@ -231,7 +232,10 @@ def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float
         for i, (_, labels) in enumerate(step_batches):
             correct[i] += int((logits[i].argmax(dim=1) == labels).sum())
         total += len(step_batches[0][1])
-    return (correct.double() / max(1, total)).tolist()
+    # float32, as torchmetrics' MulticlassAccuracy divides for a separate run (Trainer.test's test/acc):
+    # the same predictions must record the same number, or a stacked grid's tables differ from the
+    # serial grid's in the 8th digit (float64 236/359 = 0.65738161..., float32 0.65738159...)
+    return [float(c) for c in correct.float() / float(max(1, total))]
 
 
 def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, vectorize: bool | None = None) -> list[dict[str, Any]]:
@@ -243,6 +247,9 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     if reason:
         raise ValueError(f"these runs cannot be stacked: {reason}")
     start = time.perf_counter()
+    # What Trainer(deterministic=..., benchmark=...) sets process-wide: a worker that runs only
+    # stacks never builds a Trainer, so without this CUDA ran its nondeterministic kernels
+    _set_torch_flags(deterministic=cfg.trainer.get("deterministic"), benchmark=cfg.trainer.get("benchmark"))
     device = _device(cfg)
     members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
     folders = [run_directory(out, s) for s in specs]
