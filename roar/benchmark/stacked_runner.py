@@ -27,6 +27,7 @@ test accuracy, not Lightning's per-step curves.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
-from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
 
 from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, run_config, run_directory
 from roar.benchmark.plan import RunSpec
@@ -238,6 +238,16 @@ def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float
     return [float(c) for c in correct.float() / float(max(1, total))]
 
 
+def _torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
+    """The process-wide flags a Lightning Trainer sets from ``deterministic`` and ``benchmark`` (its documented meaning)."""
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+        if deterministic:  # cuBLAS needs a fixed workspace to be deterministic
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if benchmark is not None or deterministic:  # deterministic with benchmark unset turns the autotuner off
+        torch.backends.cudnn.benchmark = bool(benchmark) if benchmark is not None else False
+
+
 def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, vectorize: bool | None = None) -> list[dict[str, Any]]:
     """Train and test the specs' cells as one stack; one :func:`~roar.benchmark.runner.execute_run`-like outcome per spec.
 
@@ -249,7 +259,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
     start = time.perf_counter()
     # What Trainer(deterministic=..., benchmark=...) sets process-wide: a worker that runs only
     # stacks never builds a Trainer, so without this CUDA ran its nondeterministic kernels
-    _set_torch_flags(deterministic=cfg.trainer.get("deterministic"), benchmark=cfg.trainer.get("benchmark"))
+    _torch_flags(cfg.trainer.get("deterministic"), cfg.trainer.get("benchmark"))
     device = _device(cfg)
     members = [Member(spec, cfg, out, base_ckpt, device) for spec in specs]
     folders = [run_directory(out, s) for s in specs]
