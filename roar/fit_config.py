@@ -169,7 +169,7 @@ def _bad_value_of_a_class(message: str) -> str:
         return neither
     simple = _SIMPLE.match(message.strip())
     if simple:
-        return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2))}"
+        return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2), simple.group(3))}"
     not_subclass, parser_key = _NOT_SUBCLASS.search(message), re.match(r'Parser key "([\w.]+)"', message)
     if not_subclass and parser_key:  # --data given a class of another kind: one line, however jsonargparse nests it
         path, base = not_subclass.groups()
@@ -181,7 +181,7 @@ def _bad_value_of_a_class(message: str) -> str:
     inner, shortened = _IN_CLASS.findall(message), _IN_CLASS_SHORTENED.findall(message)
     if len(inner) == 1:
         class_path, name, expected, value = inner[0]
-        return f"--{key}.{name} {value.strip()!r}: expected {_readable(expected)} ({class_path})"
+        return f"--{key}.{name} {value.strip()!r}: expected {_readable(expected, value)} ({class_path})"
     if len(shortened) == 1:  # the class's own parser already made its line
         class_path, name, rest = shortened[0]
         return f"--{key}.{name} {rest.strip()} ({class_path})"
@@ -244,11 +244,13 @@ def _flat_brackets(text: str) -> str:
     return "".join(out)
 
 
-def _readable(expected: str) -> str:
-    """``a typing.Literal['a', 'b']`` -> ``one of a, b``; ``a <class 'int'>`` -> ``int``."""
+def _readable(expected: str, given: str | None = None) -> str:
+    """``a typing.Literal['a', 'b']`` -> ``one of a, b`` (and the close match of ``given``); ``a <class 'int'>`` -> ``int``."""
     literal = _LITERAL.fullmatch(expected)
     if literal:
-        return f"one of {', '.join(v.strip().strip(chr(39)) for v in literal.group(1).split(','))}"
+        choices = [v.strip().strip(chr(39)) for v in literal.group(1).split(",")]
+        close = difflib.get_close_matches(given.strip(), choices, n=1) if given else []
+        return f"one of {', '.join(choices)}" + (f" (did you mean {close[0]}?)" if close else "")
     kind = re.sub(r"^an? <class '([\w.]+)'>$", r"\1", expected)
     return "null" if kind == "NoneType" else kind
 

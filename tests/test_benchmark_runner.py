@@ -118,6 +118,8 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
         (["--benchmark.thresholds", "0.3,1.5"], "threshold 1.5 is outside (0, 1)"),
         (["--benchmark.modes", "roar,drop"], "unknown mode 'drop'"),
         (["--benchmark.protocol.granularity", "patch"], "patch"),
+        # the option named, with the close match (it said "unknown score 'sqaure'" alone)
+        (["--benchmark.protocol.score", "sqaure"], "error: --benchmark.protocol.score 'sqaure': expected one of abs, square, raw (did you mean square?)\n"),
         (["--benchmark.seeds", "0"], "seeds"),
         (["--data.source", "imagenet"], "valid: cifar10, digits"),
     ],
