@@ -7,6 +7,7 @@ statistics of its data, and ``link_arguments`` hands them to the model when both
 from __future__ import annotations
 
 import os
+import re
 import traceback
 import warnings
 from pathlib import Path
@@ -26,6 +27,31 @@ def _raised_in(err: BaseException, package: str) -> bool:
     """Whether ``err`` was raised by code of ``package`` (its innermost frame is in a folder of that name)."""
     frames = traceback.extract_tb(err.__traceback__)
     return bool(frames) and package in Path(frames[-1].filename).parts
+
+
+def _with_option(config: Any, message: str) -> str:
+    """``unknown score 'sqaure' ...`` raised by a class nested in the config, led by the option that gave it.
+
+    A class checks its own arguments (``StoreRanks(score=...)``) and cannot know it was built from
+    ``--data.ranks.score``; the option is the config's one key of that name holding that value.
+    """
+    from roar.fit_config import plain
+
+    bad = re.match(r"unknown (\w+) '([^']*)'", message)
+    if not bad:
+        return message
+    name, value = bad.groups()
+
+    def paths(node: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        if isinstance(node, dict):
+            return [p for k, v in node.items() for p in paths(v, path + (k,))]
+        return [path] if path and path[-1] == name and node == value else []
+
+    found = paths(plain(config), ())
+    if len(found) != 1:
+        return message
+    option = ".".join(k for k in found[0] if k not in ("init_args", "fit", "validate", "test", "predict"))
+    return f"--{option}: {message}"
 
 
 class RoarCLI(LightningCLI):
@@ -209,7 +235,7 @@ class RoarCLI(LightningCLI):
                 cause = cause.__cause__
             if not isinstance(cause, (ValueError, FileNotFoundError)):
                 raise
-            self.parser.error(str(cause))
+            self.parser.error(_with_option(self.config, str(cause)))
 
     def _check_names(self, config: Any) -> None:
         """An unknown model or dataset source is a usage error (exit 2, the choices listed), before anything is built."""

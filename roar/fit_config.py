@@ -69,12 +69,19 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
     subcommand = re.search(r"Subcommand '(\w+)' does not accept option '([\w.]+)'", message)
     if subcommand and subcommand.group(1) in parser.subcommand_parsers:
         parser, unknown = parser.subcommand_parsers[subcommand.group(1)], re.search(r"([\w.]+)", subcommand.group(2))
+    # `benchmrk: {seeds: 3}` in a config file: the top-level parser names the dotted option only
+    top = re.match(r"\s*Option '([\w.]+)' is not accepted", message) if not (group or unknown or data) else None
+    misplaced = unknown or top
+    if misplaced and not group:
+        section_typo = _section_typo(parser.get_defaults(), misplaced.group(1))
+        if section_typo:  # --benchmrk.seeds: the section is misspelled, so there was no list of its keys to name
+            bad, close, valid = section_typo
+            dash = "--" if "unrecognized arguments" in message else ""  # a command-line option, or a key of a config file
+            hint = f" (did you mean {dash}{close}?)" if close else ""
+            return f"{dash}{misplaced.group(1)}: '{bad}' is not a valid key{hint}; valid keys: {', '.join(valid)}"
     if group or unknown:
         section, _, bad = (group.group(1), None, group.group(2)) if group else unknown.group(1).rpartition(".")
-        defaults = parser.get_defaults()
-        keys = defaults.get(section) if section else defaults
-        # a nested section is one key (`model`, not `model.lr`): the top level listed no model or trainer
-        valid = sorted({k.split(".")[0] for k in (keys.keys() if hasattr(keys, "keys") else []) if not k.startswith("__")})
+        valid = _keys(parser.get_defaults(), section)
         if not valid:
             return message
     elif data:
@@ -90,8 +97,38 @@ def _with_valid_keys(parser: ConfigParser, message: str) -> str:
         return message
     close = difflib.get_close_matches(bad, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    text = f"{message.rstrip()}\n'{bad}' is not a valid key{f' of {data.group(1)}' if data else ''}{hint}; valid keys: {', '.join(valid)}"
+    alone = unknown and not group and message.count(" --") == 1  # one unrecognized option: one line naming it
+    head = f"--{unknown.group(1)}: " if alone else message.rstrip() + "\n"
+    text = f"{head}'{bad}' is not a valid key{f' of {data.group(1)}' if data else ''}{hint}; valid keys: {', '.join(valid)}"
     return (text + _wrap_hint(data.group(1), bad)) if data else text
+
+
+def _keys(defaults: Any, section: str) -> list[str]:
+    """The keys under ``section`` of a parser's defaults (the top level for ""), nested sections as one key each."""
+    keys = defaults.get(section) if section else defaults
+    # a nested section is one key (`model`, not `model.lr`): the top level listed no model or trainer
+    return sorted({k.split(".")[0] for k in (keys.keys() if hasattr(keys, "keys") else []) if not k.startswith("__")})
+
+
+def _section_typo(defaults: Any, option: str) -> tuple[str, str | None, list[str]] | None:
+    """For ``benchmrk.seeds``: the misspelled section ``benchmrk``, the mended option ``benchmark.seeds``, the valid keys.
+
+    None when every section of ``option`` exists (its last key is the misspelled one). The rest of the
+    option is mended level by level with the closest key, so ``benchmrk.seedz`` suggests ``benchmark.seeds``.
+    """
+    parts = option.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        valid = _keys(defaults, ".".join(parts[:depth]))
+        if not valid or part in valid:
+            continue
+        mended = parts[:depth]
+        for level, name in enumerate(parts[depth:], start=depth):
+            close = difflib.get_close_matches(name, _keys(defaults, ".".join(mended)), n=1)
+            if not close and level < len(parts) - 1:
+                return part, None, valid
+            mended.append(close[0] if close else name)
+        return part, ".".join(mended) if ".".join(mended) != option else None, valid
+    return None
 
 
 _UNION = re.compile(r'^Parser key "([\w.]+)":\s*\n\s*Does not validate against any of the Union subtypes')
@@ -132,7 +169,7 @@ def _bad_value_of_a_class(message: str) -> str:
         return neither
     simple = _SIMPLE.match(message.strip())
     if simple:
-        return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2))}"
+        return f"--{simple.group(1)} {simple.group(3).strip()!r}: expected {_readable(simple.group(2), simple.group(3))}"
     not_subclass, parser_key = _NOT_SUBCLASS.search(message), re.match(r'Parser key "([\w.]+)"', message)
     if not_subclass and parser_key:  # --data given a class of another kind: one line, however jsonargparse nests it
         path, base = not_subclass.groups()
@@ -144,7 +181,7 @@ def _bad_value_of_a_class(message: str) -> str:
     inner, shortened = _IN_CLASS.findall(message), _IN_CLASS_SHORTENED.findall(message)
     if len(inner) == 1:
         class_path, name, expected, value = inner[0]
-        return f"--{key}.{name} {value.strip()!r}: expected {_readable(expected)} ({class_path})"
+        return f"--{key}.{name} {value.strip()!r}: expected {_readable(expected, value)} ({class_path})"
     if len(shortened) == 1:  # the class's own parser already made its line
         class_path, name, rest = shortened[0]
         return f"--{key}.{name} {rest.strip()} ({class_path})"
@@ -209,11 +246,13 @@ def _flat_brackets(text: str) -> str:
     return "".join(out)
 
 
-def _readable(expected: str) -> str:
-    """``a typing.Literal['a', 'b']`` -> ``one of a, b``; ``a <class 'int'>`` -> ``int``."""
+def _readable(expected: str, given: str | None = None) -> str:
+    """``a typing.Literal['a', 'b']`` -> ``one of a, b`` (and the close match of ``given``); ``a <class 'int'>`` -> ``int``."""
     literal = _LITERAL.fullmatch(expected)
     if literal:
-        return f"one of {', '.join(v.strip().strip(chr(39)) for v in literal.group(1).split(','))}"
+        choices = [v.strip().strip(chr(39)) for v in literal.group(1).split(",")]
+        close = difflib.get_close_matches(given.strip(), choices, n=1) if given else []
+        return f"one of {', '.join(choices)}" + (f" (did you mean {close[0]}?)" if close else "")
     kind = re.sub(r"^an? <class '([\w.]+)'>$", r"\1", expected)
     return "null" if kind == "NoneType" else kind
 

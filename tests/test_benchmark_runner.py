@@ -118,6 +118,8 @@ def test_a_crashing_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path):
         (["--benchmark.thresholds", "0.3,1.5"], "threshold 1.5 is outside (0, 1)"),
         (["--benchmark.modes", "roar,drop"], "unknown mode 'drop'"),
         (["--benchmark.protocol.granularity", "patch"], "patch"),
+        # the option named, with the close match (it said "unknown score 'sqaure'" alone)
+        (["--benchmark.protocol.score", "sqaure"], "error: --benchmark.protocol.score 'sqaure': expected one of abs, square, raw (did you mean square?)\n"),
         (["--benchmark.seeds", "0"], "seeds"),
         (["--data.source", "imagenet"], "valid: cifar10, digits"),
     ],
@@ -146,6 +148,25 @@ def test_a_misspelled_option_names_the_valid_ones_below_the_one_line_usage(tmp_p
     err = capsys.readouterr().err
     valid = err.split("valid keys: ")[-1].strip()
     assert f"(did you mean {suggestion}?); valid keys: " in err and another_valid_key in valid.split(", "), err
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "line"),
+    [
+        ("benchmark", "--benchmrk.seeds", "error: --benchmrk.seeds: 'benchmrk' is not a valid key (did you mean --benchmark.seeds?); valid keys: "),
+        ("benchmark", "--benchmark.protocl.score", "error: --benchmark.protocl.score: 'protocl' is not a valid key (did you mean --benchmark.protocol.score?)"),
+        ("benchmark", "--benchmark.seedz", "error: --benchmark.seedz: 'seedz' is not a valid key (did you mean seeds?); valid keys: "),
+        ("sanity", "--sanityy.seed", "error: --sanityy.seed: 'sanityy' is not a valid key (did you mean --sanity.seed?); valid keys: "),
+        ("attribute", "--benchmrk.methods", "error: --benchmrk.methods: 'benchmrk' is not a valid key (did you mean --benchmark.methods?); valid keys: "),
+    ],
+)
+def test_a_misspelled_section_is_one_line_naming_the_option_it_meant(tmp_path, capsys, command, option, line):
+    """A misspelled section (--benchmrk.seeds) said only "unrecognized arguments", with no key or close match named."""
+    with pytest.raises(SystemExit) as exit_info:
+        roar_main([command, option, "3", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(line) and "unrecognized" not in "".join(err), err
 
 
 def test_a_store_of_another_dataset_is_refused_before_training(tmp_path):

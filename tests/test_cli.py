@@ -171,7 +171,12 @@ def test_a_missing_checkpoint_is_refused_before_the_trainer_starts(tmp_path, cap
         (["--config", str(ROOT / "configs" / "roar" / "digits.yaml"), "--data.fill", "foo"],
          "error: --data.fill 'foo': expected one of channel_mean, image_mean, noisy_linear, blur (roar.data.RoarDataModule)\n"),
         # a prefix of max_epochs is a misspelling, not an abbreviation argparse may take for it
+        # a bad value checked by a class nested in the config (StoreRanks): the option is named, with the close match
+        (["--config", str(ROOT / "configs" / "roar" / "digits.yaml"), "--data.ranks.score", "sqaure"],
+         "error: --data.ranks.score: unknown score 'sqaure' (did you mean square?); valid choices: abs, square, raw\n"),
+        (["--model.optimizer", "adamm"], "error: --model.optimizer 'adamm': expected one of sgd, adamw (did you mean adamw?)\n"),
         (["--trainer.max_epoch", "3"], "'max_epoch' is not a valid key (did you mean max_epochs"),
+        (["--traner.max_epochs", "3"], "error: --traner.max_epochs: 'traner' is not a valid key (did you mean --trainer.max_epochs?); valid keys: "),
         (["--data.init_args.imgsize", "3"], "error: --data: 'imgsize' is not a valid key of roar.data.datamodule.ImageDataModule (did you mean image_size?)"),
         # a logger file that is not there, a logger or callback class that does not exist: one line naming it
         (["--trainer.logger", "configs/logger/wandbx.yaml"],
@@ -196,6 +201,7 @@ def test_bad_cli_values_fail_at_parse_time(tmp_path, capsys, override, message):
     [
         ("model: {learning_rate: 0.1}\n", "'learning_rate' is not a valid key; valid keys: arch, arch_args, channels_last,"),
         ("seed_everithing: 3\n", "'seed_everithing' is not a valid key (did you mean seed_everything?); valid keys: ckpt_path, config, data, model, "),
+        ("modl: {lr: 0.1}\n", "error: modl.lr: 'modl' is not a valid key (did you mean model.lr?); valid keys: ckpt_path, config, data, model, "),
     ],
 )
 def test_a_misspelled_key_in_a_config_file_lists_the_valid_keys(tmp_path, capsys, text, message):

@@ -85,7 +85,8 @@ def test_a_plan_of_several_fills_shares_its_references():
     [
         (["roar", "noretrain@zero"], f"unknown fill 'zero' in modes entry 'noretrain@zero'; valid fills: {FILLS}"),
         (["roar@"], f"unknown fill '' in modes entry 'roar@'; valid fills: {FILLS}"),
-        (["remove@blur"], "unknown mode 'remove' in modes entry 'remove@blur'; valid modes: roar, kar, noretrain, noretrain_kar"),
+        (["remove@blur"], f"unknown mode 'remove' in modes entry 'remove@blur'; valid modes: roar, kar, noretrain, noretrain_kar; valid fills after @: {FILLS}"),
+        (["@blur"], f"no mode before @ in modes entry '@blur'; valid modes: roar, kar, noretrain, noretrain_kar; valid fills after @: {FILLS}"),
         (["reference@blur"], "unknown mode 'reference' in modes entry 'reference@blur' \\(the reference runs are added automatically"),
         (["roar", "roar@channel_mean"], "modes must be unique.*'roar@channel_mean' is 'roar' again"),
     ],
@@ -103,6 +104,16 @@ def test_a_bad_mode_entry_fails_on_the_command_line_before_training(tmp_path, ca
         roar_main(["benchmark", *GRID, "--benchmark.modes", "[roar, noretrain@noisy]", "--out", str(out)])
     assert exit_.value.code == 2 and f"unknown fill 'noisy' in modes entry 'noretrain@noisy'; valid fills: {FILLS}" in capsys.readouterr().err
     assert not (out / "base.ckpt").exists() and not (out / "results.db").exists()
+
+
+@pytest.mark.parametrize("value", ["[@blur]", "[roar, @blur]", "roar,@blur"])
+def test_an_entry_yaml_refuses_is_named_with_the_mode_and_fill_choices(tmp_path, capsys, value):
+    """'@' is reserved in YAML: `--benchmark.modes '[@blur]'` said "expected list" of the whole value, naming no choices."""
+    with pytest.raises(SystemExit) as exit_:
+        roar_main(["benchmark", *GRID, "--benchmark.modes", value, "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2
+    assert err[-1] == f"error: no mode before @ in modes entry '@blur'; valid modes: roar, kar, noretrain, noretrain_kar; valid fills after @: {FILLS}", err
 
 
 def test_stacks_and_progress_lines_know_the_fill():

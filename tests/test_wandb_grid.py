@@ -121,3 +121,18 @@ def test_the_summary_table_has_the_reports_intervals_at_the_grids_level(tmp_path
     assert table["columns"] == header and len(table["data"]) == len(want) == 3
     for got, expected in zip(table["data"], want, strict=True):
         assert all(_same(g, w) for g, w in zip(got, expected, strict=True)), (got, expected)
+
+
+def test_the_summary_run_shows_only_the_figures_of_evaluations_the_grid_ran(tmp_path, monkeypatch):
+    """A roar-only grid: the report draws "no runs for kar" placeholders (kar.png, noretrain.png...) over any
+    earlier grid's figures, and an earlier grid's roar@blur.png may remain; the dashboard showed them all."""
+    from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = [dict(dataset="digits", model="small_cnn", method=m, mode=mode, fill="channel_mean", threshold=t, seed=s, test_acc=a, status="done", epochs=1, seconds=1.0, checkpoint=None)
+            for s, a in enumerate([0.9, 0.7, 0.5]) for m, mode, t in (("unmasked", "reference", 0.0), ("random", "roar", 0.5))]  # fmt: skip
+    write_report(tmp_path, rows, config={"protocol": {"fill": "channel_mean"}}, print_table=False, resamples=50)
+    (tmp_path / "roar@blur.png").write_bytes((tmp_path / "roar.png").read_bytes())  # an earlier grid's
+    assert (tmp_path / "kar.png").is_file(), "the report's placeholder, which the dashboard needs not show"
+    run = run_contents(log_summary_to_wandb(tmp_path, summarize(rows), group="g", config={}))
+    assert {key.split("/")[1] for key in run["summary"] if key.startswith("figures/")} == {"roar"}

@@ -111,7 +111,28 @@ def _list_arguments(argv: list[str], names: tuple[str, ...] = LIST_ARGUMENTS) ->
         for i, arg in enumerate(argv[:-1]):
             if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
                 argv[i + 1] = "[" + argv[i + 1] + "]"
+            if arg == f"--{name}":
+                argv[i + 1] = _entries_as_strings(argv[i + 1])
     return argv
+
+
+def _entries_as_strings(value: str) -> str:
+    """``[@blur]`` (a YAML reserved character first) as the list of strings the user meant, ``["@blur"]``.
+
+    YAML refuses it, and jsonargparse then said "expected list" of the whole value; read as strings,
+    the entry reaches :func:`~roar.benchmark.plan.parse_modes`, which names it and the valid choices.
+    """
+    import json
+
+    import yaml
+
+    try:
+        yaml.safe_load(value)
+        return value
+    except yaml.YAMLError:
+        inner = value.strip()
+        inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
+        return json.dumps([entry.strip().strip("'\"") for entry in inner.split(",")])
 
 
 def benchmark_main(argv: list[str]) -> int:

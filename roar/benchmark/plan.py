@@ -89,7 +89,9 @@ def parse_modes(modes: Sequence[str], default_fill: str = DEFAULT_FILL) -> list[
         where = f" in modes entry {entry!r}" if at else ""
         if mode not in MODES:
             hint = " (the reference runs are added automatically, and are the same for every fill)" if mode == REFERENCE_MODE else ""
-            raise ValueError(f"unknown mode {mode!r}{where}{hint}; valid modes: {', '.join(MODES)}")
+            fills = f"; valid fills after @: {', '.join(_valid_fills())}" if at else ""  # the whole mode@fill syntax
+            what = f"no mode before @ in modes entry {entry!r}" if at and not mode else f"unknown mode {mode!r}{where}{hint}"
+            raise ValueError(f"{what}; valid modes: {', '.join(MODES)}{fills}")
         if fill not in _valid_fills():
             raise ValueError(f"unknown fill {fill!r} in modes entry {entry!r}; valid fills: {', '.join(_valid_fills())}")
         if (mode, fill) in pairs:

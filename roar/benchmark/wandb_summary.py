@@ -10,7 +10,7 @@ from typing import Any
 
 from roar.benchmark.curves import AXIS_LABEL, FIGURE_NAMES, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
-from roar.benchmark.plan import MODES, evaluation_label
+from roar.benchmark.plan import DEFAULT_FILL, MODES, evaluation_label
 
 
 def _cell(text: str) -> Any:
@@ -37,10 +37,15 @@ def csv_table(path: Path) -> tuple[list[str], list[list[Any]]] | None:
         return columns, [[_cell(c) for c in row] for row in reader]
 
 
-def figure_files(out: Path) -> list[Path]:
-    """The report's curve figures: ``roar.png``... and one per other fill (``noretrain@noisy_linear.png``)."""
-    found = [out / FIGURE_NAMES[mode] for mode in MODES]
-    found += [p for mode in MODES for p in sorted(out.glob(f"{mode}@*.png"))]
+def figure_files(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
+    """The report's curve figures of the evaluations ``summary`` has curves of: ``roar.png``... and one per
+    other fill (``noretrain@noisy_linear.png``).
+
+    The report draws a "no runs for kar" placeholder for a mode the grid did not run (it replaces an
+    earlier grid's figure), and an earlier grid's other fills may lie in the folder: neither is this grid's.
+    """
+    found = [out / (FIGURE_NAMES[mode] if fill == DEFAULT_FILL else f"{evaluation_label(mode, fill)}.png")
+             for mode in MODES for fill in curve_fills(summary, mode)]  # fmt: skip
     return [p for p in found if p.is_file()]
 
 
@@ -123,7 +128,7 @@ def log_summary_to_wandb(
             if (found := csv_table(out / name)) is not None:
                 tables[key] = found
         logged: dict[str, Any] = {key: wandb.Table(columns=cols, data=data) for key, (cols, data) in tables.items()}
-        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out)})
+        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out, summary)})
         run.log(logged)
         log_leakage_to_wandb(run, out)  # the mask-leakage probe, when the folder has one
     finally:

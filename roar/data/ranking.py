@@ -16,6 +16,7 @@ What a threshold then does with the ranks is :mod:`roar.data.masking`, which re-
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +36,9 @@ _MIX2 = 0x94D049BB133111EB
 
 def _check_choice(kind: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown {kind} {value!r}{hint}; valid choices: {', '.join(choices)}")
     return value
 
 
