@@ -46,7 +46,7 @@ def test_a_failed_retrain_is_a_failed_wandb_run(grid):
     exits = {}
     for run in runs.values():
         exits.setdefault(run["name"], set()).add(run["exit"])
-    # twice failed (the grid and its resume), never shown as finished; every other run exited cleanly
+    # failed (the resume's attempt; the grid's is under wandb/replaced), never shown as finished; every other run exited cleanly
     assert exits.pop("roar-random-t0.5-s1") == {1}
     assert set().union(*exits.values()) == {0}, exits
 
@@ -58,6 +58,32 @@ def test_a_resumed_grid_keeps_one_summary_run_the_latest(grid):
     # one summary per folder, the resume's: a second, stale one in the same group would chart the grid twice
     assert len(first) == 1 and len(summaries) == 1 and summaries[0] > first[0], (summaries, first)
     assert len([name for name, run in runs.items() if run["job_type"] == "base"]) == 1
+
+
+@pytest.mark.slow
+def test_a_retried_run_leaves_one_wandb_run_to_sync_and_sets_the_earlier_one_aside(grid):
+    out, _, runs = grid
+    names = [run["name"] for run in runs.values()]
+    # one run per row of results.db, the base model's and the summary: `wandb sync` uploads no name twice
+    assert len(names) == len(set(names)) == len(ResultsStore(out / "results.db").rows()) + 2, sorted(names)
+    replaced = [run_contents(p) for p in sorted((out / "wandb" / "replaced").glob("offline-run-*"))]
+    assert [(r["name"], r["exit"]) for r in replaced] == [("roar-random-t0.5-s1", 1)]  # the grid's failed attempt, kept
+
+
+@pytest.mark.slow
+def test_force_sets_the_discarded_grids_wandb_runs_aside_and_keeps_the_reused_base_models(grid, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(grid[0], out)
+    base = {d.name for d in (out / "wandb").glob("offline-run-*") if run_contents(d)["job_type"] == "base"}
+    assert roar_main(["benchmark", *GRID, "--benchmark.thresholds", "[0.25]", "--force", "true", "--out", str(out)]) == 0
+    runs = {d.name: run_contents(d) for d in (out / "wandb").glob("offline-run-*")}
+    names = sorted(run["name"] for run in runs.values())
+    assert not any("t0.5" in name for name in names), names  # the discarded threshold's retrains are not synced
+    assert len(names) == len(set(names)) == len(ResultsStore(out / "results.db").rows()) + 2, names
+    assert base <= set(runs), "the base model was reused: its run stays with it"
+    assert {run_contents(d)["name"] for d in (out / "wandb" / "replaced").glob("offline-run-*")} >= {"roar-random-t0.5-s0", "roar-random-t0.5-s1"}
 
 
 def _csv(path: Path) -> list[list[str]]:

@@ -113,6 +113,10 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
 
     # A folder left by an earlier attempt (Ctrl-C, a crash, a retry) holds no finished run's files;
     # emptied here, Lightning's CSVLogger does not warn at every rerun that it will overwrite them.
+    # That attempt's W&B run leaves the sync glob with it (wandb_runs.retire_run).
+    from roar.benchmark.wandb_runs import retire_run
+
+    retire_run(out, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers: list[Any] = []
@@ -120,12 +124,13 @@ def _loggers(cfg: BenchmarkConfig, out: Path, run_dir: Path, name: str, job_type
         return loggers
     loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
     if cfg.logger == "wandb":
-        from roar.benchmark.wandb_runs import RetrainWandbLogger, start_retrain_run
+        from roar.benchmark.wandb_runs import RetrainWandbLogger, remember_run, start_retrain_run
 
         os.environ.setdefault("WANDB_SILENT", "true")
         # our own wandb.init: one run per retrain even when a stack's members are open at once, with
         # lean settings (no pip freeze, stats sampling, console capture, git probing)
         run = start_retrain_run(name=name, project=cfg.wandb_project, group=cfg.name, job_type=job_type, dir=str(out), config=config, offline=cfg.wandb_offline)
+        remember_run(run_dir, run, out)
         loggers.append(RetrainWandbLogger(name=name, project=cfg.wandb_project, save_dir=str(out), offline=cfg.wandb_offline, experiment=run))
     return loggers
 

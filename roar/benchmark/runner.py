@@ -149,9 +149,11 @@ def run_benchmark(
             (out / "benchmark.yaml").write_text(config_yaml)
         if force:
             from roar.benchmark.leakage_report import discard
+            from roar.benchmark.wandb_runs import retire_grid_runs
 
             results.clear()
             discard(out)  # the mask-leakage probes of those results go with them
+            retire_grid_runs(out)  # ... and their W&B runs leave `wandb sync`'s glob (the base model's stays while it is reused)
         where = str(out / "results.db")
         check_recorded_rows(results.rows(), cfg, where)  # a changed config is refused before any training
         check_distinct_thresholds(cfg, dm)

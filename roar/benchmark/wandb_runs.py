@@ -15,12 +15,20 @@ metrics is paid hundreds of times, so a grid
   run's config, metrics, summary, name, group and job type are the same, and offline runs sync
   with ``wandb sync`` as before; the grid's summary run keeps W&B's defaults, so the environment
   is still recorded once per grid.
+
+A run of the grid logged again (a retried failure, a rerun after its fingerprint changed,
+``--force``) leaves its earlier W&B run in ``<out>/wandb``, where ``wandb sync
+<out>/wandb/offline-run-*`` would upload it beside the new one under the same name: a dashboard
+charting results that ``results.db`` no longer holds. Each run's folder remembers its W&B run
+(:func:`remember_run`), and the next attempt moves the earlier one to ``<out>/wandb/replaced/``
+(:func:`retire_run`): kept on disk, out of the sync.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -81,6 +89,43 @@ class RetrainWandbLogger(WandbLogger):
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:  # the run's config is set at its start
         return None
+
+
+WANDB_RUN_FILE = "wandb_run.txt"
+"""In a grid run's folder: the name of its W&B run's folder under ``<out>/wandb``."""
+REPLACED_DIR = "replaced"
+"""Under ``<out>/wandb``: W&B runs of earlier attempts, out of ``wandb sync <out>/wandb/offline-run-*``."""
+
+
+def remember_run(run_dir: Path, run: Any, out: Path) -> None:
+    """Write the name of ``run``'s folder (``<out>/wandb/offline-run-...``) into ``run_dir``."""
+    folder = Path(run.dir).parent  # run.dir is <out>/wandb/<run folder>/files
+    if folder.parent.resolve() == (Path(out) / "wandb").resolve():
+        (run_dir / WANDB_RUN_FILE).write_text(folder.name + "\n")
+
+
+def retire_run(out: Path, run_dir: Path) -> None:
+    """Move the W&B run an earlier attempt of ``run_dir``'s run logged to ``<out>/wandb/replaced/``."""
+    try:
+        name = (run_dir / WANDB_RUN_FILE).read_text().strip()
+    except OSError:  # never logged to W&B, or a folder of before this record
+        return
+    source = Path(out) / "wandb" / name
+    if not name or "/" in name or not source.is_dir():
+        return
+    target = Path(out) / "wandb" / REPLACED_DIR
+    target.mkdir(exist_ok=True)
+    source.rename(target / name)
+    (run_dir / WANDB_RUN_FILE).unlink()
+
+
+def retire_grid_runs(out: Path, keep: tuple[str, ...] = ("base",)) -> int:
+    """``--force``: retire the W&B runs of every grid run under ``<out>/runs`` (not ``keep``'s); how many."""
+    runs = Path(out) / "runs"
+    records = [p for p in runs.glob(f"**/{WANDB_RUN_FILE}") if p.parent.relative_to(runs).parts[:1] not in [(k,) for k in keep]]
+    for record in records:
+        retire_run(out, record.parent)
+    return len(records)
 
 
 @contextmanager

@@ -88,8 +88,9 @@ def log_summary_to_wandb(
     out.mkdir(parents=True, exist_ok=True)
     run_id = summary_run_id(out, group)
     # A resumed grid logs its summary again: the folder's summary is one run, the latest. Offline, the
-    # earlier summary's files are replaced; online, the same id resumes the same run.
-    for earlier in (out / "wandb").glob(f"offline-run-*-{run_id}"):
+    # earlier summary's files are replaced (also one of another id: a folder moved or copied since);
+    # online, the same id resumes the same run.
+    for earlier in (out / "wandb").glob("offline-run-*-summary-*"):
         shutil.rmtree(earlier, ignore_errors=True)
     kwargs: dict[str, Any] = dict(
         project=project, group=group, job_type="summary", name=f"{group}-summary", id=run_id, resume="allow", dir=str(out), config=config or {}, mode=mode
