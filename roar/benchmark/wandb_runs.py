@@ -19,9 +19,9 @@ metrics is paid hundreds of times, so a grid
 A run of the grid logged again (a retried failure, a rerun after its fingerprint changed,
 ``--force``) leaves its earlier W&B run in ``<out>/wandb``, where ``wandb sync
 <out>/wandb/offline-run-*`` would upload it beside the new one under the same name: a dashboard
-charting results that ``results.db`` no longer holds. Each run's folder remembers its W&B run
-(:func:`remember_run`), and the next attempt moves the earlier one to ``<out>/wandb/replaced/``
-(:func:`retire_run`): kept on disk, out of the sync.
+charting results that ``results.db`` no longer holds. The W&B run of each run folder's latest
+attempt is remembered (:func:`remember_run`, under ``<out>/wandb/attempts/``), and the next attempt
+moves it to ``<out>/wandb/replaced/`` (:func:`retire_run`): kept on disk, out of the sync.
 """
 
 from __future__ import annotations
@@ -91,41 +91,50 @@ class RetrainWandbLogger(WandbLogger):
         return None
 
 
-WANDB_RUN_FILE = "wandb_run.txt"
-"""In a grid run's folder: the name of its W&B run's folder under ``<out>/wandb``."""
+ATTEMPTS_DIR = "attempts"
+"""Under ``<out>/wandb``: per grid run folder, the name of the W&B run its latest attempt logged to
+(``attempts/runs/roar/random/t0.500-s0.txt``). Not in the run folder itself, whose logger warns
+about a folder that is not empty."""
 REPLACED_DIR = "replaced"
 """Under ``<out>/wandb``: W&B runs of earlier attempts, out of ``wandb sync <out>/wandb/offline-run-*``."""
 
 
+def _record(out: Path, run_dir: Path) -> Path:
+    return Path(out) / "wandb" / ATTEMPTS_DIR / f"{Path(run_dir).relative_to(out)}.txt"
+
+
 def remember_run(run_dir: Path, run: Any, out: Path) -> None:
-    """Write the name of ``run``'s folder (``<out>/wandb/offline-run-...``) into ``run_dir``."""
+    """Remember ``run``'s folder (``<out>/wandb/offline-run-...``) as that of ``run_dir``'s latest attempt."""
     folder = Path(run.dir).parent  # run.dir is <out>/wandb/<run folder>/files
     if folder.parent.resolve() == (Path(out) / "wandb").resolve():
-        (run_dir / WANDB_RUN_FILE).write_text(folder.name + "\n")
+        record = _record(out, run_dir)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(folder.name + "\n")
 
 
 def retire_run(out: Path, run_dir: Path) -> None:
     """Move the W&B run an earlier attempt of ``run_dir``'s run logged to ``<out>/wandb/replaced/``."""
+    record = _record(out, run_dir)
     try:
-        name = (run_dir / WANDB_RUN_FILE).read_text().strip()
-    except OSError:  # never logged to W&B, or a folder of before this record
+        name = record.read_text().strip()
+    except OSError:  # never logged to W&B
         return
     source = Path(out) / "wandb" / name
-    if not name or "/" in name or not source.is_dir():
-        return
-    target = Path(out) / "wandb" / REPLACED_DIR
-    target.mkdir(exist_ok=True)
-    source.rename(target / name)
-    (run_dir / WANDB_RUN_FILE).unlink()
+    if name and "/" not in name and source.is_dir():
+        target = Path(out) / "wandb" / REPLACED_DIR
+        target.mkdir(exist_ok=True)
+        source.rename(target / name)
+    record.unlink()
 
 
 def retire_grid_runs(out: Path, keep: tuple[str, ...] = ("base",)) -> int:
     """``--force``: retire the W&B runs of every grid run under ``<out>/runs`` (not ``keep``'s); how many."""
-    runs = Path(out) / "runs"
-    records = [p for p in runs.glob(f"**/{WANDB_RUN_FILE}") if p.parent.relative_to(runs).parts[:1] not in [(k,) for k in keep]]
-    for record in records:
-        retire_run(out, record.parent)
-    return len(records)
+    records = Path(out) / "wandb" / ATTEMPTS_DIR / "runs"
+    folders = [Path(out) / "runs" / p.relative_to(records).with_suffix("") for p in records.glob("**/*.txt")]
+    folders = [f for f in folders if f.relative_to(Path(out) / "runs").parts[:1] not in [(k,) for k in keep]]
+    for folder in folders:
+        retire_run(out, folder)
+    return len(folders)
 
 
 @contextmanager
