@@ -57,10 +57,20 @@ def _file_of(name: str) -> tuple[str | None, bool]:
 def _imported_names(path: str, name: str, is_package: bool) -> list[str]:
     """Every module name an ``import`` or ``from ... import`` in ``path`` may load."""
     try:
+        stamp = os.stat(path)
+    except OSError:
+        return []
+    # parsed once per version of the file: a grid fingerprints its methods for every run
+    return list(_parsed_imports(path, stamp.st_mtime_ns, stamp.st_size, name, is_package))
+
+
+@lru_cache(maxsize=4096)
+def _parsed_imports(path: str, mtime_ns: int, size: int, name: str, is_package: bool) -> tuple[str, ...]:
+    try:
         with open(path, encoding="utf-8") as f:
             tree = ast.parse(f.read(), filename=path)
     except (OSError, SyntaxError, UnicodeDecodeError):
-        return []
+        return ()
     package = name if is_package else name.rpartition(".")[0]
     names: list[str] = []
     for node in ast.walk(tree):
@@ -76,7 +86,7 @@ def _imported_names(path: str, name: str, is_package: bool) -> list[str]:
             names.append(base)
             # `from pkg import helpers` loads the submodule pkg.helpers when there is one.
             names += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
-    return _with_parents(names)
+    return tuple(_with_parents(names))
 
 
 def _with_parents(names: list[str]) -> list[str]:
