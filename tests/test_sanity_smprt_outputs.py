@@ -45,3 +45,20 @@ def test_smprt_caption_and_curve_name_its_order(tmp_path, order, layers, caption
     assert axes.get_xlabel() == xlabel
     assert axes.get_title() == f"smprt randomisation, {order} order (spearman)"
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def _emprt_rows(methods: list[str]) -> list[dict]:
+    cells = [(0, "entropy", 4.0), (1, "entropy", 4.4), (1, "complexity_rise", 0.1)]
+    return [{"method": m, "check": "emprt", "step": s, "metric": k, "mean": v, "std": 0.01, "n": 8} for m in methods for s, k, v in cells]
+
+
+@pytest.mark.parametrize("control", [True, False])
+def test_emprt_table_names_the_noise_control_only_when_it_ran(control):
+    from roar.sanity.revisited import print_emprt_table
+
+    console = Console(file=io.StringIO(), width=400)
+    print_emprt_table(console, _emprt_rows(["gradient", "noise"] if control else ["gradient"]))
+    printed = " ".join(console.file.getvalue().split())
+    assert "mean ± std over 8 images" in printed and "+0.100 ± 0.010" in printed
+    assert ("noise control's (about 0)" in printed) is control
+    assert ("this run has no noise control" in printed) is not control
