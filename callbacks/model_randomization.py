@@ -80,6 +80,9 @@ class ModelRandomizationCheck(SanityCheckCallback):
         normalization: ``minmax`` (default) or ``percentile`` (99th-percentile clip) before SSIM/HOG.
         reduction: ``sum_abs`` (sum of ``|a|`` over channels, default) or ``abs_sum`` (``|sum a|``).
         stack: randomised models explained per batched call (``auto``: 8 for a small model on CUDA, else 1).
+        share: with one model per call, explain the gradient family for every step at once, the
+            layers the steps share computed once (:mod:`roar.sanity.shared_forward`); ``False``:
+            model by model. The maps are the same within float tolerance.
     """
 
     def __init__(
@@ -97,10 +100,14 @@ class ModelRandomizationCheck(SanityCheckCallback):
         normalization: Literal["minmax", "percentile"] = "minmax",
         reduction: Literal["sum_abs", "abs_sum"] = "sum_abs",
         stack: int | Literal["auto"] = "auto",
+        share: bool = True,
     ) -> None:
         super().__init__(methods, metrics, num_images, every_n_epochs, log_images, method_params, seed, target)
         self.settings = SanitySettings(batchnorm, normalization, reduction)
         self.stack = check_stack(stack)
+        if not isinstance(share, bool):
+            raise ValueError(f"share must be true or false, got {share!r}")
+        self.share = share
         self.order = check_orders(order)[0] if isinstance(order, str) else None
         if self.order is None:
             raise ValueError(f"order must be one string, got {order!r}; add one callback per order")
@@ -128,6 +135,7 @@ class ModelRandomizationCheck(SanityCheckCallback):
                 keep_maps=self.log_images,
                 settings=self.settings,
                 stack=self.stack,
+                share=self.share,
             )
         ]
 

@@ -41,7 +41,7 @@ from roar.sanity.intervals import interval_rows
 from roar.sanity.maps import CheckResult, data_randomization, fixed_target, map_grid_figure, model_randomization, select_batch
 from roar.sanity.report_config import DEFAULT_REPORT_METHODS, DEVICES, SanityReportConfig  # noqa: F401  (importable from here before the split)
 from roar.sanity.report_outputs import CSV_COLUMNS, how_to_read, plot_curve, print_tables, read_csv, write_csv  # noqa: F401  (as above)
-from roar.sanity.revisited import EMPRT, efficient_mprt, print_emprt_table
+from roar.sanity.revisited import EMPRT, SMPRT, efficient_mprt, print_emprt_table
 from roar.sanity.trained_models import (  # noqa: F401  (the constants, check_compatible, train_model: importable from here before the split)
     IGNORED_TRAINER_KEYS, LINKED, MODEL_CHECKPOINT, PERMUTED_CHECKPOINT, _check_methods_fit_the_model, _datamodule, accuracy, check_compatible,
     obtain_model, train_model,
@@ -174,7 +174,8 @@ def run_report(cfg: SanityReportConfig, out: Path, console=None, datamodule=None
         stale.unlink()
     for result in results:
         for metric in cfg.metrics if result.check != EMPRT else []:
-            plot_curve(rows, result.check, metric, out / f"curve_{result.check}_{metric}.png")
+            order = cfg.smprt_order if result.check == SMPRT else None
+            plot_curve(rows, result.check, metric, out / f"curve_{result.check}_{metric}.png", order=order)
         if result.check == "cascading" and result.maps is not None:
             for method, maps in result.maps.items():
                 fig = map_grid_figure(images, maps, result.layers, title=f"cascading randomisation: {method}")

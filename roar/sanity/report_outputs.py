@@ -64,10 +64,12 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         ]
 
 
-def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Path) -> None:
+def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Path, order: str | None = None):
     """Similarity against the randomised layer, one line per method (mean, bootstrap CI band over images), ``noise`` dashed.
 
-    The data check has a single "step" (the permuted-label model): it is drawn as bars.
+    The data check has a single "step" (the permuted-label model): it is drawn as bars. ``order``
+    is the randomisation order of an ``smprt`` check (sMPRT runs any order); the other checks are
+    their own order. Returns the figure, also saved to ``path``.
     """
     from matplotlib.figure import Figure
 
@@ -102,13 +104,20 @@ def plot_curve(rows: Sequence[dict[str, Any]], check: str, metric: str, path: Pa
             (line,) = ax.plot(steps, mean, marker="o", label=method, **style)
             ax.fill_between(steps, low, high, alpha=0.08, color=line.get_color())
         ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
-        ax.set_xlabel("randomised layer" + (" (cumulative)" if check != "independent" else " (alone)"))
-        ax.set_title(f"{check} randomisation ({metric})")
+        order = order or check
+        ax.set_xlabel("randomised layer" + (" (cumulative)" if order != "independent" else " (alone)"))
+        ax.set_title(f"{check} randomisation" + (f", {order} order" if order != check else "") + f" ({metric})")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.axhline(0.0, color="black", linewidth=0.5)
     reference = "the true-label model's map" if check == DATA_CHECK else "the original map"
     ax.set_ylabel(f"{metric} to {reference}", fontsize=9)
     fig.savefig(path, dpi=110)
+    return fig
+
+
+def _last_step(order: str, layer: str | None) -> str:
+    """What is random after the last step of a randomisation order."""
+    return {"cascading": "every layer randomised, top down", "bottom_up": "every layer randomised, bottom up"}.get(order, f"only {layer} randomised")
 
 
 def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfig) -> None:
@@ -119,13 +128,11 @@ def print_tables(console, rows: Sequence[dict[str, Any]], cfg: SanityReportConfi
     last = {c: max(r["step"] for r in rows if r["check"] == c) for c in checks}
     final = {(r["method"], r["check"], r["metric"]): r for r in rows if r["step"] == last[r["check"]]}
     layer = {c: next(r["layer"] for r in rows if r["check"] == c and r["step"] == last[c]) for c in checks}
-    what = {
-        "cascading": "every layer randomised, top down",
-        "bottom_up": "every layer randomised, bottom up",
-        "independent": f"only {layer.get('independent')} randomised",
-        "smprt": f"every layer randomised ({cfg.smprt_order}), noise-averaged maps",
-        DATA_CHECK: "model trained on permuted labels",
-    }
+    what = {order: _last_step(order, layer.get(order)) for order in ("cascading", "bottom_up", "independent")}
+    # sMPRT runs any order: after the last independent step only that one layer is random.
+    named = " (independent)" if cfg.smprt_order == "independent" else ""
+    what["smprt"] = _last_step(cfg.smprt_order, layer.get("smprt")) + named + ", noise-averaged maps"
+    what[DATA_CHECK] = "model trained on permuted labels"
     caption = "; ".join(f"{c}: {what[c]}" for c in checks)
     control = CONTROL in cfg.methods
     for method in cfg.methods:

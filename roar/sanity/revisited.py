@@ -191,7 +191,10 @@ def print_emprt_table(console: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         cells = [chosen[method, 0, ENTROPY], chosen[method, 1, ENTROPY], chosen[method, 1, COMPLEXITY_RISE]]
         table.add_row(method, *(f"{r['mean']:+.3f} ± {r['std']:.3f}" for r in cells))
     console.print(table)
-    console.print("(a rise above the noise control's (about 0) means the maps depend on the learned weights)")
+    images = max(r["n"] for r in chosen.values())
+    # The control is named only when this run has it (sanity.control false leaves it out).
+    against = "the noise control's (about 0)" if any(m == "noise" for m, _, _ in chosen) else "0 (this run has no noise control)"
+    console.print(f"(mean ± std over {images} images; a rise above {against} means the maps depend on the learned weights)")
 
 
 __all__ = ["ALL_LAYERS", "COMPLEXITY_RISE", "EMPRT", "ENTROPY", "SMPRT", "Smoothing", "complexity_rise", "discrete_entropy", "efficient_mprt", "print_emprt_table"]
