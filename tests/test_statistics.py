@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from roar.benchmark.curves import ranking, summarize
 from roar.benchmark.evaluations import analyse, evaluations, lower_is_better, row_fill
 from roar.statistics import (
     IntervalUndefinedWarning,
@@ -210,3 +211,24 @@ def test_tied_scores_share_the_best_of_their_ranks():
     replicates = np.array([[0.2, 0.2, 0.5], [0.3, 0.3, 0.1]])
     stability = ranking_stability(replicates, lower_is_better=True)
     np.testing.assert_allclose(stability, [[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])
+
+
+def test_areas_equal_but_for_float32_rounding_share_a_rank():
+    # The digits grid of the README's first look (300 test images, one seed): KAR accuracies are
+    # float32 k/300, so gradient's and IG's areas, both 114.6/300 exactly, differ by ~1e-8.
+    def acc(k):
+        return float(np.float32(k / 300))
+
+    counts = {"gradient": (224, 270, 285), "integrated_gradients": (210, 277, 285), "random": (100, 200, 270)}
+    rows = [{"dataset": "d", "model": "m", "method": "unmasked", "mode": "reference", "threshold": 0.0, "seed": 0, "test_acc": acc(284), "seconds": 1.0}]
+    rows += [
+        {"dataset": "d", "model": "m", "method": m, "mode": "kar", "threshold": t, "seed": 0, "test_acc": acc(k), "seconds": 1.0}
+        for m, ks in counts.items() for t, k in zip((0.3, 0.6, 0.9), ks)
+    ]  # fmt: skip
+    [ev] = evaluations(rows)
+    with pytest.warns(IntervalUndefinedWarning):
+        results = {r.method: r.rank for r in analyse(ev)}
+    assert results == {"gradient": 1, "integrated_gradients": 1, "random": 3}
+    assert {e["method"]: e["rank"] for e in ranking(summarize(rows), "kar")} == results  # the terminal's table
+    areas = np.array([[0.382, 0.382 + 1e-8, 0.3]])
+    np.testing.assert_array_equal(ranks_of(areas, lower_is_better=False), [[0, 0, 2]])

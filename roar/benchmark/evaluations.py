@@ -31,6 +31,7 @@ from roar.statistics import (
     Interval,
     IntervalUndefinedWarning,
     percentile_bounds,
+    TIE_TOLERANCE,
     ranking_stability,
     resample_indices,
     resampled_means,
@@ -208,7 +209,7 @@ def analyse(
         if base is not None and done:
             delta = interval(estimate[m] - estimate[base], replicates[m] - replicates[base])
         # Competition ranking: equal areas share a rank (and the next rank is skipped), as in the resamples.
-        rank = 1 + sum(sign * estimate[o] < sign * estimate[m] for o in complete) if done else None
+        rank = 1 + sum(sign * estimate[o] < sign * estimate[m] - TIE_TOLERANCE for o in complete) if done else None
         held = {k + 1: float(f) for k, f in enumerate(stability[complete.index(m)])} if done and stability.size else {}
         results.append(MethodResult(m, interval(estimate[m], replicates[m]), delta, rank, held, done, int(np.isfinite(ev.accuracy[m]).any(axis=1).sum())))
     return results
