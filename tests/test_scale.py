@@ -106,7 +106,7 @@ def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, 
         roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "pip install 'roar[ray]'" in err
-    assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
+    assert not (tmp_path / "out").exists(), "it must fail before any training, and before writing the folder"
 
 
 def test_ray_address_auto_without_a_cluster_is_refused_before_the_base_model(tmp_path, monkeypatch, capsys):
@@ -119,7 +119,7 @@ def test_ray_address_auto_without_a_cluster_is_refused_before_the_base_model(tmp
     assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "error: --ray-address auto: no Ray cluster to join" in err and "ray start --head" in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "base.ckpt").exists(), "it must fail before any training"
+    assert not (tmp_path / "out").exists(), "it must fail before any training, and before writing the folder"
 
 
 # --------------------------------------------------------------------------- worker processes

@@ -140,6 +140,10 @@ def run_benchmark(
         stack.enter_context(quiet_third_party(verbose))
         stack.enter_context(reuse_loaded_sources())
         dm = ImageDataModule(**cfg.data)
+        # A fresh folder's grid is all to run: a missing Ray (or cluster) is refused before the folder is made.
+        fresh = not (out / "results.db").exists()
+        if launch.launcher == "ray" and fresh:
+            stack.enter_context(ray_cluster(cfg, launch))
         out.mkdir(parents=True, exist_ok=True)
         stack.enter_context(FolderLock(out, "benchmark"))
         # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
@@ -163,7 +167,7 @@ def run_benchmark(
         blank = _classifier(cfg, dm)
         probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
         tell = say if progress else None
-        if launch.launcher == "ray" and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
+        if launch.launcher == "ray" and not fresh and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
             stack.enter_context(ray_cluster(cfg, launch))
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
