@@ -132,6 +132,8 @@ def _entries_as_strings(value: str) -> str:
     except yaml.YAMLError:
         inner = value.strip()
         inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
+        if any(c in inner for c in "{}[]"):  # a mapping or a nested list is YAML gone wrong, not plain names: its error stands
+            return value
         return json.dumps([entry.strip().strip("'\"") for entry in inner.split(",")])
 
 
