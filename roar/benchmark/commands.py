@@ -104,19 +104,20 @@ LIST_ARGUMENTS = ("benchmark.methods", "benchmark.thresholds", "benchmark.modes"
 """Lists a user types as ``a,b`` (``--benchmark.thresholds 0.3,0.6``): jsonargparse takes only ``[a, b]``."""
 
 
-def _list_arguments(argv: list[str], names: tuple[str, ...] = LIST_ARGUMENTS) -> list[str]:
-    """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``."""
+def _list_arguments(argv: list[str], names: tuple[str, ...] = LIST_ARGUMENTS, parser: Any = None) -> list[str]:
+    """``--name a``, ``--name a,b`` and ``--name=a,b`` as the list syntax ``--name [a, b]``; with ``parser``,
+    a value YAML cannot read is refused through it, naming YAML's complaint."""
     for name in names:
         argv = [a for arg in argv for a in ([arg] if not arg.startswith(f"--{name}=") else [f"--{name}", arg.split("=", 1)[1]])]
         for i, arg in enumerate(argv[:-1]):
             if arg == f"--{name}" and not argv[i + 1].lstrip().startswith("["):
                 argv[i + 1] = "[" + argv[i + 1] + "]"
             if arg == f"--{name}":
-                argv[i + 1] = _entries_as_strings(argv[i + 1])
+                argv[i + 1] = _entries_as_strings(argv[i + 1], name, parser)
     return argv
 
 
-def _entries_as_strings(value: str) -> str:
+def _entries_as_strings(value: str, name: str = "", parser: Any = None) -> str:
     """``[@blur]`` (a YAML reserved character first) as the list of strings the user meant, ``["@blur"]``.
 
     YAML refuses it, and jsonargparse then said "expected list" of the whole value; read as strings,
@@ -129,10 +130,14 @@ def _entries_as_strings(value: str) -> str:
     try:
         yaml.safe_load(value)
         return value
-    except yaml.YAMLError:
+    except yaml.YAMLError as err:
         inner = value.strip()
         inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
-        if any(c in inner for c in "{}[]"):  # a mapping or a nested list is YAML gone wrong, not plain names: its error stands
+        if any(c in inner for c in "{}[]"):  # a mapping or a nested list is YAML gone wrong, not plain names
+            mark = getattr(err, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None else ""
+            if parser is not None:  # jsonargparse's own message would be "expected list"
+                parser.error(f"--{name} {value!r}: not valid YAML ({getattr(err, 'problem', None) or err}{where})")
             return value
         return json.dumps([entry.strip().strip("'\"") for entry in inner.split(",")])
 
@@ -149,7 +154,7 @@ def benchmark_main(argv: list[str]) -> int:
     parser.add_argument("--progress", type=bool, default=True, help="the grid's progress bar and one line per finished run")
     parser.add_argument("--verbose", type=bool, default=False, help="also each run's progress bars and Lightning's banners and logs")
     _add_launch_arguments(parser)
-    cfg, out, args = _config(parser, _list_arguments(argv))
+    cfg, out, args = _config(parser, _list_arguments(argv, parser=parser))
     try:
         launch = _launch_options(args).validate()
     except (ValueError, ImportError) as err:  # e.g. --launcher ray without Ray: say how to install it
@@ -186,7 +191,7 @@ def attribute_main(argv: list[str]) -> int:
     parser.add_argument("--ckpt", type=str, default=None, help=f"the base checkpoint (default: <out>/{BASE_CHECKPOINT})")
     parser.add_argument("--progress", type=bool, default=True, help="progress bars (in a terminal) and one line per method")
     parser.add_argument("--verbose", type=bool, default=False, help="also Lightning's and other libraries' banners and warnings")
-    cfg, out, args = _config(parser, _list_arguments(argv))
+    cfg, out, args = _config(parser, _list_arguments(argv, parser=parser))
     ckpt = Path(args.ckpt) if args.ckpt else out / BASE_CHECKPOINT
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt} (train one with `python -m roar benchmark` or `python train.py fit`, or pass --ckpt)")
@@ -250,7 +255,7 @@ def report_main(argv: list[str]) -> int:
     parser = _parser("report", "Rewrite results.csv, summary.csv, the curves and report.md from <out>/results.db.")
     parser.add_argument("--report_dir", "--report-dir", type=Optional[str], default=None,
                         help="where the report files go (default: --out); results.db is only read, so an archived, read-only --out works")  # fmt: skip
-    argv = _list_arguments(argv)
+    argv = _list_arguments(argv, parser=parser)
     cfg, out, args = _config(parser, argv, writes_out=False)  # only read: an archived, read-only --out is fine
     db = out / "results.db"
     if not db.is_file():
