@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, evaluation_label, recorded_fill
-from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, TIE_TOLERANCE, IntervalUndefinedWarning, bootstrap_mean
+from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean, ranks_of
 
 # ci_low, ci_high: the percentile bootstrap interval of the mean over seeds (NaN with one seed)
 SUMMARY_COLUMNS = ("dataset", "model", "method", "mode", "fill", "threshold", "mean", "std", "n", "ci_low", "ci_high")
@@ -222,7 +222,7 @@ def ranking(summary: Iterable[dict[str, Any]], mode: str, fill: str = DEFAULT_FI
     ROAR and noretrain rank the lowest area first, KAR the highest (see :func:`area_under_curve`).
     The curves include the reference point. Within each (dataset, model), a curve that lacks a
     threshold another method has (a partial grid) is *incomplete*: its area is not comparable, so
-    it is listed after the complete ones with ``rank`` None. Equal areas (to ``TIE_TOLERANCE``) share a
+    it is listed after the complete ones with ``rank`` None. Equal areas (to ``statistics.TIE_TOLERANCE``) share a
     rank, the next one skipped (competition ranking, as in report.md).
 
     Returns:
@@ -241,11 +241,10 @@ def ranking(summary: Iterable[dict[str, Any]], mode: str, fill: str = DEFAULT_FI
             entries.append({"dataset": dataset, "model": model, "method": method, "auc": auc, "thresholds": len(pts), "complete": complete})
         base = next((e["auc"] for e in entries if e["method"] == BASELINE and e["complete"]), None)
         entries.sort(key=lambda e: (not e["complete"], e["auc"] if lower else -e["auc"], e["method"]))
-        sign = 1.0 if lower else -1.0
-        aucs = [sign * e["auc"] for e in entries if e["complete"]]
+        # competition ranking, as report.md's (statistics.ranks_of); the complete entries come first, in order
+        ranks = iter((ranks_of([e["auc"] for e in entries if e["complete"]], lower) + 1).tolist())
         for entry in entries:
-            # competition ranking, as report.md's: areas equal to TIE_TOLERANCE share a rank
-            entry["rank"] = 1 + sum(a < sign * entry["auc"] - TIE_TOLERANCE for a in aucs) if entry["complete"] else None
+            entry["rank"] = next(ranks) if entry["complete"] else None
             entry["delta_random"] = None if base is None or not entry["complete"] else entry["auc"] - base
         ranked += entries
     return ranked

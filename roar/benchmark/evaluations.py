@@ -30,9 +30,9 @@ from roar.statistics import (
     DEFAULT_SEED,
     Interval,
     IntervalUndefinedWarning,
-    TIE_TOLERANCE,
     percentile_bounds,
     ranking_stability,
+    ranks_of,
     resample_indices,
     resampled_means,
     trapezoid_area,
@@ -202,14 +202,15 @@ def analyse(
     if n >= 2 and complete:
         stability = ranking_stability(np.stack([replicates[m] for m in complete], axis=1), ev.lower_is_better)
     base = BASELINE if BASELINE in complete else None
+    # Competition ranking (equal areas share a rank, the next is skipped), as in the resamples.
+    ranks = dict(zip(complete, (ranks_of(np.array([estimate[m] for m in complete]), ev.lower_is_better) + 1).tolist()))
     results = []
     for m in complete + sorted(set(methods) - set(complete)):
         done = m in complete
         delta = None
         if base is not None and done:
             delta = interval(estimate[m] - estimate[base], replicates[m] - replicates[base])
-        # Competition ranking: equal areas share a rank (and the next rank is skipped), as in the resamples.
-        rank = 1 + sum(sign * estimate[o] < sign * estimate[m] - TIE_TOLERANCE for o in complete) if done else None
+        rank = ranks.get(m)
         held = {k + 1: float(f) for k, f in enumerate(stability[complete.index(m)])} if done and stability.size else {}
         results.append(MethodResult(m, interval(estimate[m], replicates[m]), delta, rank, held, done, int(np.isfinite(ev.accuracy[m]).any(axis=1).sum())))
     return results

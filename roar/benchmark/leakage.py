@@ -154,4 +154,4 @@ def run_leakage_probe(cfg: Any, out: Path, base_ckpt: Path, provenance: Any, *, 
     return rows
 
 
-__all__ = ["COLUMNS", "LEAKAGE_CSV", "chance_accuracy", "LEAKAGE_TITLE", "MaskOnlyDataModule", "leakage_section", "probe_accuracy", "probe_orders", "read_rows", "run_leakage_probe", "tested_images"]
+__all__ = ["COLUMNS", "LEAKAGE_CSV", "LEAKAGE_TITLE", "MaskOnlyDataModule", "chance_accuracy", "leakage_section", "probe_accuracy", "probe_orders", "read_rows", "run_leakage_probe", "tested_images"]

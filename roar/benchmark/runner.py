@@ -173,14 +173,15 @@ def run_benchmark(
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         plan, _ = pending_runs(cfg, results)
         # the same base model and ranks, too; a run whose fill settings alone changed is run again
-        check_recorded_rows(results.rows(), cfg, where, provenance, planned={spec.run_id for spec in plan})
+        rows = results.rows()
+        check_recorded_rows(rows, cfg, where, provenance, planned={spec.run_id for spec in plan})
         plan, todo = pending_runs(cfg, results, provenance)
         parameters = sum(p.numel() for p in blank.net.parameters())  # how workers and stacks are sized
         if todo:  # a finished grid starts no workers, so it has no worker count to print
             launch = resolve_workers(launch, cfg, parameters, len(todo))
         if len(todo) < len(plan):
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
-        for line in stale_fill_lines(results.rows(), provenance, plan):
+        for line in stale_fill_lines(rows, provenance, plan):
             print(line)
         with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, parameters)) as bar:
             if not launch.parallel and launch.threads:

@@ -127,14 +127,13 @@ def retire_run(out: Path, run_dir: Path) -> None:
     record.unlink()
 
 
-def retire_grid_runs(out: Path, keep: tuple[str, ...] = ("base",)) -> int:
-    """``--force``: retire the W&B runs of every grid run under ``<out>/runs`` (not ``keep``'s); how many."""
+def retire_grid_runs(out: Path, keep: tuple[str, ...] = ("base",)) -> None:
+    """``--force``: retire the W&B runs of every grid run under ``<out>/runs`` (not ``keep``'s)."""
     records = Path(out) / "wandb" / ATTEMPTS_DIR / "runs"
     folders = [Path(out) / "runs" / p.relative_to(records).with_suffix("") for p in records.glob("**/*.txt")]
     folders = [f for f in folders if f.relative_to(Path(out) / "runs").parts[:1] not in [(k,) for k in keep]]
     for folder in folders:
         retire_run(out, folder)
-    return len(folders)
 
 
 @contextmanager
