@@ -11,6 +11,7 @@ from typing import Any
 from roar.benchmark.curves import AXIS_LABEL, FIGURE_NAMES, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
 from roar.benchmark.plan import DEFAULT_FILL, MODES, evaluation_label
+from roar.benchmark.wandb_runs import wandb_service
 
 
 def _cell(text: str) -> Any:
@@ -80,11 +81,17 @@ def log_summary_to_wandb(
     (``figures/<mode>``, ``figures/roar@blur``).
 
     Returns:
-        The W&B run's folder.
+        The W&B run's folder, its records written: called outside a grid, the service this starts is torn
+        down before returning (``run.finish()`` alone returned before a new service had written the
+        run's summary, so the folder read back as a run without one).
     """
+    with wandb_service(True):  # within a grid, the grid's service: used and left running
+        return _log_summary_run(Path(out_dir), summary, group=group, config=config, project=project, mode=mode)
+
+
+def _log_summary_run(out: Path, summary: list[dict[str, Any]], *, group: str, config: dict[str, Any] | None, project: str, mode: str) -> Path:
     import wandb
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_id = summary_run_id(out, group)
     # A resumed grid logs its summary again: the folder's summary is one run, the latest. Offline, the
