@@ -112,7 +112,7 @@ def summarize(
     :func:`~roar.benchmark.plan.recorded_fill` (``default_fill`` for rows that record none).
 
     Returns:
-        Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (0 when n=1),
+        Dicts with :data:`SUMMARY_COLUMNS`; ``std`` is the sample standard deviation (NaN when n=1: one seed has no spread to measure, not a spread of 0),
         ``ci_low``/``ci_high`` the seeded percentile bootstrap interval of the mean at ``level``
         (NaN when n=1: no interval over one seed). Sorted by dataset, model, mode, method, threshold.
     """
@@ -129,7 +129,7 @@ def summarize(
         with warnings.catch_warnings():  # one seed: NaN bounds; the report says so once, not per point
             warnings.simplefilter("ignore", IntervalUndefinedWarning)
             ci = bootstrap_mean(values, level, resamples)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
         return {"mean": statistics.fmean(values), "std": std, "n": len(values), "ci_low": ci.low, "ci_high": ci.high}
 
     summary = {key: stats(pairs) for key, pairs in groups.items()}
