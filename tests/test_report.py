@@ -260,9 +260,15 @@ def test_write_report_from_rows_and_partial_grids(tmp_path):
     for mode in ("roar", "kar", "noretrain"):
         _is_png(paths[mode])
     report = paths["report"].read_text()
-    assert "No kar runs." in report and "No noretrain runs." in report
+    # modes the grid never ran get no section; a mode whose every run failed says so
+    assert "## ROAR" in report and "## KAR" not in report and "No kar run" not in report and "## No retraining" not in report
     assert report.split("## Failures")[1].strip() == "None."
     assert "## Protocol" not in report  # no config given
+
+    # KAR asked for, every run of it failed: its section says so
+    failed_kar = _row(RunSpec("digits", "small_cnn", "gradient", "kar", 0.5, 0), status="failed", test_acc=None, error=FAILED_ERROR)
+    report = write_report(tmp_path / "d", [*only_roar, failed_kar], print_table=False)["report"].read_text()
+    assert report.split("## KAR")[1].split("\n## ")[0].strip().endswith("No kar run finished; see Failures.")
 
 
 def test_log_summary_to_wandb_offline(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ from roar.benchmark.curves import (
 from roar.benchmark.evaluations import analyse, evaluations
 from roar.benchmark.figures import plot_curves
 from roar.benchmark.leakage_report import leakage_report
-from roar.benchmark.plan import DEFAULT_FILL, MODES, evaluation_label
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, evaluation_label
 from roar.benchmark.report_markdown import _counts_lines, _failures_lines, _md_table, _mode_section, _protocol_lines
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
@@ -178,8 +178,11 @@ def write_report(
     leakage_lines, leakage_png = leakage_report(out, level, title=f"{title}: mask leakage" if title else None)  # when leakage.csv exists
     if leakage_png is not None:
         paths["leakage"] = leakage_png
+    # A mode the grid never ran (modes: [roar] has no kar row) gets no section; one whose runs all failed says so.
+    ran = {str(row["mode"]) for row in rows if row["method"] != REFERENCE_METHOD}
     for mode in [*MODES, *sorted({ev.mode for ev in evals} - set(MODES))]:
-        lines += _mode_section(mode, analysed, figures, level, resamples)
+        if mode in ran or any(ev.mode == mode for ev in evals):
+            lines += _mode_section(mode, analysed, figures, level, resamples)
         if mode == "kar":  # the probe qualifies the ROAR and KAR curves just above it
             lines += leakage_lines
     lines += consistency.markdown(analysed, _md_table)

@@ -113,7 +113,7 @@ def _mode_section(
     lines = [f"## {MODE_TITLE.get(mode, mode)}", ""]
     mine = [(ev, results) for ev, results in analysed if ev.mode == mode]
     if not mine:
-        return lines + [f"No {mode} runs.", ""]
+        return lines + [f"No {mode} run finished; see Failures.", ""]
     better = "lower" if LOWER_IS_BETTER.get(mode, mine[0][0].lower_is_better) else "higher"
     lines += [
         f"Area under the mean test-accuracy curve over the {AXIS_LABEL.get(mode, 'threshold')} (trapezoid, reference point "
