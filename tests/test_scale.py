@@ -102,10 +102,10 @@ def test_ray_tasks_ask_for_one_gpu_on_gpus_and_refuse_a_cluster_without_them():
 
 def test_ray_launcher_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as where it is not installed
-    with pytest.raises(SystemExit):
-        roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")])
+    assert roar_main(["benchmark", *TINY_GRID, "--launcher", "ray", "--ray-address", "auto", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "pip install 'roar[ray]'" in err
+    assert "pip install '.[ray]'" in err and "roar[ray]" not in err, "PyPI's roar is another project"
+    assert err.startswith("error: the ray launcher needs Ray") and err.count("\n") == 1, f"one line, not a usage message: {err!r}"
     assert not (tmp_path / "out").exists(), "it must fail before any training, and before writing the folder"
 
 

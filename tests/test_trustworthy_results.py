@@ -90,9 +90,12 @@ def test_a_changed_config_is_refused_before_training_naming_the_change(finished,
     out = copy_of(finished, tmp_path)
     before, base = snapshot(out), (out / "base.ckpt").stat().st_mtime_ns
     entries = sorted(p.relative_to(out) for p in (out / "attributions").rglob("*"))
+    config = (out / "benchmark.yaml").read_text()
     assert benchmark(out, *change) == 2
     err = capsys.readouterr().err
     assert named in err and "--force" in err and "new --out" in err
+    # it described the refused command, not the grid whose results the folder holds
+    assert (out / "benchmark.yaml").read_text() == config, "benchmark.yaml still describes the recorded results"
     assert snapshot(out) == before and (out / "base.ckpt").stat().st_mtime_ns == base, "nothing was trained or recorded"
     assert sorted(p.relative_to(out) for p in (out / "attributions").rglob("*")) == entries, "nothing was ranked"
 

@@ -157,7 +157,9 @@ def benchmark_main(argv: list[str]) -> int:
     cfg, out, args = _config(parser, _list_arguments(argv, parser=parser))
     try:
         launch = _launch_options(args).validate()
-    except (ValueError, ImportError) as err:  # e.g. --launcher ray without Ray: say how to install it
+    except ImportError as err:  # --launcher ray without Ray: no bad argument, so one line with the install command, no usage
+        return _fail(err)
+    except ValueError as err:
         parser.error(str(err))
     config_yaml = parser.dump(args, skip_check=True, skip_none=False)
     try:

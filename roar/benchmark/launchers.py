@@ -43,7 +43,8 @@ LAUNCHERS: Registry[str] = Registry("launcher")
 """Where a grid's runs go: ``local`` (this machine's processes) or ``ray`` (a Ray cluster)."""
 LAUNCHERS.add("local", "worker processes on this machine (--workers N)")
 LAUNCHERS.add("ray", "one Ray task per run (or stack) on a Ray cluster")
-RAY_INSTALL = "pip install 'roar[ray]'"
+RAY_INSTALL = "pip install '.[ray]'"
+"""Run in the roar checkout. Not ``roar[ray]``: roar is not on PyPI, whose ``roar`` is another project (a website generator)."""
 
 OnFinished = Callable[[RunSpec, dict[str, Any]], None]
 """Called in the driver as each run ends, with its outcome (``status`` ``done`` or ``failed``, then the run's fields or ``error``)."""
@@ -108,7 +109,7 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise ImportError(f"the ray launcher needs Ray, which is not installed; install it with `{RAY_INSTALL}` (or `pip install '.[ray]'` in a checkout)") from None
+        raise ImportError(f"the ray launcher needs Ray, which is not installed; install it with `{RAY_INSTALL}` in the roar checkout (or `pip install 'ray[default]>=2.9'`)") from None
     return ray
 
 

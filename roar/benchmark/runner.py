@@ -125,7 +125,8 @@ def run_benchmark(
             process (the default), ``workers`` local processes, or a Ray cluster. The base model
             and the ranks are always prepared here first, so workers only read them.
         config_yaml: the command's full config, saved as ``<out>/benchmark.yaml`` once the
-            folder is locked (so a refused second command cannot overwrite the running one's).
+            folder is locked and the config is accepted (so a refused command, a second one on a busy folder
+            or one with a changed config, cannot overwrite the config its results were made with).
 
     Raises:
         ConfigChangedError: ``out`` holds results or a base model of other settings (and not ``force``).
@@ -149,8 +150,6 @@ def run_benchmark(
         # One W&B service for the whole grid, workers included (wandb_service), torn down after the report.
         stack.enter_context(wandb_service(cfg.logger == "wandb"))
         results = ResultsStore(out / "results.db", replace_unreadable=force)
-        if config_yaml is not None:
-            (out / "benchmark.yaml").write_text(config_yaml)
         if force:
             from roar.benchmark.leakage_report import discard
             from roar.benchmark.wandb_runs import retire_grid_runs
@@ -169,6 +168,8 @@ def run_benchmark(
         tell = say if progress else None
         if launch.launcher == "ray" and not fresh and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
             stack.enter_context(ray_cluster(cfg, launch))
+        if config_yaml is not None:  # only now: a refused command (a changed config, no cluster) kept the one its results were made with
+            (out / "benchmark.yaml").write_text(config_yaml)
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         plan, _ = pending_runs(cfg, results)
