@@ -100,6 +100,16 @@ def test_a_changed_config_is_refused_before_training_naming_the_change(finished,
     assert sorted(p.relative_to(out) for p in (out / "attributions").rglob("*")) == entries, "nothing was ranked"
 
 
+def test_a_base_model_of_other_settings_is_refused_keeping_the_folders_config(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    (out / "results.db").unlink()  # a folder whose grid stopped after its base model: train_base itself refuses
+    config, base = (out / "benchmark.yaml").read_text(), (out / "base.ckpt").read_bytes()
+    assert benchmark(out, "--benchmark.base.max_epochs", "7") == 2
+    assert "max_epochs" in capsys.readouterr().err
+    assert (out / "benchmark.yaml").read_text() == config, "benchmark.yaml still describes the folder's base model"
+    assert (out / "base.ckpt").read_bytes() == base
+
+
 def test_force_starts_the_folder_afresh_with_one_fingerprint(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     old = snapshot(out)

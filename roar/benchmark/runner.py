@@ -125,7 +125,7 @@ def run_benchmark(
             process (the default), ``workers`` local processes, or a Ray cluster. The base model
             and the ranks are always prepared here first, so workers only read them.
         config_yaml: the command's full config, saved as ``<out>/benchmark.yaml`` once the
-            folder is locked and the config is accepted (so a refused command, a second one on a busy folder
+            folder is locked and the config, base model and ranks are accepted (so a refused command, a second one on a busy folder
             or one with a changed config, cannot overwrite the config its results were made with).
 
     Raises:
@@ -168,14 +168,14 @@ def run_benchmark(
         tell = say if progress else None
         if launch.launcher == "ray" and not fresh and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
             stack.enter_context(ray_cluster(cfg, launch))
-        if config_yaml is not None:  # only now: a refused command (a changed config, no cluster) kept the one its results were made with
-            (out / "benchmark.yaml").write_text(config_yaml)
         base_ckpt = train_base(cfg, out, progress=verbose, force=force, say=tell)
         provenance = grid_provenance(cfg, base_ckpt, prepare_ranks(cfg, out, base_ckpt, progress=progress, say=tell))
         plan, _ = pending_runs(cfg, results)
         # the same base model and ranks, too; a run whose fill settings alone changed is run again
         rows = results.rows()
         check_recorded_rows(rows, cfg, where, provenance, planned={spec.run_id for spec in plan})
+        if config_yaml is not None:  # only now: a refused command (a changed config or base model, other ranks, no cluster) keeps the one its results were made with
+            (out / "benchmark.yaml").write_text(config_yaml)
         plan, todo = pending_runs(cfg, results, provenance)
         parameters = sum(p.numel() for p in blank.net.parameters())  # how workers and stacks are sized
         if todo:  # a finished grid starts no workers, so it has no worker count to print
