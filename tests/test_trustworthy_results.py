@@ -400,6 +400,30 @@ def test_ctrl_c_stops_the_workers_without_their_tracebacks(finished, tmp_path):
         assert _group_ends(grid.pid), f"a worker outlived the interrupted grid (Ctrl-C {delay} s after the start)"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from Linux's /proc")
+def test_a_grid_that_ignores_ctrl_c_keeps_its_workers(finished, tmp_path):
+    """A grid run in a script's background (``&``, ``nohup``) ignores SIGINT, and so must its workers: with a
+    handler of their own, a SIGINT to the group killed only them, and the driver retried their runs as deaths."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    command = [sys.executable, "-m", "roar", "benchmark", *GRID, "--benchmark.seeds", "2", "--workers", "2", "--out", str(out)]
+    grid = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while len(_children(grid.pid)) < 3:  # both workers and multiprocessing's resource tracker
+            assert time.time() < deadline and grid.poll() is None, grid.communicate()
+            time.sleep(0.01)
+        time.sleep(1.0)  # the workers are past their start, importing torch or training
+        os.killpg(grid.pid, signal.SIGINT)
+        stdout, stderr = grid.communicate(timeout=300)
+    finally:
+        grid.kill()
+    assert grid.returncode == 0 and "retrying" not in stderr and "died" not in stderr, stdout + stderr
+    assert len(ResultsStore(out / "results.db").rows()) == 6  # the reference and 2 methods, 2 seeds each: all done
+
+
 def _group_ends(pgid: int, within: float = 10.0) -> bool:
     """Whether every process of the group has ended (a worker left running would print or write later)."""
     deadline = time.time() + within

@@ -36,6 +36,12 @@ def spawning_workers() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield  # Windows (no signal masks, no process groups), or a caller off the main thread (no handlers)
         return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A grid started in a script's background (``&``, ``nohup``) ignores SIGINT; an ignored signal
+        # stays ignored across ``exec``, so its workers ignore it too (:func:`init_pool_worker`) instead
+        # of dying alone and being retried by a driver that goes on.
+        yield
+        return
     from multiprocessing import resource_tracker
 
     # started now, not inside the block: starting it unblocks SIGINT in this thread on its way out
@@ -54,8 +60,9 @@ def spawning_workers() -> Iterator[None]:
 
 def init_pool_worker(device: int | None, threads: int) -> None:
     """Pin the worker to ``device`` (before torch touches CUDA), set its threads and quiet, and make
-    Ctrl-C end it silently."""
-    signal.signal(signal.SIGINT, _stop_quietly)
+    Ctrl-C end it silently (unless the driver ignores Ctrl-C: then the worker, which inherited that, does too)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _stop_quietly)
     if hasattr(signal, "pthread_sigmask"):  # held since spawning_workers; one that came meanwhile ends it now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if device is not None:
