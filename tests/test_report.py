@@ -245,7 +245,7 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
     assert len(printed.strip().splitlines()) <= 12
 
 
-def test_write_report_from_rows_and_partial_grids(tmp_path):
+def test_write_report_from_rows_and_partial_grids(tmp_path, capsys):
     # rows read back from results.csv (strings everywhere) give the same summary as the store's rows
     rows = fake_rows()
     first = write_report(tmp_path / "a", rows, print_table=False)
@@ -264,6 +264,13 @@ def test_write_report_from_rows_and_partial_grids(tmp_path):
     assert "## ROAR" in report and "## KAR" not in report and "No kar run" not in report and "## No retraining" not in report
     assert report.split("## Failures")[1].strip() == "None."
     assert "## Protocol" not in report  # no config given
+
+    # a one-column table keeps its title and caption on one line each (rich wrapped them to the table's width)
+    capsys.readouterr()
+    write_report(tmp_path / "c", only_roar, title="partial", print_table=True)
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "partial: digits/small_cnn, area under the accuracy curve (rank)" in printed
+    assert "intervals, accuracies and the consistency table in report.md" in printed
 
     # KAR asked for, every run of it failed: its section says so
     failed_kar = _row(RunSpec("digits", "small_cnn", "gradient", "kar", 0.5, 0), status="failed", test_acc=None, error=FAILED_ERROR)

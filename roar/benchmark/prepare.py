@@ -125,7 +125,7 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     checkpoint[PROVENANCE_KEY] = {"training": expected, "arch": arch, "dataset": dm.dataset_id, "test_acc": accuracy}
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written base model that looks usable
-    (say or log.info)(f"base model: test acc {accuracy:.3f} after {trainer.current_epoch} epochs ({time.perf_counter() - start:.1f} s) -> {path}")
+    (say or log.info)(f"base model: test acc {accuracy:.3f} after {trainer.current_epoch} epoch{'s' if trainer.current_epoch != 1 else ''} ({time.perf_counter() - start:.1f} s) -> {path}")
     return path
 
 

@@ -77,10 +77,11 @@ def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str
         methods = sorted(first, key=lambda k: (first[k]["rank"] is None, first[k]["rank"] or 0, k))
         methods += sorted({k for m in shown for k in entries[m]} - set(methods))
         incomplete = any(not e["complete"] for m in shown for e in entries[m].values())
-        table = Table(
-            title=f"{title}: {dataset}/{model}, area under the accuracy curve (rank)", box=box.SIMPLE_HEAD,
-            caption="intervals, accuracies and the consistency table in report.md" + ("; * incomplete curve, not ranked" if incomplete else ""),
-        )  # fmt: skip
+        heading = f"{title}: {dataset}/{model}, area under the accuracy curve (rank)"
+        caption = "intervals, accuracies and the consistency table in report.md" + ("; * incomplete curve, not ranked" if incomplete else "")
+        # as wide as its title and caption (up to the console's width): rich wraps them to a narrow table's width
+        width = min(console.width, max(len(heading), len(caption)))
+        table = Table(title=heading, caption=caption, box=box.SIMPLE_HEAD, min_width=width)
         table.add_column("method", overflow="fold", min_width=10)
         for mode, fill in shown:
             arrow = "lower better" if LOWER_IS_BETTER[mode] else "higher better"
