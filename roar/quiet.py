@@ -37,10 +37,11 @@ BANNER_LOGGERS = (
 """Where Lightning logs the banners of :data:`BANNERS` (and useful lines, which stay)."""
 
 BANNERS = re.compile(
-    r"^(GPU available|TPU available|HPU available|💡 Tip|Loading `train_dataloader`|Seed set to)"
+    r"^(\[rank: \d+\] )?(GPU available|TPU available|HPU available|💡 Tip|Loading `train_dataloader`|Seed set to)"
     r"|`weights_only` was not set"
 )
-"""Lightning's greetings that say nothing about a run: the devices it did not use, an ad, a default."""
+"""Lightning's greetings that say nothing about a run: the devices it did not use, an ad, a default
+(under DDP with the ``[rank: N]`` prefix of the process that says it)."""
 
 WIDE_LOG_COLUMNS = 200
 """Width of rich tables written to a file or a pipe (rich's default there is 80, which wraps method names)."""

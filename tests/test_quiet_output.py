@@ -163,3 +163,22 @@ def test_no_eta_until_more_runs_are_in_than_ran_at_once(capsys):
     assert len(lines) == 2 and not any("eta" in line for line in lines), lines
     together.finished(retrains[2], outcome)
     assert "eta" in capsys.readouterr().out
+
+
+def test_the_seed_banner_is_dropped_on_every_ddp_process(caplog, monkeypatch):
+    """``train.py`` under DDP: process 1 printed "[rank: 1] Seed set to 0", process 0 nothing."""
+    import logging
+
+    from lightning.fabric.utilities.seed import seed_everything
+
+    from roar.quiet import drop_banners
+
+    drop_banners()
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)  # as DDP's processes see themselves
+        with caplog.at_level(logging.INFO, logger="lightning.fabric.utilities.seed"):
+            seed_everything(3)
+    assert "Seed set to" not in caplog.text, caplog.text
+    with caplog.at_level(logging.INFO, logger="lightning.fabric.utilities.seed"):
+        logging.getLogger("lightning.fabric.utilities.seed").info("[rank: 1] a line that says something")
+    assert "a line that says something" in caplog.text  # only the banner is dropped
