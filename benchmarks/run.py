@@ -72,6 +72,9 @@ def parse_figures(text: str) -> list[str]:
             choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
             raise ValueError(f"unknown figure {part!r}; valid figures: all, {choices}")
         names.append(name)
+    if not names:  # `--figures ""` would otherwise run nothing, write an empty results file and exit 0
+        choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
+        raise ValueError(f"--figures {text!r} names no figure; valid figures: all, {choices}")
     return list(dict.fromkeys(names))
 
 

@@ -1,0 +1,27 @@
+"""`python -m benchmarks.run`'s bad input: one error line naming the value and the choices, before any figure runs."""
+
+import pytest
+
+from benchmarks.run import main
+
+
+def _error(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--device", "cpu", "--out", "/nonexistent/never-written.json"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: python -m benchmarks.run") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_an_empty_figure_list_is_refused_not_an_empty_run(capsys):
+    # `--figures ""` (an unset shell variable) used to measure nothing, write an empty results.json and exit 0
+    line = _error(capsys, "--smoke", "--figures", "")
+    assert line.startswith("python -m benchmarks.run: error: --figures '' names no figure; valid figures: all, 1 (attribution),")
+    assert _error(capsys, "--smoke", "--figures", " , ").endswith("11 (gpu)")
+
+
+def test_an_unknown_figure_names_the_choices(capsys):
+    line = _error(capsys, "--smoke", "--figures", "1,bogus")
+    assert line.endswith("unknown figure 'bogus'; valid figures: all, 1 (attribution), 2 (masked), 3 (overhead), 4 (store), "
+                         "5 (sanity), 6 (grid), 7 (mprt), 8 (road), 9 (stacked), 10 (per_run), 11 (gpu)")  # fmt: skip
