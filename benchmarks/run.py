@@ -87,6 +87,8 @@ def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
             parts = item.split(":")
             if len(parts) != 3:
                 raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...], got {item!r}")
+            if not all(p.isdigit() for p in parts[1:]):
+                raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...] (integer sizes), got {item!r}")
             cases.append(ModelCase(parts[0], int(parts[1]), int(parts[2])))
         return tuple(cases)
     if field.name == "cases":  # stacked cases: arch:in_chans:image_size:batch_size:members,...
@@ -97,16 +99,20 @@ def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
             parts = item.split(":")
             if len(parts) != 5:
                 raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...], got {item!r}")
+            if not all(p.isdigit() for p in parts[1:]):
+                raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...] (integer sizes), got {item!r}")
             cases.append(Case(parts[0], *(int(p) for p in parts[1:])))
         return tuple(cases)
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{field.name} takes true or false, got {value!r}")
         return value.lower() in ("true", "1")
-    if isinstance(current, int):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
+    if isinstance(current, (int, float)):
+        kind = type(current)
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"{field.name} takes {'an integer' if kind is int else 'a number'}, got {value!r}") from None
     if isinstance(current, tuple) and all(isinstance(v, str) for v in current):
         return tuple(filter(None, value.split(",")))
     if isinstance(current, str):
@@ -131,7 +137,10 @@ def figure_config(name: str, preset: str, overrides: list[str]) -> Any:
             continue
         if field not in fields:
             raise ValueError(f"--set {item!r}: {name} has no setting {field!r}; valid settings: {', '.join(fields)}")
-        changes[field] = _convert(fields[field], getattr(cfg, field), value)
+        try:
+            changes[field] = _convert(fields[field], getattr(cfg, field), value)
+        except ValueError as err:  # int('abc') says neither the setting nor the figure
+            raise ValueError(f"--set {item!r}: {err}") from None
     return dataclasses.replace(cfg, **changes)
 
 
