@@ -103,15 +103,17 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     }  # fmt: skip
     status = None
     if quantus is None:
-        status = "Quantus column skipped: quantus is not importable (pip install quantus==0.6.0)"
+        status = "Quantus column skipped: quantus is not importable (pip install quantus==0.6.0); no verdict on its half of the target"
     else:
         row["quantus_s"] = median(times["quantus"][settings.clock]) * cfg.batch_size / n
         row["speedup_vs_quantus"] = ratio(row["quantus_s"], impute_s)
-    meets = row["vs_resnet50"] <= 3.0 and (quantus is None or row["speedup_vs_quantus"] >= 10.0)
+    meets: bool | None = row["vs_resnet50"] <= 3.0 and (quantus is None or row["speedup_vs_quantus"] >= 10.0)
+    if quantus is None and meets:  # half the target unmeasured: "met" would claim the 10x over Quantus too
+        meets = None
     return {
         "title": "ROAD noisy linear imputation: batched CG against a ResNet50 forward pass and Quantus",
         "target": TARGET,
-        "meets_target": bool(meets),
+        "meets_target": None if meets is None else bool(meets),
         "status": status,
         "config": {**cfg.__dict__, "repeats": repeats, "fill_tol": DEFAULT_TOL,
                    "quantus": f"timed on {min(cfg.quantus_images, cfg.batch_size)} of the {cfg.batch_size} images, scaled per image"},

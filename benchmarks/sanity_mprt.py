@@ -87,7 +87,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         import quantus
     except ImportError:
         quantus = None
-        status = "Quantus not installed (pip install quantus==0.6.0 to compare); our two paths only"
+        status = "Quantus not installed (pip install quantus==0.6.0 to compare); our three paths only, no verdict"
     if quantus is not None:
         def explain(model, inputs, targets, **kwargs):
             x = torch.as_tensor(inputs, device=settings.device)
