@@ -2,8 +2,8 @@
 
 Examples::
 
-    python -m benchmarks.run                       # every figure, default sizes (~5 min on 2 CPU cores)
-    python -m benchmarks.run --quick               # tiny sizes (< 1 min)
+    python -m benchmarks.run                       # every figure, default sizes (figures 1-6 alone ~5 min on 2 CPU cores)
+    python -m benchmarks.run --quick               # tiny sizes (~3.5 min)
     python -m benchmarks.run --figures 1,4         # attribution cost and store only
     python -m benchmarks.run --grid                # also time the digits demo grid (~5 min more)
     python -m benchmarks.run --set store.n=20000 --set attribution.n_steps=16
@@ -148,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figures", default="all", help="comma-separated figure numbers or names (default: all)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny sizes, under a minute")
+    size.add_argument("--quick", action="store_true", help="tiny sizes, a few minutes for every figure")
     size.add_argument("--smoke", action="store_true", help="the tiniest sizes, for the test suite: checks it runs; numbers meaningless")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where models and batches live (default: auto)")
     p.add_argument(
