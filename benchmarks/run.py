@@ -281,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {"grid": args.grid} if name == "grid" else {}
             try:
                 figure = importlib.import_module(module_name).run(settings, configs[name], **kwargs)
-            except Exception as err:  # noqa: BLE001 - one broken figure (a package missing on a GPU image) must not cost the others
-                traceback.print_exc()
-                message = f"{type(err).__name__}: {err}".splitlines()[0]
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - one broken figure (a package missing on a GPU image) must not cost the others
+                # SystemExit: a figure that parses a roar command's options in-process (figure 10) exits on a bad --set value
+                if isinstance(err, SystemExit):
+                    message = f"SystemExit {err.code}: the error printed above"
+                else:
+                    traceback.print_exc()
+                    message = f"{type(err).__name__}: {err}".splitlines()[0]
                 print(f"figure {number} ({name}) FAILED: {message}", file=sys.stderr, flush=True)
                 results["meta"].setdefault("failed", {})[name] = message  # with --merge an earlier result of it is kept
                 continue

@@ -60,7 +60,7 @@ def _config(cfg: Config, settings: Settings):
         "--benchmark.base.max_epochs", str(cfg.base_epochs), "--benchmark.base.min_accuracy", "0",
         "--trainer.accelerator", settings.accelerator,
     ]  # fmt: skip
-    return parse(_parser("benchmark", "figure 7"), args)[0]
+    return parse(_parser("benchmark", "figure 10"), args)[0]
 
 
 def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:

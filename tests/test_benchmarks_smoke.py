@@ -77,3 +77,14 @@ def test_a_failing_figure_does_not_stop_the_others(run_benchmarks, capsys):
     assert list(results["figures"]) == ["gpu"] and results["figures"]["gpu"]["rows"]
     assert "no_such_arch" in results["meta"]["failed"]["stacked"]
     assert "FAILED: stacked" in capsys.readouterr().err
+
+
+def test_a_figure_whose_roar_options_are_refused_does_not_stop_the_others(run_benchmarks, capsys):
+    # figure 10 parses `python -m roar benchmark` options in-process: a bad --set value made that parser
+    # exit the whole command (SystemExit), so the figures after it never ran and nothing said which failed
+    code, results = run_benchmarks("--smoke", "--figures", "per_run,gpu", "--set", "per_run.logger=nosuch")
+    assert code == 1
+    assert list(results["figures"]) == ["gpu"] and results["figures"]["gpu"]["rows"]
+    assert results["meta"]["failed"] == {"per_run": "SystemExit 2: the error printed above"}
+    err = capsys.readouterr().err
+    assert "--benchmark.logger 'nosuch': expected one of wandb, csv, none" in err and "FAILED: per_run" in err
