@@ -144,6 +144,13 @@ def figure_config(name: str, preset: str, overrides: list[str]) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def _positive(text: str) -> int:
+    """--threads and --repeats: 0 used to mean the default silently, and a negative --repeats measured nothing."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--figures", default="all", help="comma-separated figure numbers or names (default: all)")
@@ -152,11 +159,11 @@ def parser() -> argparse.ArgumentParser:
     size.add_argument("--smoke", action="store_true", help="the tiniest sizes, for the test suite: checks it runs; numbers meaningless")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where models and batches live (default: auto)")
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads", type=_positive, default=None,
         help="torch.set_num_threads for every measurement (default: 1 on CPU, where threads of a shared machine "
         "waiting on each other make timings erratic; torch's default on CUDA)",
     )  # fmt: skip
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per measurement; the median is reported (default: 3, quick 2, smoke 1)")
+    p.add_argument("--repeats", type=_positive, default=None, help="interleaved repeats per measurement; the median is reported (default: 3, quick 2, smoke 1)")
     p.add_argument("--clock", choices=CLOCKS, default=None, help="clock the ratios are judged on (default: cpu on CPU, wall on CUDA); both are recorded")
     p.add_argument("--grid", action="store_true", help="figure 6 also runs the digits demo grid (minutes; about 5 on 2 CPU cores with 1 thread)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIGURE.FIELD=VALUE", help="override a size, e.g. store.n=20000")
@@ -258,8 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser().error(str(err))
     threads = args.threads or (1 if device.type == "cpu" else torch.get_num_threads())
-    if threads < 1:
-        parser().error(f"--threads must be positive, got {threads}")
     torch.set_num_threads(threads)
     repeats = args.repeats or DEFAULT_REPEATS[preset]
     clock = args.clock or ("cpu" if device.type == "cpu" else "wall")
