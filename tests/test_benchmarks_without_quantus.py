@@ -7,7 +7,10 @@ import pytest
 
 @pytest.fixture
 def no_quantus(monkeypatch):
-    monkeypatch.setitem(sys.modules, "quantus", None)  # `import quantus` now raises ImportError, as where it is not installed
+    # `import quantus` (and `from quantus.x import y`, which reads an already imported submodule first)
+    # now raises ImportError, as where it is not installed
+    for name in ["quantus", *(n for n in sys.modules if n.startswith("quantus."))]:
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 def test_figures_7_and_8_without_quantus_give_no_verdict(run_benchmarks, no_quantus):
