@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     clock = args.clock or ("cpu" if device.type == "cpu" else "wall")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.markdown:  # as for --out: a missing folder must not crash the command after minutes of measuring
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="roar-bench-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)

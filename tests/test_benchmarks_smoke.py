@@ -88,3 +88,12 @@ def test_a_figure_whose_roar_options_are_refused_does_not_stop_the_others(run_be
     assert results["meta"]["failed"] == {"per_run": "SystemExit 2: the error printed above"}
     err = capsys.readouterr().err
     assert "--benchmark.logger 'nosuch': expected one of wandb, csv, none" in err and "FAILED: per_run" in err
+
+
+def test_markdown_goes_into_a_new_folder_like_the_json(run_benchmarks, tmp_path):
+    # --out made its folder; --markdown did not, and crashed with a traceback after every figure was measured
+    markdown = tmp_path / "new" / "RESULTS.md"
+    code, results = run_benchmarks("--smoke", "--figures", "grid", "--markdown", str(markdown))
+    assert code == 0 and list(results["figures"]) == ["grid"]
+    text = markdown.read_text()
+    assert text.startswith(f"Measured {results['meta']['date']} on ") and "### Figure 6: " in text and "| digits demo grid" in text
