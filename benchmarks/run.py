@@ -78,31 +78,25 @@ def parse_figures(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+CASES = {  # settings that take cases, arch:size:...[,...] -> the case class and the sizes after arch
+    "attribution.models": ("benchmarks.attribution_cost", "ModelCase", "image_size:batch_size"),
+    "stacked.cases": ("benchmarks.stacked_training", "Case", "in_chans:image_size:batch_size:members"),
+}
+
+
+def _cases(key: str, value: str) -> tuple:
+    module, name, sizes = CASES[key]
+    case, form = getattr(importlib.import_module(module), name), f"arch:{sizes}"
+    cases = []
+    for item in value.split(","):
+        parts = item.split(":")
+        if len(parts) != form.count(":") + 1 or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"{key} takes {form}[,...] (integer sizes), got {item!r}")
+        cases.append(case(parts[0], *(int(p) for p in parts[1:])))
+    return tuple(cases)
+
+
 def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
-    if field.name == "models":  # attribution models: arch:image_size:batch_size,...
-        from benchmarks.attribution_cost import ModelCase
-
-        cases = []
-        for item in value.split(","):
-            parts = item.split(":")
-            if len(parts) != 3:
-                raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...], got {item!r}")
-            if not all(p.isdigit() for p in parts[1:]):
-                raise ValueError(f"attribution.models takes arch:image_size:batch_size[,...] (integer sizes), got {item!r}")
-            cases.append(ModelCase(parts[0], int(parts[1]), int(parts[2])))
-        return tuple(cases)
-    if field.name == "cases":  # stacked cases: arch:in_chans:image_size:batch_size:members,...
-        from benchmarks.stacked_training import Case
-
-        cases = []
-        for item in value.split(","):
-            parts = item.split(":")
-            if len(parts) != 5:
-                raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...], got {item!r}")
-            if not all(p.isdigit() for p in parts[1:]):
-                raise ValueError(f"stacked.cases takes arch:in_chans:image_size:batch_size:members[,...] (integer sizes), got {item!r}")
-            cases.append(Case(parts[0], *(int(p) for p in parts[1:])))
-        return tuple(cases)
     if isinstance(current, bool):
         if value.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{field.name} takes true or false, got {value!r}")
@@ -138,7 +132,7 @@ def figure_config(name: str, preset: str, overrides: list[str]) -> Any:
         if field not in fields:
             raise ValueError(f"--set {item!r}: {name} has no setting {field!r}; valid settings: {', '.join(fields)}")
         try:
-            changes[field] = _convert(fields[field], getattr(cfg, field), value)
+            changes[field] = _cases(key, value) if key in CASES else _convert(fields[field], getattr(cfg, field), value)
         except ValueError as err:  # int('abc') says neither the setting nor the figure
             raise ValueError(f"--set {item!r}: {err}") from None
     return dataclasses.replace(cfg, **changes)

@@ -45,6 +45,8 @@ def test_an_unknown_figure_names_the_choices(refused):
         ("gpu.peak_tflops=fast", "--set 'gpu.peak_tflops=fast': peak_tflops takes a number, got 'fast'"),
         ("attribution.models=resnet50:x:2", "--set 'attribution.models=resnet50:x:2': attribution.models takes arch:image_size:batch_size[,...] (integer sizes), got 'resnet50:x:2'"),
         ("stacked.cases=small_cnn:1:8:b:2", "(integer sizes), got 'small_cnn:1:8:b:2'"),
+        # masked.cases holds datasets, not stacked cases: it was parsed as stacked's arch:chans:px:batch:N
+        ("masked.cases=small_cnn:1:8:64:4", "--set 'masked.cases=small_cnn:1:8:64:4': cases cannot be set from the command line"),
         ("store.nn=3", "--set 'store.nn=3': store has no setting 'nn'; valid settings: n, batch_size, chunk_size, shape, repeats, fresh_process"),
         ("stor.n=3", "--set 'stor.n=3': unknown figure 'stor'; valid figures: attribution, masked, overhead, store, sanity, grid, mprt, road, stacked, per_run, gpu"),
     ],
