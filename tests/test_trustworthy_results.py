@@ -444,6 +444,7 @@ def _group_ends(pgid: int, within: float = 10.0) -> bool:
         (["--benchmark.seeds", "[0, 0]"], "unique"),
         (["--benchmark.thresholds", "[0.5, 0.5000001]"], "0.5000001"),
         (["--benchmark.method_params", "{integrated_gradients: {n_step: 4}}"], "n_step"),
+        (["--benchmark.attribution_device", "gpu"], "unknown attribution_device 'gpu'; valid choices: auto, cpu, cuda"),
     ],
 )
 def test_bad_grid_values_fail_before_the_base_model(tmp_path, capsys, override, message):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, check_batch_size, check_budget
-from roar.attribution.compute import check_ranking, compute_ranks
+from roar.attribution.compute import check_device, check_ranking, compute_ranks
 from roar.attribution.registry import needs_model
 from roar.data.ranks import RankProvider
 
@@ -65,7 +65,7 @@ class StoreRanks(RankProvider):
         self.batch_size = check_batch_size(batch_size)
         check_budget(memory_budget)
         self.memory_budget = memory_budget
-        self.device = device
+        self.device = check_device(device)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -266,6 +266,9 @@ class BenchmarkConfig:
 
         check_batch_size(self.attribution_batch_size, "attribution_batch_size")
         check_budget(self.attribution_memory_budget, "attribution_memory_budget")
+        from roar.attribution.compute import check_device
+
+        check_device(self.attribution_device, "attribution_device")  # 'gpu' failed only at the ranks, after the base model
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
         from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason
