@@ -249,6 +249,9 @@ def test_a_retrain_whose_base_checkpoint_is_missing_is_one_error_line(tmp_path, 
 @pytest.mark.parametrize(
     "option,value,message",
     [
+        # a store that is a file (or under one) was a NotADirectoryError traceback in prepare_data
+        ("store", "{file}", "error: store {file} is an existing file, not a folder"),
+        ("store", "{file}/sub", "error: store {file}/sub is under {file}, which is a file, not a folder"),
         # 'gpu' was torch's RuntimeError traceback once the ranks were computed
         ("device", "gpu", "error: --data.ranks.device: unknown device 'gpu'; valid choices: auto, cpu, cuda"),
     ],
