@@ -467,6 +467,21 @@ def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "base.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--model.label_smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
+        (["--benchmark.method_params", "{integrated_gradients: {n_steps: -4}}"], "n_steps must be a positive integer, got -4"),
+        (["--benchmark.thresholds", "[0.5, 0.505]"], "both mask 32 of 64 features"),
+    ],
+)
+def test_bad_input_leaves_no_folder_behind(tmp_path, capsys, override, message):
+    # refused after --out was made, these left a fresh folder holding an empty results.db
+    assert benchmark(tmp_path / "out", *override) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
     from roar.sanity.report import main as sanity_main
 
