@@ -490,6 +490,15 @@ def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_sanity_refuses_an_empty_split_naming_the_way_out(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    argv = ["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.split", "val", "--data.init_args.val_fraction", "0"]
+    assert sanity_main([*argv, "--out", str(tmp_path / "s")]) == 2
+    assert "the val split is empty (data.val_fraction 0.0); use sanity.split test or a data.val_fraction in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_attribute_takes_a_single_method_name(finished, tmp_path):
     out = copy_of(finished, tmp_path)
     assert roar_main(["attribute", *GRID, "--benchmark.methods", "gradient", "--out", str(out)]) == 0
