@@ -246,6 +246,28 @@ def test_a_retrain_whose_base_checkpoint_is_missing_is_one_error_line(tmp_path, 
     assert not (tmp_path / "store").exists(), "refused before any rank was computed"
 
 
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        # a store that is a file (or under one) was a NotADirectoryError traceback in prepare_data
+        ("store", "{file}", "error: store {file} is an existing file, not a folder"),
+        ("store", "{file}/sub", "error: store {file}/sub is under {file}, which is a file, not a folder"),
+        # 'gpu' was torch's RuntimeError traceback once the ranks were computed
+        ("device", "gpu", "error: --data.ranks.device: unknown device 'gpu'; valid choices: auto, cpu, cuda"),
+    ],
+)
+def test_a_bad_ranks_store_or_device_is_one_error_line(tmp_path, capsys, option, value, message):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a store")
+    retrain = ["--config", str(ROOT / "configs/roar/digits.yaml"), "--data.ranks.method", "random", "--data.ranks.store", str(tmp_path / "store")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, *retrain, f"--data.ranks.{option}", value.format(file=file)))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(file=file) in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists(), "refused before any rank was computed"
+
+
 def test_an_unreadable_image_is_one_error_line_naming_it(tmp_path, capsys):
     # Ours wraps PIL's OSError: the message printed is ours (the file named), not PIL's nor a traceback.
     from formats import write_image_folder

@@ -90,3 +90,9 @@ def test_bad_inputs_name_the_value_and_choices():
         ImageDataModule(augment="rotate")
     with pytest.raises(ValueError, match="val_fraction"):
         ImageDataModule(val_fraction=1.5)
+    with pytest.raises(ValueError, match="stats_samples must be positive .*, got 0"):
+        ImageDataModule(stats_samples=0)  # was a NaN channel mean, so NaN losses from the first step
+    with pytest.raises(ValueError, match="crop_padding must be >= 0 .*, got -2"):
+        ImageDataModule(crop_padding=-2, augment="crop")  # was no crop at all
+    with pytest.raises(ValueError, match="num_workers must be >= 0, got -1"):
+        ImageDataModule(num_workers=-1)

@@ -74,6 +74,12 @@ def test_classifier_rejects_bad_choices():
         ImageClassifier(optimizer="adam")
     with pytest.raises(ValueError, match="channel_mean has 1 values for in_chans=3"):
         ImageClassifier(in_chans=3, channel_mean=[0.5], channel_std=[0.5])
+    # torch failed on these only at the first training step (label_smoothing, momentum), or never (weight decay)
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got 1.5"):
+        ImageClassifier(label_smoothing=1.5)
+    for name in ("momentum", "weight_decay", "warmup_epochs"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 0, got -0.5"):
+            ImageClassifier(**{name: -0.5})
 
 
 def test_compiled_classifier_runs_its_compiled_network(monkeypatch):

@@ -198,6 +198,8 @@ def test_a_checkpoint_replaced_beside_its_record_is_trained_again(report, tmp_pa
         (["--sanity.methods", "[]"], ["methods is empty", "gradient"]),
         (["--sanity.methods", "[ground_truth]"], ["GroundTruth needs weights", "oracle of the synthetic benchmark", "synthetic_linear"]),
         (["--sanity.method_params", "{integrated_gradients: {steps: 4}}"], ["'steps'", "n_steps"]),
+        # one bin: every map's entropy is 0 and eMPRT's rise NaN, after the whole run
+        (["--sanity.emprt", "true", "--sanity.emprt_bins", "1"], ["emprt_bins must be at least 2, got 1"]),
         (["--sanity.methods", "[guided_gradcam]", "--sanity.method_params", "{guided_gradcam: {layer: conv3}}"], ["'conv3'", "net"]),
     ],
 )

@@ -444,6 +444,7 @@ def _group_ends(pgid: int, within: float = 10.0) -> bool:
         (["--benchmark.seeds", "[0, 0]"], "unique"),
         (["--benchmark.thresholds", "[0.5, 0.5000001]"], "0.5000001"),
         (["--benchmark.method_params", "{integrated_gradients: {n_step: 4}}"], "n_step"),
+        (["--benchmark.attribution_device", "gpu"], "unknown attribution_device 'gpu'; valid choices: auto, cpu, cuda"),
     ],
 )
 def test_bad_grid_values_fail_before_the_base_model(tmp_path, capsys, override, message):
@@ -466,11 +467,42 @@ def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "base.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--model.label_smoothing", "1.5"], "label_smoothing must be in [0, 1), got 1.5"),
+        (["--benchmark.method_params", "{integrated_gradients: {n_steps: -4}}"], "n_steps must be a positive integer, got -4"),
+        (["--benchmark.thresholds", "[0.5, 0.505]"], "both mask 32 of 64 features"),
+        # 0 epochs: the base model was refused only after its "training"; retrains of 0 epochs reported untrained models
+        (["--benchmark.base.max_epochs", "0"], "base.max_epochs must be a positive number of epochs (or -1 with trainer.max_steps), got 0"),
+        (["--trainer.max_epochs", "0"], "trainer.max_epochs must be a positive number of epochs (or -1 with trainer.max_steps), got 0"),
+    ],
+)
+def test_bad_input_leaves_no_folder_behind(tmp_path, capsys, override, message):
+    # refused after --out was made, these left a fresh folder holding an empty results.db
+    try:
+        code = benchmark(tmp_path / "out", *override)
+    except SystemExit as exit_info:  # refused by the config check, under the usage line
+        code = exit_info.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_sanity_refuses_more_images_than_the_split_has(tmp_path, capsys):
     from roar.sanity.report import main as sanity_main
 
     assert sanity_main(["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.num_images", "100000", "--out", str(tmp_path / "s")]) == 2
     assert "num_images=100000 but the test split has" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sanity_refuses_an_empty_split_naming_the_way_out(tmp_path, capsys):
+    from roar.sanity.report import main as sanity_main
+
+    argv = ["--config", str(ROOT / "configs/sanity/digits.yaml"), "--sanity.split", "val", "--data.init_args.val_fraction", "0"]
+    assert sanity_main([*argv, "--out", str(tmp_path / "s")]) == 2
+    assert "the val split is empty (data.val_fraction 0.0); use sanity.split test or a data.val_fraction in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 

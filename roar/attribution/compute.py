@@ -31,6 +31,20 @@ ORACLES = ("ground_truth", "inverted")
 """Rankings that need the synthetic benchmark's informative weights."""
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str | torch.device, name: str = "device") -> str | torch.device:
+    """``auto``, ``cpu``, ``cuda`` or any device torch reads (``cuda:1``), checked when the config is read:
+    ``gpu`` was a torch RuntimeError traceback once the ranks were computed (for a grid: after the base model)."""
+    if str(device) != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"unknown {name} {device!r}; valid choices: {', '.join(DEVICES)} (or cuda:N)") from None
+    return device
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when there is one, else the CPU."""
     if str(device) == "auto":

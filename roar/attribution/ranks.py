@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, check_batch_size, check_budget
-from roar.attribution.compute import check_ranking, compute_ranks
+from roar.attribution.compute import check_device, check_ranking, compute_ranks
 from roar.attribution.registry import needs_model
 from roar.data.ranks import RankProvider
 
@@ -57,7 +57,7 @@ class StoreRanks(RankProvider):
         check_ranking(method, method_params, granularity=granularity, score=score, target=target)
         _check_base_checkpoint(method, method_params, base_checkpoint)
         self.method, self.granularity, self.score = method, granularity, score
-        self.store = store
+        self.store = _check_store(store)
         self.base_checkpoint = base_checkpoint
         self.method_params = dict(method_params or {})
         self.target = target
@@ -65,7 +65,7 @@ class StoreRanks(RankProvider):
         self.batch_size = check_batch_size(batch_size)
         check_budget(memory_budget)
         self.memory_budget = memory_budget
-        self.device = device
+        self.device = check_device(device)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,6 +81,16 @@ class StoreRanks(RankProvider):
             memory_budget=self.memory_budget, device=self.device, progress=progress,
         )  # fmt: skip
         return ranks["train"], ranks["test"]
+
+
+def _check_store(store: str) -> str:
+    """The store must be (or become) a folder: one under a file was a NotADirectoryError traceback in
+    prepare_data, after the data was loaded (and, under DDP, with the other processes at a barrier)."""
+    existing = next((p for p in (Path(store), *Path(store).absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is an existing file" if existing == Path(store) else f"is under {existing}, which is a file"
+        raise ValueError(f"store {store} {where}, not a folder; pass the attribution store's folder (created if missing)")
+    return store
 
 
 def _check_base_checkpoint(method: str, method_params: dict[str, Any] | None, base_checkpoint: str | None) -> None:

@@ -254,6 +254,13 @@ class BenchmarkConfig:
         if self.base.min_accuracy is not None and not 0 <= self.base.min_accuracy < 1:
             raise ValueError(f"base.min_accuracy must be in [0, 1), got {self.base.min_accuracy!r}")
         self._check_trainer_entries()
+        steps = self.trainer.get("max_steps")
+        for name, epochs in (("base.max_epochs", self.base.max_epochs), ("trainer.max_epochs", self.trainer.get("max_epochs"))):
+            # 0 trained nothing: the base model was refused only after its "training", and retrains of 0 epochs
+            # made a whole report of untrained models. -1 is Lightning's "no limit", bounded by trainer.max_steps.
+            unbounded = epochs == -1 and isinstance(steps, int) and steps > 0
+            if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or (epochs < 1 and not unbounded)):
+                raise ValueError(f"{name} must be a positive number of epochs (or -1 with trainer.max_steps), got {epochs!r}")
         source = self.data.get("source", "digits")
         if source not in SOURCES:
             raise ValueError(SOURCES.unknown(source))
@@ -266,6 +273,9 @@ class BenchmarkConfig:
 
         check_batch_size(self.attribution_batch_size, "attribution_batch_size")
         check_budget(self.attribution_memory_budget, "attribution_memory_budget")
+        from roar.attribution.compute import check_device
+
+        check_device(self.attribution_device, "attribution_device")  # 'gpu' failed only at the ranks, after the base model
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
         from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason

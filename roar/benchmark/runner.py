@@ -141,6 +141,13 @@ def run_benchmark(
         stack.enter_context(quiet_third_party(verbose))
         stack.enter_context(reuse_loaded_sources())
         dm = ImageDataModule(**cfg.data)
+        # Bad input is refused before ``out`` is made (after it, a fresh folder was left holding an empty results.db):
+        # thresholds masking the same features, a bad model setting (label_smoothing 1.5), a user's method that
+        # raises, returns the wrong shape or NaN on the probe (named now, not after the base model).
+        check_distinct_thresholds(cfg, dm)
+        seed_everything(cfg.base.seed, workers=True, verbose=False)
+        blank = _classifier(cfg, dm)
+        probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
         # A fresh folder's grid is all to run: a missing Ray (or cluster) is refused before the folder is made.
         fresh = not (out / "results.db").exists()
         if launch.launcher == "ray" and fresh:
@@ -159,12 +166,7 @@ def run_benchmark(
             retire_grid_runs(out)  # ... and their W&B runs leave `wandb sync`'s glob (the base model's stays while it is reused)
         where = str(out / "results.db")
         check_recorded_rows(results.rows(), cfg, where)  # a changed config is refused before any training
-        check_distinct_thresholds(cfg, dm)
         check_store_matches(out / STORE_DIR, dm)
-        # A user's method that raises, returns the wrong shape or NaN is named now, not after the base model.
-        seed_everything(cfg.base.seed, workers=True, verbose=False)
-        blank = _classifier(cfg, dm)
-        probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
         tell = say if progress else None
         if launch.launcher == "ray" and not fresh and pending_runs(cfg, results)[1]:  # joined now, not after the base model and ranks
             stack.enter_context(ray_cluster(cfg, launch))

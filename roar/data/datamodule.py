@@ -119,6 +119,14 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        # each of these was accepted silently: stats_samples 0 made the channel mean NaN (and every loss NaN),
+        # a negative crop_padding turned the crop off, a negative num_workers only failed on a non-memory source
+        if stats_samples < 1:
+            raise ValueError(f"stats_samples must be positive (train images estimating the channel mean and std), got {stats_samples}")
+        if crop_padding is not None and crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0 (or null: image_size // 8), got {crop_padding}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         # image_size is left to the model's hyperparameters, which hold the resolved size (a
         # requested None would clash with it when loggers merge data and model hyperparameters).
         self.save_hyperparameters(ignore=["image_size"])

@@ -98,6 +98,13 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        # refused here, before the data is loaded: torch refused label_smoothing 1.5 and a negative momentum
+        # with a traceback at the first step, and took a negative weight decay (on a param group) silently
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        for name, value in (("momentum", momentum), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.save_hyperparameters()
         mean = channel_mean if channel_mean is not None else [0.0] * in_chans
         std = channel_std if channel_std is not None else [1.0] * in_chans

@@ -62,6 +62,9 @@ def preflight(cfg: SanityReportConfig):
     cfg.validate()
     datamodule = _datamodule(cfg, permuted=False)
     available = len(datamodule.split_dataset(cfg.split))
+    if available == 0:  # "use at most 0" named no way out
+        raise ValueError(f"the {cfg.split} split is empty (data.val_fraction {cfg.data.get('val_fraction', 0.1)}); "
+                         f"use sanity.split test or a data.val_fraction in (0, 1)")
     if cfg.num_images > available:
         raise ValueError(f"num_images={cfg.num_images} but the {cfg.split} split has {available} images; use at most {available}")
     for given in (cfg.checkpoint, cfg.permuted_checkpoint):

@@ -17,7 +17,7 @@ from roar.models.factory import check_arch
 from roar.registry import import_modules
 from roar.sanity.maps import CONTROL, DEFAULT_METRICS, check_methods, check_metrics, check_orders, check_stack, check_target
 from roar.sanity.randomization import ORDERS
-from roar.sanity.revisited import Smoothing
+from roar.sanity.revisited import Smoothing, check_bins
 from roar.sanity.settings import SanitySettings
 from roar.statistics import check_level
 
@@ -147,7 +147,7 @@ class SanityReportConfig:
         _ = self.settings, self.smoothing
         check_orders(self.smprt_order)
         check_stack(self.stack)
-        for name in ("epochs", "permuted_epochs", "num_images", "emprt_bins"):
+        for name in ("epochs", "permuted_epochs", "num_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -155,6 +155,7 @@ class SanityReportConfig:
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{name} not found: {path!r}")
+        check_bins(self.emprt_bins)
         check_level(self.confidence_level)
         if "label_permutation" in self.data:
             raise ValueError("data.label_permutation is set by the report (false, then true); remove it from data")

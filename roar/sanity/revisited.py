@@ -51,6 +51,15 @@ def _positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_bins(n_bins: Any) -> int:
+    """eMPRT's ``emprt_bins``: at least 2. A one-bin histogram has entropy 0 for every map, so every
+    rise ``(H_random - H_original) / H_original`` is NaN: a run that computes for minutes and reports nothing."""
+    n_bins = _positive_int("emprt_bins", n_bins)
+    if n_bins < 2:
+        raise ValueError(f"emprt_bins must be at least 2, got {n_bins}: one bin gives every map entropy 0, so eMPRT's rise is NaN")
+    return n_bins
+
+
 def _non_negative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -96,7 +105,7 @@ def discrete_entropy(maps: Tensor, n_bins: int = 100, absolute: bool = True) -> 
     Returns:
         ``(B,)`` float64 entropies on the CPU.
     """
-    n_bins = _positive_int("emprt_bins", n_bins)
+    n_bins = check_bins(n_bins)
     flat = maps.detach().reshape(maps.shape[0], -1).double().cpu().numpy()
     if absolute:
         flat = np.abs(flat)
@@ -161,7 +170,7 @@ def efficient_mprt(
     from roar.sanity.settings import as_settings
 
     methods = check_methods(methods, method_params)
-    n_bins = _positive_int("emprt_bins", n_bins)
+    n_bins = check_bins(n_bins)
     settings = as_settings(settings)
     with torch.inference_mode(False), torch.enable_grad():
         images = images.clone() if images.is_inference() else images
