@@ -144,7 +144,7 @@ def obtain_model(cfg: SanityReportConfig, out: Path, permuted: bool, say, datamo
         else:
             why = "--sanity.retrain true" if cfg.retrain else changed
             epochs = cfg.permuted_epochs if permuted else cfg.epochs
-            say(f"training the {kind} model for {epochs} epochs ({why}) -> {path}")
+            say(f"training the {kind} model for {epochs} epoch{'s' if epochs != 1 else ''} ({why}) -> {path}")
             train_model(cfg, out, permuted, path)
     # The restricted unpickler: a checkpoint from elsewhere cannot run code (roar.models.checkpoint).
     model = load_classifier(path).to(cfg.torch_device).eval()
