@@ -476,6 +476,7 @@ def test_thresholds_that_mask_the_same_features_are_refused(tmp_path, capsys):
         # 0 epochs: the base model was refused only after its "training"; retrains of 0 epochs reported untrained models
         (["--benchmark.base.max_epochs", "0"], "base.max_epochs must be a positive number of epochs (or -1 with trainer.max_steps), got 0"),
         (["--trainer.max_epochs", "0"], "trainer.max_epochs must be a positive number of epochs (or -1 with trainer.max_steps), got 0"),
+        (["--benchmark.base.checkpoint", "/nowhere/base.ckpt"], "base.checkpoint /nowhere/base.ckpt does not exist; remove base.checkpoint"),
     ],
 )
 def test_bad_input_leaves_no_folder_behind(tmp_path, capsys, override, message):
@@ -486,6 +487,14 @@ def test_bad_input_leaves_no_folder_behind(tmp_path, capsys, override, message):
         code = exit_info.code
     assert code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_checkpoint_that_is_no_checkpoint_leaves_no_folder_behind(tmp_path, capsys):
+    junk = tmp_path / "notes.ckpt"
+    junk.write_text("not a checkpoint")
+    assert benchmark(tmp_path / "out", "--benchmark.base.checkpoint", str(junk)) == 2
+    assert str(junk) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -40,6 +40,24 @@ def base_checkpoint_path(cfg: BenchmarkConfig, out: Path) -> Path:
     return Path(cfg.base.checkpoint) if cfg.base.checkpoint else out / BASE_CHECKPOINT
 
 
+def check_user_checkpoint(cfg: BenchmarkConfig, dm: ImageDataModule, out: Path) -> None:
+    """A ``base.checkpoint`` of the user's exists, is safe, and fits the config's architecture and the data.
+
+    Called before ``out`` is made too: a missing checkpoint once left a fresh folder holding an empty results.db.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unsafe, of another architecture, not fitting the data, or non-finite weights.
+    """
+    if not cfg.base.checkpoint:
+        return
+    path = Path(cfg.base.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"base.checkpoint {path} does not exist; remove base.checkpoint to train a base model into {out}")
+    fits = {"arch": cfg.model.get("arch", "small_cnn"), "num_classes": dm.num_classes, "in_chans": dm.in_chans, "image_size": dm.image_size}
+    load_classifier(path, **fits)
+
+
 class BaseModelError(RuntimeError):
     """The base model diverged or stayed at chance: nothing can be ranked with it."""
 
@@ -85,9 +103,7 @@ def train_base(cfg: BenchmarkConfig, out: Path, progress: bool = True, force: bo
     arch = cfg.model.get("arch", "small_cnn")
     fits = {"arch": arch, "num_classes": dm.num_classes, "in_chans": dm.in_chans, "image_size": dm.image_size}
     if cfg.base.checkpoint:
-        if not path.is_file():
-            raise FileNotFoundError(f"base.checkpoint {path} does not exist; remove base.checkpoint to train a base model into {out}")
-        load_classifier(path, **fits)  # refuses another architecture, data shape, or non-finite weights
+        check_user_checkpoint(cfg, dm, out)
         return path
     expected = base_model_training(cfg)
     if path.is_file():

@@ -37,6 +37,7 @@ from roar.benchmark.prepare import (  # the base model and the ranks; their old 
     BaseModelError as BaseModelError,
     base_checkpoint_path as base_checkpoint_path,
     check_store_matches,
+    check_user_checkpoint,
     min_base_accuracy as min_base_accuracy,
     prepare_ranks,
     train_base,
@@ -148,6 +149,7 @@ def run_benchmark(
         seed_everything(cfg.base.seed, workers=True, verbose=False)
         blank = _classifier(cfg, dm)
         probe_methods(dm, cfg.methods, cfg.method_params, model=blank)
+        check_user_checkpoint(cfg, dm, out)  # missing, unsafe or of another model
         # A fresh folder's grid is all to run: a missing Ray (or cluster) is refused before the folder is made.
         fresh = not (out / "results.db").exists()
         if launch.launcher == "ray" and fresh:
