@@ -139,12 +139,15 @@ class RoarCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """A checkpoint loaded at the run's setup that does not fit (a callback's ``reference_checkpoint``,
-        a retrain's base model) is the user's to fix: one line, exit 2, as the other refusals, not a traceback."""
+        a retrain's base model), or ranks to compute on a CUDA device this machine lacks (``data.ranks.device
+        cuda``, checked only when ranks are computed: stored ones need no GPU), is the user's to fix: one line,
+        exit 2, as the other refusals, not a traceback."""
+        from roar.attribution.compute import DeviceUnavailableError
         from roar.models.checkpoint import CheckpointError
 
         try:
             super()._run_subcommand(subcommand)
-        except CheckpointError as err:
+        except (CheckpointError, DeviceUnavailableError) as err:
             self.parser.error(str(err))
 
     def before_fit(self) -> None:

@@ -254,6 +254,11 @@ def test_a_retrain_whose_base_checkpoint_is_missing_is_one_error_line(tmp_path, 
         ("store", "{file}/sub", "error: store {file}/sub is under {file}, which is a file, not a folder"),
         # 'gpu' was torch's RuntimeError traceback once the ranks were computed
         ("device", "gpu", "error: --data.ranks.device: unknown device 'gpu'; valid choices: auto, cpu, cuda"),
+        # a CUDA device torch cannot see was its traceback from prepare_data ("Torch not compiled with CUDA enabled")
+        pytest.param(
+            "device", "cuda", "error: attribution device 'cuda' needs CUDA, but torch sees no CUDA device; use auto",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_a_bad_ranks_store_or_device_is_one_error_line(tmp_path, capsys, option, value, message):

@@ -490,6 +490,17 @@ def test_bad_input_leaves_no_folder_behind(tmp_path, capsys, override, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_ranks_on_a_cuda_device_torch_cannot_see_are_one_line_keeping_the_base_model(tmp_path, capsys):
+    # checked when the ranks are computed (stored ones need no GPU), so after the base model: it is kept for the rerun
+    assert benchmark(tmp_path / "out", "--benchmark.attribution_device", "cuda") == 2
+    err = capsys.readouterr().err
+    assert "attribution device 'cuda' needs CUDA, but torch sees no CUDA device; use auto" in err and "Traceback" not in err
+    kept = (tmp_path / "out" / "base.ckpt").read_bytes()
+    assert benchmark(tmp_path / "out", "--benchmark.attribution_device", "cpu") == 0
+    assert (tmp_path / "out" / "base.ckpt").read_bytes() == kept, "the same grid on the CPU reuses it"
+
+
 def test_a_base_checkpoint_that_is_no_checkpoint_leaves_no_folder_behind(tmp_path, capsys):
     junk = tmp_path / "notes.ckpt"
     junk.write_text("not a checkpoint")

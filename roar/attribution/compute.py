@@ -45,11 +45,15 @@ def check_device(device: str | torch.device, name: str = "device") -> str | torc
     return device
 
 
+class DeviceUnavailableError(ValueError):
+    """A CUDA device asked for on a machine where torch sees none: the user's to fix, in one line."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when there is one, else the CPU.
 
     Raises:
-        ValueError: a CUDA device on a machine where torch sees none. It is refused here, when the
+        DeviceUnavailableError: a CUDA device on a machine where torch sees none. It is refused here, when the
             ranks are computed, not when the config is read: ranks already in the store need no GPU.
     """
     if str(device) == "auto":
@@ -57,7 +61,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         # was torch's "Torch not compiled with CUDA enabled" / "no CUDA GPUs are available" traceback
-        raise ValueError(f"attribution device {str(device)!r} needs CUDA, but torch sees no CUDA device; use auto (CUDA when there is one) or cpu")
+        raise DeviceUnavailableError(f"attribution device {str(device)!r} needs CUDA, but torch sees no CUDA device; use auto (CUDA when there is one) or cpu")
     return resolved
 
 
