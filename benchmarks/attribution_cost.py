@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import CLOCKS, Settings, interleaved, median, ratio
+from benchmarks.options import bounded
 from roar.attribution.registry import ENSEMBLE_SUFFIXES, get_method
 from roar.models.classifier import ImageClassifier
 
@@ -54,10 +55,10 @@ class ModelCase:
     """One model the methods are timed on."""
 
     arch: str
-    image_size: int
-    batch_size: int
-    in_chans: int = 3
-    num_classes: int = 10
+    image_size: int = bounded(1)
+    batch_size: int = bounded(1)
+    in_chans: int = bounded(1, default=3)
+    num_classes: int = bounded(1, default=10)
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,11 @@ class Config:
     to fit a CPU budget; the ratio is per pass, so it does not depend much on them."""
 
     models: tuple[ModelCase, ...]
-    n_steps: int
-    nt_samples: int
-    n_samples: int
+    n_steps: int = bounded(1)
+    nt_samples: int = bounded(1)
+    n_samples: int = bounded(1)
     methods: tuple[str, ...] = METHODS
-    min_seconds: float = 1.0
+    min_seconds: float = bounded(0, default=1.0)
     """Cheap calls are repeated until each side has run this long (see ``interleaved``)."""
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import yaml
 
 from benchmarks.common import CLOCKS, Settings, median, now, quiet, ratio, since, synchronize
+from benchmarks.options import REPEATS_NOTE, bounded
 from benchmarks.timers import EpochTimer, trainer_kwargs
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
@@ -41,14 +42,14 @@ TARGET = 1.15
 class Config:
     """Sizes of figure 3: the embedded default fit (digits, 16 px, small_cnn, batch 64)."""
 
-    epochs: int = 4
-    image_size: int = 16
-    batch_size: int = 64
+    epochs: int = bounded(2, note="the first is left out as warm-up", default=4)
+    image_size: int = bounded(1, default=16)
+    batch_size: int = bounded(1, default=64)
     arch: str = "small_cnn"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    repeats: int = 0
+    lr: float = bounded(0, above=True, default=0.05)
+    momentum: float = bounded(0, below=1, default=0.9)
+    weight_decay: float = bounded(0, default=5e-4)
+    repeats: int = bounded(0, note=REPEATS_NOTE, default=0)
     """Repeats of the three runs; 0 uses the run's ``--repeats``."""
 
 

@@ -34,6 +34,7 @@ from benchmarks.mfu import (
     EPOCH_IMAGES, GOAL_GPU_HOURS, GOAL_MFU, PAPER_CONFIG, forward_flops_per_image, grid_gpu_hours, mfu,
     needed_images_per_s, peak_bf16_flops, read_grid,
 )  # fmt: skip
+from benchmarks.options import bounded
 from benchmarks.timers import keep_cudnn_benchmark, trainer_kwargs
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -49,17 +50,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Config:
-    warmup_steps: int = 20
-    timed_steps: int = 200
+    warmup_steps: int = bounded(1, default=20)
+    timed_steps: int = bounded(1, default=200)
     variants: tuple[str, ...] = ("config", "fp32", "contiguous", "compile")
-    batch_size: int = 0
+    batch_size: int = bounded(0, note="0: the config's data.batch_size", default=0)
     """0: the config's ``data.batch_size`` (128)."""
-    image_size: int = 32
-    peak_tflops: float = 0.0
+    image_size: int = bounded(1, default=32)
+    peak_tflops: float = bounded(0, note="0: looked up", default=0.0)
     """The device's peak dense bf16 TFLOP/s, for a GPU the built-in table does not know (0: look it up)."""
-    cpu_batch_size: int = 8
-    cpu_warmup_steps: int = 1
-    cpu_timed_steps: int = 3
+    cpu_batch_size: int = bounded(1, default=8)
+    cpu_warmup_steps: int = bounded(1, default=1)
+    cpu_timed_steps: int = bounded(1, default=3)
     cpu_compile: bool = False
     """Compile on a CPU too (minutes of C++ compilation for ResNet50)."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import CLOCKS, Settings, median, now, quiet, since, write_fake_cifar10
+from benchmarks.options import bounded
 from benchmarks.timers import BatchTimer, keep_cudnn_benchmark, trainer_kwargs
 from roar.attribution import StoreRanks
 from roar.data.roar import RoarDataModule
@@ -36,10 +37,10 @@ EPOCH_IMAGES = 50_000
 
 @dataclass(frozen=True)
 class Config:
-    batch_size: int = 128
-    timed_batches: int = 2
+    batch_size: int = bounded(1, default=128)
+    timed_batches: int = bounded(1, default=2)
     arch: str = "resnet50"
-    image_size: int = 32
+    image_size: int = bounded(1, default=32)
 
 
 PRESETS = {

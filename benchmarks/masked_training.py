@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import CLOCKS, Settings, interleaved, median, quiet, ratio, write_fake_cifar10
+from benchmarks.options import REPEATS_NOTE, bounded
 from benchmarks.timers import BatchTimer, trainer_kwargs
 from roar.attribution import StoreRanks
 from roar.data.datamodule import ImageDataModule
@@ -49,20 +50,20 @@ class Case:
 
     name: str
     source: str
-    image_size: int
-    batch_size: int
+    image_size: int = bounded(1)
+    batch_size: int = bounded(1)
     arch: str = "small_cnn"
-    n_train: int = 0
+    n_train: int = bounded(0, default=0)
     """For the fake CIFAR-10 source: images written (0 for other sources)."""
 
 
 @dataclass(frozen=True)
 class Config:
     cases: tuple[Case, ...]
-    epochs: int = 3
-    threshold: float = 0.5
+    epochs: int = bounded(2, note="the first is left out as warm-up", default=3)
+    threshold: float = bounded(0, below=1, default=0.5)
     method: str = "random"
-    repeats: int = 0
+    repeats: int = bounded(0, note=REPEATS_NOTE, default=0)
     """Repeats per case; 0 uses the run's ``--repeats``."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Settings, interleaved, median, quiet, ratio
+from benchmarks.options import REPEATS_NOTE, bounded
 from roar.data.imputation import DEFAULT_MAX_ITER, DEFAULT_TOL, noisy_linear_impute
 from roar.data.road_solver import solve_road_system
 
@@ -33,12 +34,13 @@ TARGET = "imputation <= 3x one ResNet50 forward of the same batch; >= 10x faster
 
 @dataclass(frozen=True)
 class Config:
-    batch_size: int = 256
-    image_size: int = 32
-    fraction: float = 0.5
-    quantus_images: int = 8
+    batch_size: int = bounded(1, default=256)
+    image_size: int = bounded(1, default=32)
+    fraction: float = bounded(0, below=1, default=0.5)
+    """Below 1: an image with every pixel removed leaves nothing to impute from."""
+    quantus_images: int = bounded(1, default=8)
     """Images Quantus imputes (one at a time); its time is scaled to the batch."""
-    repeats: int = 0
+    repeats: int = bounded(0, note=REPEATS_NOTE, default=0)
     """0 uses the run's ``--repeats``."""
 
 

@@ -38,104 +38,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import CLOCKS, Settings, describe_device, markdown_table, resolve_device
+from benchmarks.options import FIGURES, figure_config, parse_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results.json"
 
-FIGURES: dict[str, tuple[int, str]] = {
-    "attribution": (1, "benchmarks.attribution_cost"),
-    "masked": (2, "benchmarks.masked_training"),
-    "overhead": (3, "benchmarks.framework_overhead"),
-    "store": (4, "benchmarks.store_memory"),
-    "sanity": (5, "benchmarks.sanity_cost"),
-    "grid": (6, "benchmarks.grid"),
-    "mprt": (7, "benchmarks.sanity_mprt"),
-    "road": (8, "benchmarks.road_imputation"),
-    "stacked": (9, "benchmarks.stacked_training"),
-    "per_run": (10, "benchmarks.run_overhead"),
-    "gpu": (11, "benchmarks.gpu_retrain"),
-}
 PRESETS = ("smoke", "quick", "full")
 DEFAULT_REPEATS = {"smoke": 1, "quick": 2, "full": 3}
-
-
-def parse_figures(text: str) -> list[str]:
-    """``1,4`` or ``attribution,store`` (or ``all``, in figure order) -> figure names, run in the order
-    given: put the one that matters most first, so a run cut short (a GPU lease's time limit) has it."""
-    if text.strip() == "all":
-        return list(FIGURES)
-    by_number = {str(number): name for name, (number, _) in FIGURES.items()}
-    names = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name = by_number.get(part, part)
-        if name not in FIGURES:
-            choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
-            raise ValueError(f"unknown figure {part!r}; valid figures: all, {choices}")
-        names.append(name)
-    if not names:  # `--figures ""` would otherwise run nothing, write an empty results file and exit 0
-        choices = ", ".join(f"{n} ({name})" for name, (n, _) in FIGURES.items())
-        raise ValueError(f"--figures {text!r} names no figure; valid figures: all, {choices}")
-    return list(dict.fromkeys(names))
-
-
-CASES = {  # settings that take cases, arch:size:...[,...] -> the case class and the sizes after arch
-    "attribution.models": ("benchmarks.attribution_cost", "ModelCase", "image_size:batch_size"),
-    "stacked.cases": ("benchmarks.stacked_training", "Case", "in_chans:image_size:batch_size:members"),
-}
-
-
-def _cases(key: str, value: str) -> tuple:
-    module, name, sizes = CASES[key]
-    case, form = getattr(importlib.import_module(module), name), f"arch:{sizes}"
-    cases = []
-    for item in value.split(","):
-        parts = item.split(":")
-        if len(parts) != form.count(":") + 1 or not all(p.isdigit() for p in parts[1:]):
-            raise ValueError(f"{key} takes {form}[,...] (integer sizes), got {item!r}")
-        cases.append(case(parts[0], *(int(p) for p in parts[1:])))
-    return tuple(cases)
-
-
-def _convert(field: dataclasses.Field, current: Any, value: str) -> Any:
-    if isinstance(current, bool):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{field.name} takes true or false, got {value!r}")
-        return value.lower() in ("true", "1")
-    if isinstance(current, (int, float)):
-        kind = type(current)
-        try:
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"{field.name} takes {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-    if isinstance(current, tuple) and all(isinstance(v, str) for v in current):
-        return tuple(filter(None, value.split(",")))
-    if isinstance(current, str):
-        return value
-    raise ValueError(f"{field.name} cannot be set from the command line")
-
-
-def figure_config(name: str, preset: str, overrides: list[str]) -> Any:
-    """The figure's preset config with ``--set name.field=value`` overrides applied."""
-    module = importlib.import_module(FIGURES[name][1])
-    cfg = module.PRESETS[preset]
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        figure, dot, field = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"--set takes figure.field=value, got {item!r}")
-        if figure not in FIGURES:
-            raise ValueError(f"--set {item!r}: unknown figure {figure!r}; valid figures: {', '.join(FIGURES)}")
-        if figure != name:
-            continue
-        if field not in fields:
-            raise ValueError(f"--set {item!r}: {name} has no setting {field!r}; valid settings: {', '.join(fields)}")
-        try:
-            changes[field] = _cases(key, value) if key in CASES else _convert(fields[field], getattr(cfg, field), value)
-        except ValueError as err:  # int('abc') says neither the setting nor the figure
-            raise ValueError(f"--set {item!r}: {err}") from None
-    return dataclasses.replace(cfg, **changes)
 
 
 def _positive(text: str) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import CLOCKS, Settings, median, quiet, since, now
+from benchmarks.options import REPEATS_NOTE, bounded
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.10
@@ -34,14 +35,19 @@ GPU_TARGET_S = 1.0
 
 @dataclass(frozen=True)
 class Config:
-    short_epochs: int = 1
-    long_epochs: int = 3
-    demo_epochs: int = 8
+    short_epochs: int = bounded(1, default=1)
+    long_epochs: int = bounded(2, default=3)
+    demo_epochs: int = bounded(1, default=8)
     """The demo's ``trainer.max_epochs``: the run the fixed cost is compared with."""
     logger: str = "wandb"
     """The demo's logger (``wandb`` offline); ``csv`` or ``none`` to see what W&B adds."""
-    base_epochs: int = 2
-    repeats: int = 0
+    base_epochs: int = bounded(1, default=2)
+    repeats: int = bounded(0, note=REPEATS_NOTE, default=0)
+
+    def __post_init__(self) -> None:
+        # the per-epoch cost is (long - short) / (long_epochs - short_epochs): equal counts divide by zero
+        if self.long_epochs <= self.short_epochs:
+            raise ValueError(f"per_run.long_epochs must be > per_run.short_epochs ({self.short_epochs}), got {self.long_epochs}")
 
 
 PRESETS = {

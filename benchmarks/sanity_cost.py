@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import CLOCKS, Settings, median, now, quiet, since
+from benchmarks.options import REPEATS_NOTE, bounded
 from benchmarks.timers import EpochTimer, trainer_kwargs
 from roar.data.datamodule import ImageDataModule
 from roar.models.classifier import ImageClassifier
@@ -29,11 +30,11 @@ TARGET_NOTE = "no target set; reported as a share of the epoch"
 
 @dataclass(frozen=True)
 class Config:
-    epochs: int = 4
-    image_size: int = 16
-    batch_size: int = 64
+    epochs: int = bounded(2, note="the first is left out as warm-up", default=4)
+    image_size: int = bounded(1, default=16)
+    batch_size: int = bounded(1, default=64)
     arch: str = "small_cnn"
-    repeats: int = 0
+    repeats: int = bounded(0, note=REPEATS_NOTE, default=0)
     """Fits per callback; 0 uses the run's ``--repeats``."""
 
 

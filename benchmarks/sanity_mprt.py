@@ -34,6 +34,7 @@ import torch
 
 from benchmarks.common import Settings, interleaved, median, quiet, ratio
 from benchmarks.flops import count_flops, dense_ceiling
+from benchmarks.options import bounded
 
 TARGET = 3.0
 TARGET_NOTE = "default cascade (shared layers) >= 3x faster than Quantus 0.6 MPRT (same model, images, IG)"
@@ -42,11 +43,11 @@ SHARED = "ours, shared layers (stack=1, the default on CPU)"
 
 @dataclass(frozen=True)
 class Config:
-    image_size: int = 16
-    num_images: int = 16
-    n_steps: int = 16
+    image_size: int = bounded(1, default=16)
+    num_images: int = bounded(1, default=16)
+    n_steps: int = bounded(1, default=16)
     arch: str = "small_cnn"
-    stack: int = 8
+    stack: int = bounded(1, default=8)
 
 
 PRESETS = {"smoke": Config(image_size=8, num_images=2, n_steps=2), "quick": Config(), "full": Config(num_images=32, n_steps=32)}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import CLOCKS, Settings, interleaved, median, quiet, ratio
+from benchmarks.options import bounded
 from roar.models.factory import build_model
 from roar.models.stacked import StackedNetworks
 
@@ -36,20 +37,20 @@ TARGET = 1.0
 @dataclass(frozen=True)
 class Case:
     arch: str
-    in_chans: int
-    image_size: int
-    batch_size: int
-    members: int
+    in_chans: int = bounded(1)
+    image_size: int = bounded(1)
+    batch_size: int = bounded(1)
+    members: int = bounded(1)
 
 
 @dataclass(frozen=True)
 class Config:
     cases: tuple[Case, ...]
-    steps: int = 5
+    steps: int = bounded(1, default=5)
     """Training steps per timed call (train-step measurement)."""
-    grid_members: int = 0
+    grid_members: int = bounded(0, note="0 leaves the grid run out", default=0)
     """Cells of the grid-run measurement (small_cnn on digits); 0 leaves it out."""
-    grid_epochs: int = 1
+    grid_epochs: int = bounded(1, default=1)
 
 
 PRESETS = {

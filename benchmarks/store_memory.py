@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from benchmarks.common import PeakSampler, Settings, memory_status, now, reset_peak_rss, since
+from benchmarks.options import bounded
 
 TARGET = 2.0
 JUDGED_FROM = 50_000
@@ -42,11 +43,11 @@ POOL = 1024
 
 @dataclass(frozen=True)
 class Config:
-    n: int
-    batch_size: int = 256
-    chunk_size: int = 4096
+    n: int = bounded(1)
+    batch_size: int = bounded(1, default=256)
+    chunk_size: int = bounded(1, default=4096)
     shape: tuple[int, int, int] = (3, 32, 32)
-    repeats: int = 1
+    repeats: int = bounded(1, default=1)
     """Fresh subprocesses measured (the median is reported); one run already spans N / batch_size batches."""
     fresh_process: bool = True
     """Measure in a fresh process (clean memory counters); ``False`` (smoke) measures in this one."""
