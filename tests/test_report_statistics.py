@@ -49,9 +49,9 @@ def test_two_seeds_roar_only_warns_and_embeds_only_drawn_figures(tmp_path):
     assert len(warnings) == 2
     assert "`roar (channel_mean)` on digits/small_cnn ran only 2 seeds" in warnings[0]
     assert "retrained unmasked reference reaches 0.805" in warnings[1] and "base model 0.960 (the noretrain reference run): 15.5 points apart" in warnings[1]
-    # modes: [roar]: no kar or noretrain section, no figure of theirs embedded (the PNGs still exist, saying "no runs")
+    # modes: [roar]: no kar or noretrain section, and no figure of theirs (once a "no runs" placeholder PNG)
     assert "## KAR" not in report and "## No retraining" not in report and "kar.png" not in report and "noretrain.png" not in report
-    assert "![roar curves](roar.png)" in report and paths["kar"].is_file()
+    assert "![roar curves](roar.png)" in report and "kar" not in paths and not (tmp_path / "kar.png").exists()
     # one evaluation: the consistency section has no tau table and does not describe one
     consistency = report.split("## Consistency between evaluations")[1].split("\n## ")[0]
     assert "One evaluation per model here, so no rankings to compare" in consistency and "tau" not in consistency

@@ -149,16 +149,36 @@ def test_the_summary_table_has_the_reports_intervals_at_the_grids_level(tmp_path
         assert all(_same(g, w) for g, w in zip(got, expected, strict=True)), (got, expected)
 
 
+def _roar_rows(fill: str) -> list[dict]:
+    return [dict(dataset="digits", model="small_cnn", method=m, mode=mode, fill=fill, threshold=t, seed=s, test_acc=a, status="done", epochs=1, seconds=1.0, checkpoint=None)
+            for s, a in enumerate([0.9, 0.7, 0.5]) for m, mode, t in (("unmasked", "reference", 0.0), ("random", "roar", 0.5))]  # fmt: skip
+
+
 def test_the_summary_run_shows_only_the_figures_of_evaluations_the_grid_ran(tmp_path, monkeypatch):
-    """A roar-only grid: the report draws "no runs for kar" placeholders (kar.png, noretrain.png...) over any
-    earlier grid's figures, and an earlier grid's roar@blur.png may remain; the dashboard showed them all."""
+    """A roar-only grid in a folder where an earlier grid left kar.png and roar@blur.png: the report removes
+    kar.png (it drew a "no runs for kar" placeholder over it once), and the dashboard shows neither."""
     from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
 
     monkeypatch.setenv("WANDB_SILENT", "true")
-    rows = [dict(dataset="digits", model="small_cnn", method=m, mode=mode, fill="channel_mean", threshold=t, seed=s, test_acc=a, status="done", epochs=1, seconds=1.0, checkpoint=None)
-            for s, a in enumerate([0.9, 0.7, 0.5]) for m, mode, t in (("unmasked", "reference", 0.0), ("random", "roar", 0.5))]  # fmt: skip
+    rows = _roar_rows("channel_mean")
     write_report(tmp_path, rows, config={"protocol": {"fill": "channel_mean"}}, print_table=False, resamples=50)
-    (tmp_path / "roar@blur.png").write_bytes((tmp_path / "roar.png").read_bytes())  # an earlier grid's
-    assert (tmp_path / "kar.png").is_file(), "the report's placeholder, which the dashboard needs not show"
+    for earlier in ("kar.png", "roar@blur.png"):  # an earlier grid's
+        (tmp_path / earlier).write_bytes((tmp_path / "roar.png").read_bytes())
+    paths = write_report(tmp_path, rows, config={"protocol": {"fill": "channel_mean"}}, print_table=False, resamples=50)
+    assert "kar" not in paths and not (tmp_path / "kar.png").exists() and not (tmp_path / "noretrain.png").exists()
     run = run_contents(log_summary_to_wandb(tmp_path, summarize(rows), group="g", config={}))
     assert {key.split("/")[1] for key in run["summary"] if key.startswith("figures/")} == {"roar"}
+
+
+def test_the_summary_run_shows_the_figures_of_a_grid_under_another_default_fill(tmp_path, monkeypatch):
+    """protocol.fill noisy_linear: the report names its figure roar.png; the dashboard looked for
+    roar@noisy_linear.png and showed no figure at all."""
+    from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rows = _roar_rows("noisy_linear")
+    write_report(tmp_path, rows, config={"protocol": {"fill": "noisy_linear"}}, print_table=False, resamples=50)
+    run_dir = log_summary_to_wandb(tmp_path, summarize(rows, default_fill="noisy_linear"), group="g", config={}, default_fill="noisy_linear")
+    run = run_contents(run_dir)
+    assert {key.split("/")[1] for key in run["summary"] if key.startswith("figures/")} == {"roar"}
+    assert (run_dir / "files" / run["summary"]["figures/roar/path"]).read_bytes() == (tmp_path / "roar.png").read_bytes()

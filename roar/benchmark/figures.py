@@ -30,8 +30,8 @@ def plot_curves(
 
     One line per method (mean over seeds, with its bootstrap confidence band over seeds: the
     summary's ``ci_low``..``ci_high``; no band with one seed), one colour each; the ``random``
-    baseline grey and dashed. One panel per (dataset, model). A mode without runs still writes a
-    PNG that says so, so every report has all its figures.
+    baseline grey and dashed. One panel per (dataset, model). Called for a mode without runs,
+    it writes a PNG that says so (the report draws no figure for such a mode).
 
     Args:
         summary: rows from :func:`summarize`.

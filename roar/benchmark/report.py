@@ -112,8 +112,8 @@ def write_report(
 
     Files: ``results.csv`` (one row per run), ``summary.csv`` (:data:`SUMMARY_COLUMNS`),
     ``roar.png``, ``kar.png``, ``noretrain.png``, ``noretrain_kar.png`` of the default fill
-    (``config``'s ``protocol.fill``; always, "no runs" when a mode has none; only figures of runs
-    are embedded in report.md) and one more per other fill with curves (``noretrain@noisy_linear.png``), ``rankings.csv`` (every evaluation's AUCs with
+    (``config``'s ``protocol.fill``), each only when its mode has curves (one left by an earlier grid in
+    the folder is removed), and one more per other fill with curves (``noretrain@noisy_linear.png``), ``rankings.csv`` (every evaluation's AUCs with
     intervals, differences from random, ranks and their stability), ``consistency.csv`` and
     ``consistency.json`` (:mod:`roar.benchmark.consistency`) and ``report.md`` (protocol, run
     counts, warnings, per-mode rankings and accuracy tables with intervals, the consistency
@@ -130,7 +130,7 @@ def write_report(
         resamples: bootstrap resamples per interval (seeded: the same report on every run).
 
     Returns:
-        Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``noretrain_kar``,
+        Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``noretrain_kar`` (the modes with curves),
         ``mode@fill`` for each other fill's figure, ``rankings``, ``consistency``, ``consistency_json``, ``report`` (and ``leakage``).
     """
     out = Path(out_dir)
@@ -141,8 +141,11 @@ def write_report(
     summary = summarize(rows, level, resamples, default_fill)
     paths = {"results": write_csv(rows, out / "results.csv"), "summary": write_summary_csv(summary, out / "summary.csv")}
     drawn: dict[tuple[str, str], Path] = {}
-    for mode in MODES:  # the default fill's figure always (it says "no runs"), one more per other fill with curves
-        for fill in dict.fromkeys([default_fill, *curve_fills(summary, mode, default_fill)]):
+    for mode in MODES:  # one figure per fill a mode has curves under, the default fill's named roar.png...
+        fills = curve_fills(summary, mode, default_fill)
+        if default_fill not in fills:  # a mode this grid did not run (or whose runs all failed): an earlier grid's figure is not its
+            (out / figure_name(mode, default_fill, default_fill)).unlink(missing_ok=True)
+        for fill in fills:
             heading = MODE_SHORT[mode] if fill == default_fill else f"{MODE_SHORT[mode]}, fill {fill}"
             drawn[(mode, fill)] = plot_curves(
                 summary, mode, out / figure_name(mode, fill, default_fill), title=f"{title}: {heading}" if title else None, level=level, fill=fill,

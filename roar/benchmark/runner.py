@@ -242,7 +242,10 @@ def write_benchmark_report(cfg: BenchmarkConfig, out: Path, results: ResultsStor
         try:
             # the report's level, resamples and default fill: the dashboard's numbers are report.md's
             summary = summarize(results.rows(), cfg.confidence_level, cfg.bootstrap_resamples, cfg.protocol.fill)
-            log_summary_to_wandb(out, summary, group=cfg.name, config={"benchmark": cfg.to_dict()}, project=cfg.wandb_project, mode="offline" if cfg.wandb_offline else "online")
+            log_summary_to_wandb(
+                out, summary, group=cfg.name, config={"benchmark": cfg.to_dict()}, project=cfg.wandb_project,
+                mode="offline" if cfg.wandb_offline else "online", default_fill=cfg.protocol.fill,
+            )  # fmt: skip
             if cfg.wandb_offline and print_table:  # the grid's runs print nothing: say once where they are, as train.py does
                 print(f"W&B runs saved offline in {out / 'wandb'}; upload them with: wandb sync {out / 'wandb'}/offline-run-*", flush=True)
         except Exception as err:  # the report on disk is what matters; a dashboard hiccup must not lose it

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.curves import AXIS_LABEL, FIGURE_NAMES, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, ranking
+from roar.benchmark.curves import AXIS_LABEL, MODE_TITLE, SUMMARY_COLUMNS, _curves, curve_fills, figure_name, ranking
 from roar.benchmark.leakage_report import log_leakage_to_wandb
 from roar.benchmark.plan import DEFAULT_FILL, MODES, evaluation_label
 from roar.benchmark.wandb_runs import wandb_service
@@ -38,15 +38,13 @@ def csv_table(path: Path) -> tuple[list[str], list[list[Any]]] | None:
         return columns, [[_cell(c) for c in row] for row in reader]
 
 
-def figure_files(out: Path, summary: list[dict[str, Any]]) -> list[Path]:
-    """The report's curve figures of the evaluations ``summary`` has curves of: ``roar.png``... and one per
-    other fill (``noretrain@noisy_linear.png``).
+def figure_files(out: Path, summary: list[dict[str, Any]], default_fill: str = DEFAULT_FILL) -> list[Path]:
+    """The report's curve figures of the evaluations ``summary`` has curves of: ``roar.png``... under the
+    grid's default fill (``protocol.fill``) and one per other fill (``noretrain@noisy_linear.png``).
 
-    The report draws a "no runs for kar" placeholder for a mode the grid did not run (it replaces an
-    earlier grid's figure), and an earlier grid's other fills may lie in the folder: neither is this grid's.
+    An earlier grid's figures of other fills may lie in the folder: they are not this grid's.
     """
-    found = [out / (FIGURE_NAMES[mode] if fill == DEFAULT_FILL else f"{evaluation_label(mode, fill)}.png")
-             for mode in MODES for fill in curve_fills(summary, mode)]  # fmt: skip
+    found = [out / figure_name(mode, fill, default_fill) for mode in MODES for fill in curve_fills(summary, mode, default_fill)]
     return [p for p in found if p.is_file()]
 
 
@@ -64,6 +62,7 @@ def log_summary_to_wandb(
     config: dict[str, Any] | None,
     project: str = "roar",
     mode: str = "offline",
+    default_fill: str = DEFAULT_FILL,
 ) -> Path:
     """Log the benchmark's summary as one W&B run (``job_type="summary"``) in the benchmark's group.
 
@@ -72,7 +71,8 @@ def log_summary_to_wandb(
     summary a ``wandb.Table`` (``summary``), the rankings a table (``ranking``) and each AUC a
     summary value (``auc/<mode>/<method>``); the mask-leakage probes, when ``out_dir`` has them, a
     table (``leakage``) and ``leakage.png`` (``figures/leakage``). Offline by default: files under
-    ``out_dir/wandb``, uploaded later with ``wandb sync``.
+    ``out_dir/wandb``, uploaded later with ``wandb sync``. ``default_fill``: the grid's ``protocol.fill``,
+    whose figures the report names ``roar.png``... (with another, the dashboard found none of them).
 
     Where ``out_dir`` holds the report (:func:`~roar.benchmark.report.write_report`), its files are
     logged as they are, so the dashboard shows the report's numbers: ``summary.csv`` (``summary``),
@@ -86,10 +86,12 @@ def log_summary_to_wandb(
         run's summary, so the folder read back as a run without one).
     """
     with wandb_service(True):  # within a grid, the grid's service: used and left running
-        return _log_summary_run(Path(out_dir), summary, group=group, config=config, project=project, mode=mode)
+        return _log_summary_run(Path(out_dir), summary, group=group, config=config, project=project, mode=mode, default_fill=default_fill)
 
 
-def _log_summary_run(out: Path, summary: list[dict[str, Any]], *, group: str, config: dict[str, Any] | None, project: str, mode: str) -> Path:
+def _log_summary_run(
+    out: Path, summary: list[dict[str, Any]], *, group: str, config: dict[str, Any] | None, project: str, mode: str, default_fill: str
+) -> Path:
     import wandb
 
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def _log_summary_run(out: Path, summary: list[dict[str, Any]], *, group: str, co
             if (found := csv_table(out / name)) is not None:
                 tables[key] = found
         logged: dict[str, Any] = {key: wandb.Table(columns=cols, data=data) for key, (cols, data) in tables.items()}
-        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out, summary)})
+        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out, summary, default_fill)})
         run.log(logged)
         log_leakage_to_wandb(run, out)  # the mask-leakage probe, when the folder has one
     finally:
