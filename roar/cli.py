@@ -142,7 +142,7 @@ class RoarCLI(LightningCLI):
         a retrain's base model), or ranks to compute on a CUDA device this machine lacks (``data.ranks.device
         cuda``, checked only when ranks are computed: stored ones need no GPU), is the user's to fix: one line,
         exit 2, as the other refusals, not a traceback."""
-        from roar.attribution.compute import DeviceUnavailableError
+        from roar.attribution.device import DeviceUnavailableError
         from roar.models.checkpoint import CheckpointError
 
         try:
