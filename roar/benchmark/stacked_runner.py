@@ -21,8 +21,9 @@ equal separate training within float tolerance; on CPU the members run their own
 one loop and one optimiser step, and equal separate training to the last bit in our tests
 (``tests/test_stacked_training.py``). Trainer settings whose
 effect is not reproduced here (gradient clipping, accumulation, callbacks...) make the grid run
-one by one, with the reason logged. Stacked members log their per-epoch training loss and final
-test accuracy, not Lightning's per-step curves.
+one by one, with the reason logged. Stacked members log their per-epoch training loss, each
+validation's ``val/loss`` and ``val/acc`` and the final ``test/loss`` and ``test/acc`` at the steps a
+run alone logs them, not Lightning's per-step training curves.
 """
 
 from __future__ import annotations
@@ -171,23 +172,55 @@ class Member:
             yield images, labels.to(self.device)
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, hp: Any) -> torch.Tensor:
+def _loss(logits: torch.Tensor, labels: torch.Tensor, hp: Any, train: bool = True) -> torch.Tensor:
+    """ImageClassifier._step's loss: label smoothing only in training, as a run alone logs val/test loss."""
     if hp.loss == "least_squares":
         return F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
-    return F.cross_entropy(logits, labels, label_smoothing=hp.label_smoothing)
+    return F.cross_entropy(logits, labels, label_smoothing=hp.label_smoothing if train else 0.0)
 
 
-def _consume(passes: list[Iterator[Any]]) -> None:
-    for batches in passes:
-        for _ in batches:
-            pass
+@torch.no_grad()
+def evaluate(stack: StackedNetworks, members: list[Member], split: str) -> tuple[list[float], list[float]]:
+    """Each member's loss and accuracy on its own masked ``split`` (a Trainer's val or test pass, its draws in its stream).
+
+    What a run alone logs as ``{split}/loss`` and ``{split}/acc``: the loss averaged over samples as
+    Lightning's on-epoch mean weighted by batch size accumulates it (float32 ``sum(loss * n) / sum(n)``),
+    the accuracy as torchmetrics' MulticlassAccuracy divides it (float32 ``correct / n``).
+    """
+    training = stack.skeleton.training
+    stack.eval()
+    try:
+        hp = members[0].model.hparams
+        normalize = members[0].model.normalize.to(members[0].device)
+        loss_sums = torch.zeros(len(members), dtype=torch.float32)
+        correct = torch.zeros(len(members), dtype=torch.long)
+        total = 0
+        for step_batches in zip(*(m.eval_pass(split) for m in members), strict=True):
+            logits = stack(torch.stack([normalize(x) for x, _ in step_batches]))
+            for i, (_, labels) in enumerate(step_batches):
+                loss_sums[i] = loss_sums[i] + _loss(logits[i], labels, hp, train=False).float().cpu() * len(labels)
+                correct[i] += int((logits[i].argmax(dim=1) == labels).sum())
+            total += len(step_batches[0][1])
+    finally:
+        stack.train(training)
+    n = torch.tensor(max(1, total))
+    # float32, as the separate run divides: the same predictions must record the same number, or a
+    # stacked grid's tables differ from the serial grid's in the 8th digit (float64 236/359 =
+    # 0.65738161..., float32 0.65738159...)
+    return (loss_sums / n).tolist(), (correct.float() / float(n)).tolist()
 
 
 def train_stack(
-    members: list[Member], cfg: Any, on_epoch: Callable[[int, list[float]], None] | None = None, vectorize: bool | None = None
+    members: list[Member],
+    cfg: Any,
+    on_epoch: Callable[[int, list[float]], None] | None = None,
+    vectorize: bool | None = None,
+    on_validation: Callable[[int, list[float], list[float]], None] | None = None,
 ) -> tuple[StackedNetworks, int]:
     """Train the members together, as each would be trained by ``Trainer.fit`` alone; returns the stack and the epochs.
 
+    ``on_epoch(epoch, train losses)`` after each epoch's training, ``on_validation(epoch, val losses,
+    val accuracies)`` after each validation (every ``check_val_every_n_epoch``), per member.
     ``vectorize``: see :class:`~roar.models.stacked.StackedNetworks` (None: ``vmap`` on CUDA, a loop on CPU).
     """
     device = members[0].device
@@ -216,26 +249,10 @@ def train_stack(
         if on_epoch is not None:
             on_epoch(epoch, (losses / batches).tolist())
         if has_val and (epoch + 1) % every == 0:
-            _consume([m.eval_pass("val") for m in members])
+            losses, accuracies = evaluate(stack, members, "val")
+            if on_validation is not None:
+                on_validation(epoch, losses, accuracies)
     return stack, epochs
-
-
-@torch.no_grad()
-def test_accuracies(stack: StackedNetworks, members: list[Member]) -> list[float]:
-    """Each member's accuracy on its own masked test split (``Trainer.test``'s draws, in its stream)."""
-    stack.eval()
-    normalize = members[0].model.normalize.to(members[0].device)
-    correct = torch.zeros(len(members), dtype=torch.long)
-    total = 0
-    for step_batches in zip(*(m.eval_pass("test") for m in members), strict=True):
-        logits = stack(torch.stack([normalize(x) for x, _ in step_batches]))
-        for i, (_, labels) in enumerate(step_batches):
-            correct[i] += int((logits[i].argmax(dim=1) == labels).sum())
-        total += len(step_batches[0][1])
-    # float32, as torchmetrics' MulticlassAccuracy divides for a separate run (Trainer.test's test/acc):
-    # the same predictions must record the same number, or a stacked grid's tables differ from the
-    # serial grid's in the 8th digit (float64 236/359 = 0.65738161..., float32 0.65738159...)
-    return [float(c) for c in correct.float() / float(max(1, total))]
 
 
 def _torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
@@ -276,8 +293,14 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
                 for logger in member_loggers:
                     logger.log_metrics({"train/loss": loss, "epoch": epoch}, step=(epoch + 1) * batches - 1)
 
-        stack, epochs = train_stack(members, cfg, on_epoch, vectorize)
-        accuracies = test_accuracies(stack, members)
+        def on_validation(epoch: int, losses: list[float], accuracies: list[float]) -> None:
+            # Lightning validates before it counts the epoch's last step: the same step as that epoch's end
+            for member_loggers, loss, acc in zip(loggers, losses, accuracies, strict=True):
+                for logger in member_loggers:
+                    logger.log_metrics({"val/loss": loss, "val/acc": acc, "epoch": epoch}, step=(epoch + 1) * batches - 1)
+
+        stack, epochs = train_stack(members, cfg, on_epoch, vectorize, on_validation)
+        test_losses, accuracies = evaluate(stack, members, "test")
         outcomes = []
         for i, (member, folder, member_loggers) in enumerate(zip(members, folders, loggers, strict=True)):
             member.model.net.load_state_dict(stack.member_state(i))
@@ -287,7 +310,7 @@ def execute_stack(specs: list[RunSpec], cfg: Any, out: Path, base_ckpt: Path, ve
                 # the fields Trainer.save_checkpoint writes after fit
                 torch.save({"state_dict": member.model.state_dict(), "hyper_parameters": dict(member.model.hparams), "epoch": epochs, "global_step": epochs * batches, "stacked": len(members)}, checkpoint)
             for logger in member_loggers:
-                logger.log_metrics({"test/acc": accuracies[i], "epoch": epochs}, step=epochs * batches)
+                logger.log_metrics({"test/loss": test_losses[i], "test/acc": accuracies[i], "epoch": epochs}, step=epochs * batches)
                 logger.save()
             outcomes.append({"test_acc": accuracies[i], "epochs": epochs, "checkpoint": checkpoint})
         failed = False
