@@ -278,7 +278,7 @@ class BenchmarkConfig:
         check_device(self.attribution_device, "attribution_device")  # 'gpu' failed only at the ranks, after the base model
         check_level(self.confidence_level)
         check_resamples(self.bootstrap_resamples)
-        from roar.benchmark.stacked_runner import check_stack_setting, unstackable_reason
+        from roar.benchmark.stack_settings import check_stack_setting, unstackable_reason
 
         if check_stack_setting(self.stack) not in (1, "auto") and unstackable_reason(self):
             raise ValueError(f"benchmark.stack={self.stack}: {unstackable_reason(self)}; use stack: 1 (or auto, which falls back to one by one)")
