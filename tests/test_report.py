@@ -278,6 +278,20 @@ def test_write_report_from_rows_and_partial_grids(tmp_path, capsys):
     assert report.split("## KAR")[1].split("\n## ")[0].strip().endswith("No kar run finished; see Failures.")
 
 
+def test_the_papers_fill_beside_another_default_fill_gets_its_own_figure_and_column(tmp_path, capsys):
+    """``protocol.fill blur`` with ``modes: [roar, roar@channel_mean]``: the blur curves are roar.png, the
+    channel-mean curves roar@channel_mean.png. Both were named roar.png (one drawn over the other),
+    and both columns of the terminal table were headed roar."""
+    roar = [r for r in fake_rows(failed=False) if r["mode"] in ("reference", "roar")]
+    blurred = [{**r, "fill": "blur", "test_acc": r["test_acc"] - 0.05} for r in roar if r["mode"] == "roar"]
+    paths = write_report(tmp_path, [*roar, *blurred], config={"protocol": {"fill": "blur"}}, resamples=50)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["roar.png", "roar@channel_mean.png"]
+    assert paths["roar"].name == "roar.png" and paths["roar@channel_mean"].name == "roar@channel_mean.png"
+    assert paths["roar"].read_bytes() != paths["roar@channel_mean"].read_bytes()
+    header = next(line for line in capsys.readouterr().out.splitlines() if "higher better" in line or "lower better" in line)
+    assert "roar (lower better)" in header and "roar@channel_mean (lower better)" in header
+
+
 def test_log_summary_to_wandb_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):

@@ -172,7 +172,7 @@ def test_the_summary_run_shows_only_the_figures_of_evaluations_the_grid_ran(tmp_
 
 def test_the_summary_run_shows_the_figures_of_a_grid_under_another_default_fill(tmp_path, monkeypatch):
     """protocol.fill noisy_linear: the report names its figure roar.png; the dashboard looked for
-    roar@noisy_linear.png and showed no figure at all."""
+    roar@noisy_linear.png and showed no figure at all. Its key is its curve's, roar@noisy_linear."""
     from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
 
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -180,5 +180,7 @@ def test_the_summary_run_shows_the_figures_of_a_grid_under_another_default_fill(
     write_report(tmp_path, rows, config={"protocol": {"fill": "noisy_linear"}}, print_table=False, resamples=50)
     run_dir = log_summary_to_wandb(tmp_path, summarize(rows, default_fill="noisy_linear"), group="g", config={}, default_fill="noisy_linear")
     run = run_contents(run_dir)
-    assert {key.split("/")[1] for key in run["summary"] if key.startswith("figures/")} == {"roar"}
-    assert (run_dir / "files" / run["summary"]["figures/roar/path"]).read_bytes() == (tmp_path / "roar.png").read_bytes()
+    # keyed as its curve (curves/roar@noisy_linear, auc/roar@noisy_linear/...), not as the paper's fill's
+    assert {key.split("/")[1] for key in run["summary"] if key.startswith("figures/")} == {"roar@noisy_linear"}
+    assert (run_dir / "files" / run["summary"]["figures/roar@noisy_linear/path"]).read_bytes() == (tmp_path / "roar.png").read_bytes()
+    assert {key.split("/")[1] for key in run["summary"] if key.startswith("auc/")} == {"roar@noisy_linear"}

@@ -35,13 +35,13 @@ from typing import Any
 from roar.benchmark import consistency
 from roar.benchmark.caveats import caveats
 from roar.benchmark.curves import (
-    LOWER_IS_BETTER, MODE_SHORT, SUMMARY_COLUMNS, area_under_curve, curve_fills, figure_name, ranking, settings_keys, summarize,
+    LOWER_IS_BETTER, MODE_SHORT, SUMMARY_COLUMNS, area_under_curve, curve_fills, entry_label, figure_name, ranking, settings_keys, summarize,
     write_summary_csv,
 )  # fmt: skip
 from roar.benchmark.evaluations import analyse, evaluations
 from roar.benchmark.figures import plot_curves
 from roar.benchmark.leakage_report import leakage_report
-from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, evaluation_label
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD
 from roar.benchmark.report_markdown import _counts_lines, _failures_lines, _md_table, _mode_section, _protocol_lines
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
@@ -85,7 +85,7 @@ def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str
         table.add_column("method", overflow="fold", min_width=10)
         for mode, fill in shown:
             arrow = "lower better" if LOWER_IS_BETTER[mode] else "higher better"
-            table.add_column(f"{mode if fill == default_fill else evaluation_label(mode, fill)} ({arrow})", justify="right", no_wrap=True)
+            table.add_column(f"{entry_label(mode, fill, default_fill)} ({arrow})", justify="right", no_wrap=True)
         for method in methods:
             cells = []
             for mode in shown:
@@ -150,7 +150,7 @@ def write_report(
             drawn[(mode, fill)] = plot_curves(
                 summary, mode, out / figure_name(mode, fill, default_fill), title=f"{title}: {heading}" if title else None, level=level, fill=fill,
             )  # fmt: skip
-            paths[mode if fill == default_fill else evaluation_label(mode, fill)] = drawn[(mode, fill)]
+            paths[entry_label(mode, fill, default_fill)] = drawn[(mode, fill)]
     evals = evaluations(rows, default_fill=default_fill)
     with warnings.catch_warnings():  # undefined intervals (one seed) are named once, in the warnings section
         warnings.simplefilter("ignore", IntervalUndefinedWarning)

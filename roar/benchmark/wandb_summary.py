@@ -38,14 +38,16 @@ def csv_table(path: Path) -> tuple[list[str], list[list[Any]]] | None:
         return columns, [[_cell(c) for c in row] for row in reader]
 
 
-def figure_files(out: Path, summary: list[dict[str, Any]], default_fill: str = DEFAULT_FILL) -> list[Path]:
-    """The report's curve figures of the evaluations ``summary`` has curves of: ``roar.png``... under the
-    grid's default fill (``protocol.fill``) and one per other fill (``noretrain@noisy_linear.png``).
+def figure_files(out: Path, summary: list[dict[str, Any]], default_fill: str = DEFAULT_FILL) -> dict[str, Path]:
+    """The report's curve figures of the evaluations ``summary`` has curves of, keyed as the dashboard's
+    ``curves/`` and ``auc/`` keys name them (relative to the paper's fill: ``roar``, ``roar@blur``).
 
-    An earlier grid's figures of other fills may lie in the folder: they are not this grid's.
+    Files are named relative to the grid's default fill (``protocol.fill``): under ``blur`` the blur
+    curves are ``roar.png`` and keyed ``roar@blur``, as its curve is. An earlier grid's figures of other
+    fills may lie in the folder: they are not this grid's.
     """
-    found = [out / figure_name(mode, fill, default_fill) for mode in MODES for fill in curve_fills(summary, mode, default_fill)]
-    return [p for p in found if p.is_file()]
+    found = {evaluation_label(mode, fill): out / figure_name(mode, fill, default_fill) for mode in MODES for fill in curve_fills(summary, mode, default_fill)}
+    return {key: path for key, path in found.items() if path.is_file()}
 
 
 def summary_run_id(out: Path, group: str) -> str:
@@ -78,7 +80,7 @@ def log_summary_to_wandb(
     logged as they are, so the dashboard shows the report's numbers: ``summary.csv`` (``summary``),
     ``rankings.csv`` with its intervals and differences from random (``ranking``),
     ``consistency.csv`` (``consistency``) and each curve figure with its confidence band
-    (``figures/<mode>``, ``figures/roar@blur``).
+    (``figures/<mode>``, ``figures/roar@blur``: keyed as its curve, whatever the file is named).
 
     Returns:
         The W&B run's folder, its records written: called outside a grid, the service this starts is torn
@@ -138,7 +140,7 @@ def _log_summary_run(
             if (found := csv_table(out / name)) is not None:
                 tables[key] = found
         logged: dict[str, Any] = {key: wandb.Table(columns=cols, data=data) for key, (cols, data) in tables.items()}
-        logged.update({f"figures/{png.stem}": wandb.Image(str(png)) for png in figure_files(out, summary, default_fill)})
+        logged.update({f"figures/{key}": wandb.Image(str(png)) for key, png in figure_files(out, summary, default_fill).items()})
         run.log(logged)
         log_leakage_to_wandb(run, out)  # the mask-leakage probe, when the folder has one
     finally:
