@@ -239,10 +239,13 @@ def test_write_report_files(tmp_path, capsys, monkeypatch):
 
     printed = capsys.readouterr().out
     # one compact table: every evaluation's AUC and rank per method, in a handful of lines
-    assert "roar (lower better)" in printed and "kar (higher better)" in printed and "noretrain_kar (higher better)" in printed
-    [gradient_line] = [line for line in printed.splitlines() if line.strip().startswith("gradient")]
+    lines = printed.splitlines()
+    labels, arrows = next((lines[i].split(), lines[i + 1]) for i, line in enumerate(lines) if line.split()[:1] == ["roar"])
+    assert labels == ["roar", "kar", "noretrain", "noretrain_kar"]  # the direction under each, on the next line
+    assert [a.strip() for a in arrows.split("method")[1].split(")")] == ["(lower better", "(higher better", "(lower better", "(higher better", ""]
+    [gradient_line] = [line for line in lines if line.strip().startswith("gradient")]
     assert f"{0.855 - 0.8 * 0.405:.4f} (1)" in gradient_line, "gradient's ROAR AUC and rank 1"
-    assert len(printed.strip().splitlines()) <= 12
+    assert len(printed.strip().splitlines()) <= 13
 
 
 def test_write_report_from_rows_and_partial_grids(tmp_path, capsys):
@@ -288,8 +291,27 @@ def test_the_papers_fill_beside_another_default_fill_gets_its_own_figure_and_col
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["roar.png", "roar@channel_mean.png"]
     assert paths["roar"].name == "roar.png" and paths["roar@channel_mean"].name == "roar@channel_mean.png"
     assert paths["roar"].read_bytes() != paths["roar@channel_mean"].read_bytes()
-    header = next(line for line in capsys.readouterr().out.splitlines() if "higher better" in line or "lower better" in line)
-    assert "roar (lower better)" in header and "roar@channel_mean (lower better)" in header
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line.split() for line in lines if "roar@channel_mean" in line) == ["roar", "roar@channel_mean"]
+
+
+@pytest.mark.parametrize("columns", [60, 100])
+def test_a_narrow_terminal_gets_several_ranking_tables_each_with_the_method_column(tmp_path, capsys, monkeypatch, columns):
+    """Six evaluations on 60 or 100 columns: rich dropped the method column and cut every AUC to "0.…"."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    rows = fake_rows(failed=False)
+    rows += [{**r, "fill": "noisy_linear"} for r in rows if r["mode"] in ("roar", "kar")]
+    write_report(tmp_path, rows, resamples=20)
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert "…" not in printed and max(map(len, lines)) <= columns
+    assert printed.count("(rank)") == 1  # one title, however many tables
+    headers = [line for line in lines if line.split()[:1] == ["method"]]
+    assert len(headers) >= 2
+    for method in ROAR_SLOPE:  # each method in full, in every table
+        assert sum(line.split()[:1] == [method] for line in lines) == len(headers)
+    labels = [word for line in lines for word in line.split() if word.startswith(("roar", "kar", "noretrain"))]
+    assert sorted(labels) == ["kar", "kar@noisy_linear", "noretrain", "noretrain_kar", "roar", "roar@noisy_linear"]  # each once
 
 
 def test_log_summary_to_wandb_offline(tmp_path, monkeypatch):

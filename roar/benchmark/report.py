@@ -79,20 +79,42 @@ def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str
         incomplete = any(not e["complete"] for m in shown for e in entries[m].values())
         heading = f"{title}: {dataset}/{model}, area under the accuracy curve (rank)"
         caption = "intervals, accuracies and the consistency table in report.md" + ("; * incomplete curve, not ranked" if incomplete else "")
-        # as wide as its title and caption (up to the console's width): rich wraps them to a narrow table's width
-        width = min(console.width, max(len(heading), len(caption)))
-        table = Table(title=heading, caption=caption, box=box.SIMPLE_HEAD, min_width=width)
-        table.add_column("method", overflow="fold", min_width=10)
-        for mode, fill in shown:
-            arrow = "lower better" if LOWER_IS_BETTER[mode] else "higher better"
-            table.add_column(f"{entry_label(mode, fill, default_fill)} ({arrow})", justify="right", no_wrap=True)
-        for method in methods:
-            cells = []
-            for mode in shown:
-                e = entries[mode].get(method)
-                cells.append("" if e is None else f"{_fmt(e['auc'], 4)} ({e['rank'] if e['rank'] is not None else '–'}){'' if e['complete'] else ' *'}")
-            table.add_row(method, *cells)
-        console.print(table)
+        # the label and its direction on two header lines: one line each was ~40 characters per column
+        headers = [(entry_label(mode, fill, default_fill), "(lower better)" if LOWER_IS_BETTER[mode] else "(higher better)") for mode, fill in shown]
+        cells = {
+            method: ["" if (e := entries[c].get(method)) is None else f"{_fmt(e['auc'], 4)} ({e['rank'] if e['rank'] is not None else '–'}){'' if e['complete'] else ' *'}" for c in shown]
+            for method in methods
+        }  # fmt: skip
+        widths = [max(len(label), len(arrow), *(len(cells[m][i]) for m in methods)) for i, (label, arrow) in enumerate(headers)]
+        groups = _column_groups(max(len("method"), *map(len, methods)), widths, console.width)
+        for part, group in enumerate(groups):
+            # a terminal too narrow for every column gets several tables, each with the method column (rich
+            # squeezed it away and cut every other column to "0.…" instead)
+            first_part, last_part = part == 0, part == len(groups) - 1
+            # as wide as its title and caption (up to the console's width): rich wraps them to a narrow table's width
+            width = min(console.width, max(len(heading) if first_part else 0, len(caption) if last_part else 0))
+            table = Table(title=heading if first_part else None, caption=caption if last_part else None, box=box.SIMPLE_HEAD, min_width=width)
+            table.add_column("method", overflow="fold", min_width=min(10, max(map(len, methods))))
+            for i in group:
+                table.add_column("\n".join(headers[i]), justify="right", overflow="fold")
+            for method in methods:
+                table.add_row(method, *(cells[method][i] for i in group))
+            console.print(table)
+
+
+def _column_groups(first: int, widths: list[int], total: int) -> list[list[int]]:
+    """Indices of the columns after the first, in consecutive groups that fit ``total`` characters each
+    beside the first column (rich's simple box: a column is its width, one space of padding either side and
+    one edge or separator character; one edge more closes the table)."""
+    groups: list[list[int]] = [[]]
+    used = first + 4
+    for i, width in enumerate(widths):
+        if groups[-1] and used + width + 3 > total:
+            groups.append([])
+            used = first + 4
+        groups[-1].append(i)
+        used += width + 3
+    return groups
 
 
 # ------------------------------------------------------------------------------------------ report
