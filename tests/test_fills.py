@@ -169,6 +169,23 @@ def test_a_rerun_of_several_fills_resumes_everything(finished, tmp_path, capsys)
     assert snapshot(out) == before
 
 
+def test_a_rerun_under_another_protocol_fill_says_which_runs_it_keeps(finished, tmp_path, capsys):
+    """``protocol.fill blur`` and ``modes: [roar]``: its runs are the earlier roar@blur runs (resumed); the
+    channel-mean and noisy-linear runs stay in the store and the report, and the grid says so."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+    assert benchmark(out, "--benchmark.modes", "[roar]", "--benchmark.protocol.fill", "blur") == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 3 of 3 runs" in printed
+    kept = "kept from an earlier grid in this folder and reported with this one: roar@channel_mean (2 runs), noretrain@noisy_linear (2 runs);"
+    assert kept in printed, printed
+    assert snapshot(out) == before
+    assert (out / "roar.png").is_file() and (out / "roar@channel_mean.png").is_file()  # the blur curves are roar.png now
+    assert benchmark(out, "--benchmark.modes", "[roar, roar@channel_mean, noretrain@noisy_linear]", "--benchmark.protocol.fill", "blur") == 0
+    assert "kept from" not in capsys.readouterr().out  # every run planned again
+
+
 def test_a_changed_fill_setting_reruns_only_that_fills_runs(finished, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(finished, out)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from roar.benchmark.plan import DEFAULT_FILL, FILL_SEPARATOR, MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, recorded_fill
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, REFERENCE_MODE, SPEC_MODES, entry_label, recorded_fill
 from roar.statistics import DEFAULT_LEVEL, DEFAULT_RESAMPLES, IntervalUndefinedWarning, bootstrap_mean, ranks_of
 
 # ci_low, ci_high: the percentile bootstrap interval of the mean over seeds (NaN with one seed)
@@ -37,17 +37,6 @@ MODE_TITLE = {
 }
 MODE_SHORT = {"roar": "ROAR (remove and retrain)", "kar": "KAR (keep and retrain)", "noretrain": "removal without retraining", "noretrain_kar": "keeping without retraining"}
 FIGURE_NAMES = {mode: f"{mode}.png" for mode in MODES}
-
-
-def entry_label(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:
-    """How the report names one (mode, fill) beside the grid's default fill (``protocol.fill``):
-    ``roar`` under the default fill, else ``roar@fill``, ``roar@channel_mean`` included.
-
-    :func:`~roar.benchmark.plan.evaluation_label` names fills relative to the paper's (``roar`` is
-    channel_mean): under ``protocol.fill blur`` a ``roar@channel_mean`` entry would have shared the
-    blur curve's ``roar.png``, its table column and its paths key, one overwriting the other.
-    """
-    return mode if fill == default_fill else f"{mode}{FILL_SEPARATOR}{fill}"
 
 
 def figure_name(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:

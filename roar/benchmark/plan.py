@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from roar.benchmark.run_spec import (
     DEFAULT_FILL, FILL_SEPARATOR, MODES, NORETRAIN_ORDER, REFERENCE_METHOD, REFERENCE_MODE, RETRAIN_MODES, SPEC_MODES, RunSpec, _check_name,
-    _is_int, evaluation_label, format_threshold, recorded_fill,
+    _is_int, entry_label, evaluation_label, format_threshold, recorded_fill,
 )  # fmt: skip
 
 DEFAULT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -188,5 +188,5 @@ def build_plan(
 
 __all__ = [
     "DEFAULT_FILL", "DEFAULT_SEEDS", "DEFAULT_THRESHOLDS", "FILL_SEPARATOR", "MODES", "NORETRAIN_ORDER", "REFERENCE_METHOD", "REFERENCE_MODE",
-    "RETRAIN_MODES", "SPEC_MODES", "RunSpec", "build_plan", "evaluation_label", "format_threshold", "parse_modes", "recorded_fill",
+    "RETRAIN_MODES", "SPEC_MODES", "RunSpec", "build_plan", "entry_label", "evaluation_label", "format_threshold", "parse_modes", "recorded_fill",
 ]  # fmt: skip

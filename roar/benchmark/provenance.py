@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roar.benchmark.config import BenchmarkConfig
-from roar.benchmark.plan import DEFAULT_FILL, FILL_SEPARATOR, REFERENCE_METHOD, RunSpec
+from roar.benchmark.plan import DEFAULT_FILL, FILL_SEPARATOR, MODES, REFERENCE_METHOD, RunSpec, entry_label, recorded_fill
 from roar.fingerprint import differences, fingerprint_key, jsonable
 from roar.training_settings import training_settings
 
@@ -213,6 +213,27 @@ def stale_fill_lines(rows: list[dict[str, Any]], provenance: GridProvenance, pla
             counts[spec.fill] = counts.get(spec.fill, 0) + 1
             changed.setdefault(spec.fill, differences(recorded.get("fill") or {}, expected.get("fill") or {}))
     return [f"runs of {fill} run again, its settings changed: {n} ({'; '.join(changed[fill])})" for fill, n in sorted(counts.items())]
+
+
+def kept_rows_line(rows: list[dict[str, Any]], plan: list[RunSpec], default_fill: str = DEFAULT_FILL) -> str | None:
+    """One line naming the done runs of this folder that the config does not plan, if any.
+
+    They are of an earlier grid in the folder with the same settings (fewer methods now, another
+    ``protocol.fill``, a mode dropped): kept and reported beside this grid's runs. Without the line,
+    a rerun after ``protocol.fill`` changed printed nothing of the old fill's curves, which the report
+    then showed as ``roar@channel_mean``.
+    """
+    planned = {spec.run_id for spec in plan}
+    kept: dict[tuple[int, str], int] = {}
+    for row in rows:
+        if row.get("status") == "done" and row["run_id"] not in planned and row.get("method") != REFERENCE_METHOD:
+            mode = str(row["mode"])
+            key = (MODES.index(mode) if mode in MODES else len(MODES), entry_label(mode, recorded_fill(row, default_fill), default_fill))
+            kept[key] = kept.get(key, 0) + 1
+    if not kept:
+        return None
+    listed = ", ".join(f"{label} ({n} run{'s' * (n > 1)})" for (_, label), n in sorted(kept.items()))  # in the report's order
+    return f"kept from an earlier grid in this folder and reported with this one: {listed}; --force starts the folder over"
 
 
 def _comparable_settings(cfg: BenchmarkConfig, recorded: dict[str, Any]) -> dict[str, Any]:

@@ -156,6 +156,17 @@ def evaluation_label(mode: str, fill: str) -> str:
     return mode if fill == DEFAULT_FILL else f"{mode}{FILL_SEPARATOR}{fill}"
 
 
+def entry_label(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:
+    """How the report names one (mode, fill) beside the grid's default fill (``protocol.fill``):
+    ``roar`` under the default fill, else ``roar@fill``, ``roar@channel_mean`` included.
+
+    :func:`evaluation_label` names fills relative to the paper's (``roar`` is
+    channel_mean): under ``protocol.fill blur`` a ``roar@channel_mean`` entry would have shared the
+    blur curve's ``roar.png``, its table column and its paths key, one overwriting the other.
+    """
+    return mode if fill == default_fill else f"{mode}{FILL_SEPARATOR}{fill}"
+
+
 def recorded_fill(row: dict[str, Any], default: str = DEFAULT_FILL) -> str:
     """The fill a result row was run with: its own ``fill``, else its config's (the spec's ``fill``, then the
     protocol's: rows of roar 0.3.0 ran under ``protocol.fill``), else ``default``."""

@@ -43,7 +43,7 @@ from roar.benchmark.prepare import (  # the base model and the ranks; their old 
     train_base,
 )
 from roar.benchmark.progress import GridProgress
-from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, method_identity, stale_fill_lines
+from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, kept_rows_line, method_identity, stale_fill_lines
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import run_stacks
 from roar.benchmark.stacked_runner import resolve_stack, stack_groups, unstackable_reason
@@ -188,6 +188,8 @@ def run_benchmark(
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
         for line in stale_fill_lines(rows, provenance, plan):
             print(line)
+        if kept := kept_rows_line(rows, plan, cfg.protocol.fill):
+            print(kept)
         with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, parameters)) as bar:
             if not launch.parallel and launch.threads:
                 torch.set_num_threads(launch.threads)
