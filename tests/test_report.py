@@ -295,6 +295,24 @@ def test_the_papers_fill_beside_another_default_fill_gets_its_own_figure_and_col
     assert next(line.split() for line in lines if "roar@channel_mean" in line) == ["roar", "roar@channel_mean"]
 
 
+def test_the_protocol_table_lists_only_the_settings_of_fills_the_runs_used(tmp_path):
+    """fill_sigma is blur's setting, fill_noise_std/tol/max_iter noisy_linear's: beside channel-mean runs
+    they moved nothing, and the table listed them as choices of the benchmark."""
+    protocol = {"fill": "channel_mean", "granularity": "pixel", "fill_sigma": 2.0, "fill_noise_std": 0.01, "fill_tol": 1e-4, "fill_max_iter": 500}
+    roar = [r for r in fake_rows(failed=False) if r["mode"] in ("reference", "roar")]
+
+    def choices(rows) -> set[str]:
+        report = write_report(tmp_path, rows, config={"protocol": protocol}, print_table=False, resamples=20)["report"].read_text()
+        table = report.split("## Protocol")[1].split("\n\n")[1]
+        return {line.split("`")[1] for line in table.splitlines()[2:]}
+
+    assert choices(roar) == {"fill", "granularity"}
+    assert choices([*roar, *({**r, "fill": "blur"} for r in roar if r["mode"] == "roar")]) == {"fill", "granularity", "fill_sigma"}
+    assert choices([*roar, *({**r, "fill": "noisy_linear"} for r in roar if r["mode"] == "roar")]) == {
+        "fill", "granularity", "fill_noise_std", "fill_tol", "fill_max_iter",
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("columns", [60, 100])
 def test_a_narrow_terminal_gets_several_ranking_tables_each_with_the_method_column(tmp_path, capsys, monkeypatch, columns):
     """Six evaluations on 60 or 100 columns: rich dropped the method column and cut every AUC to "0.…"."""

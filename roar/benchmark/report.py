@@ -41,7 +41,7 @@ from roar.benchmark.curves import (
 from roar.benchmark.evaluations import analyse, evaluations
 from roar.benchmark.figures import plot_curves
 from roar.benchmark.leakage_report import leakage_report
-from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD
+from roar.benchmark.plan import DEFAULT_FILL, MODES, REFERENCE_METHOD, recorded_fill
 from roar.benchmark.report_markdown import _counts_lines, _failures_lines, _md_table, _mode_section, _protocol_lines
 from roar.benchmark.results import ResultsStore, write_csv
 from roar.benchmark.wandb_summary import log_summary_to_wandb
@@ -200,7 +200,11 @@ def write_report(
             "",
         ]
     if config:
-        lines += _protocol_lines(config)
+        from roar.data.roar import FILL_SETTINGS
+
+        used = {default_fill} | {recorded_fill(row, default_fill) for row in rows if row["method"] != REFERENCE_METHOD}
+        unused = {f"fill_{name}" for fill, names in FILL_SETTINGS.items() if fill not in used for name in names}
+        lines += _protocol_lines(config, unused)
     leakage_lines, leakage_png = leakage_report(out, level, title=f"{title}: mask leakage" if title else None)  # when leakage.csv exists
     if leakage_png is not None:
         paths["leakage"] = leakage_png

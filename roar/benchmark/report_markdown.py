@@ -53,13 +53,15 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _protocol_lines(config: dict[str, Any]) -> list[str]:
-    # The protocol choices move results (DESIGN.md, "Protocol choices"): list them first.
+def _protocol_lines(config: dict[str, Any], unused: Iterable[str] = ()) -> list[str]:
+    # The protocol choices move results (DESIGN.md, "Protocol choices"): list them first, less the
+    # ``unused`` ones (the settings of a fill no run used: fill_sigma beside channel-mean runs only).
     protocol = config.get("protocol") if isinstance(config.get("protocol"), dict) else None
     rest = {k: v for k, v in config.items() if k != "protocol"}
     lines = ["## Protocol", ""]
     if protocol:
-        lines += _md_table(("choice", "value"), [(f"`{k}`", f"`{v}`") for k, v in _flatten(protocol)]) + [""]
+        skip = set(unused)
+        lines += _md_table(("choice", "value"), [(f"`{k}`", f"`{v}`") for k, v in _flatten(protocol) if k not in skip]) + [""]
     if rest:
         lines += ["<details><summary>Full configuration</summary>", ""]
         lines += _md_table(("setting", "value"), [(f"`{k}`", f"`{v}`") for k, v in _flatten(rest)]) + ["", "</details>", ""]

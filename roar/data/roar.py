@@ -25,15 +25,17 @@ from roar.data.masking import check_mode, mask_images
 from roar.data.ranks import RankProvider
 
 FILLS = ("channel_mean", "image_mean", "noisy_linear", "blur")
+# the protocol settings (``fill_<name>``) of each imputing fill; the constant fills have none
+FILL_SETTINGS = {"blur": ("sigma",), "noisy_linear": ("noise_std", "tol", "max_iter")}
 
 
 def fill_options(fill: str, *, sigma: float, noise_std: float, tol: float, max_iter: int, seed: int) -> dict[str, Any]:
     """The settings of an imputing fill that move its values (empty for the constant fills)."""
-    if fill == "blur":
-        return {"sigma": float(sigma)}
-    if fill == "noisy_linear":
-        return {"noise_std": float(noise_std), "tol": float(tol), "max_iter": int(max_iter), "seed": int(seed)}
-    return {}
+    values = {"sigma": float(sigma), "noise_std": float(noise_std), "tol": float(tol), "max_iter": int(max_iter)}
+    options: dict[str, Any] = {name: values[name] for name in FILL_SETTINGS.get(fill, ())}
+    if fill == "noisy_linear":  # its noise is seeded
+        options["seed"] = int(seed)
+    return options
 
 
 class RoarDataModule(ImageDataModule):
