@@ -22,7 +22,7 @@ from roar.benchmark.plan import RunSpec, build_plan
 from roar.benchmark.progress import run_label
 from roar.benchmark.provenance import ConfigChangedError, GridProvenance, check_recorded_rows
 from roar.benchmark.results import ResultsStore
-from roar.benchmark.stacked_runner import stack_groups
+from roar.benchmark.stack_settings import stack_groups
 from roar.fingerprint import fingerprint_key
 
 ROOT = Path(__file__).resolve().parents[1]

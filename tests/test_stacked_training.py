@@ -14,7 +14,8 @@ import torch
 from roar.benchmark.config import BenchmarkConfig
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.runner import execute_run, run_benchmark
-from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups
+from roar.benchmark.stack_settings import resolve_stack, stack_groups
+from roar.benchmark.stacked_runner import execute_stack
 from roar.models.checkpoint import load_checkpoint, load_classifier
 from roar.models.factory import build_model
 from roar.models.stacked import StackedNetworks

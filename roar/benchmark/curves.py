@@ -36,12 +36,11 @@ MODE_TITLE = {
     "noretrain_kar": "No retraining: the base model on KAR-masked test images",
 }
 MODE_SHORT = {"roar": "ROAR (remove and retrain)", "kar": "KAR (keep and retrain)", "noretrain": "removal without retraining", "noretrain_kar": "keeping without retraining"}
-FIGURE_NAMES = {mode: f"{mode}.png" for mode in MODES}
 
 
 def figure_name(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:
     """The curve figure of one (mode, fill): ``roar.png`` under the grid's default fill, else ``roar@blur.png``."""
-    return FIGURE_NAMES[mode] if fill == default_fill else f"{entry_label(mode, fill, default_fill)}.png"
+    return f"{entry_label(_check_mode(mode), fill, default_fill)}.png"
 
 
 def _check_mode(mode: str) -> str:

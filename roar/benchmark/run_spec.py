@@ -153,7 +153,7 @@ class RunSpec:
 
 def evaluation_label(mode: str, fill: str) -> str:
     """``mode``, or ``mode@fill`` when the fill is not the paper's: how modes entries, run ids and progress lines name it."""
-    return mode if fill == DEFAULT_FILL else f"{mode}{FILL_SEPARATOR}{fill}"
+    return entry_label(mode, fill, DEFAULT_FILL)
 
 
 def entry_label(mode: str, fill: str, default_fill: str = DEFAULT_FILL) -> str:

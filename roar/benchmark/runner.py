@@ -46,7 +46,7 @@ from roar.benchmark.progress import GridProgress
 from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, kept_rows_line, method_identity, stale_fill_lines
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import run_stacks
-from roar.benchmark.stacked_runner import resolve_stack, stack_groups, unstackable_reason
+from roar.benchmark.stack_settings import resolve_stack, stack_groups, unstackable_reason
 from roar.benchmark.wandb_runs import wandb_service
 from roar.data.datamodule import ImageDataModule
 from roar.data.masking import num_features, num_masked

@@ -21,7 +21,8 @@ from roar.benchmark.cell import attempt_run, record_outcome
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.progress import GridProgress
-from roar.benchmark.stacked_runner import execute_stack, resolve_stack, stack_groups, unstackable_reason
+from roar.benchmark.stack_settings import resolve_stack, stack_groups, unstackable_reason
+from roar.benchmark.stacked_runner import execute_stack
 
 log = logging.getLogger(__name__)
 

@@ -42,13 +42,7 @@ from lightning.pytorch import seed_everything
 from roar.benchmark.cell import _classifier, _datamodule, _finish_loggers, _loggers, run_config, run_directory
 from roar.benchmark.plan import RunSpec
 from roar.benchmark.provenance import TRAINER_DEFAULTS
-from roar.benchmark.stack_settings import (  # their old home re-exports them
-    STACK_CHOICES as STACK_CHOICES,
-    check_stack_setting as check_stack_setting,
-    resolve_stack as resolve_stack,
-    stack_groups as stack_groups,
-    unstackable_reason,
-)
+from roar.benchmark.stack_settings import unstackable_reason
 from roar.models.classifier import build_optimizer
 from roar.models.stacked import StackedNetworks
 
