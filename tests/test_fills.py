@@ -186,6 +186,27 @@ def test_a_rerun_under_another_protocol_fill_says_which_runs_it_keeps(finished, 
     assert "kept from" not in capsys.readouterr().out  # every run planned again
 
 
+def test_a_failure_of_an_earlier_grid_is_named_as_not_retried(finished, tmp_path, capsys):
+    """A roar@blur run failed; the grid now runs ``modes: [roar]``, which does not plan it. The rerun
+    said nothing of it, exited 0, and report.md told the user to run the same command to retry it."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    store = ResultsStore(out / "results.db")
+    blurred = RunSpec("digits", "small_cnn", "gradient", "roar", 0.5, 0, fill="blur")
+    store.record(blurred, status="failed", error="Traceback (most recent call last):\nRuntimeError: CUDA out of memory")
+    assert benchmark(out, "--benchmark.modes", "[roar]") == 0  # not this command's failure
+    printed = capsys.readouterr().out
+    assert "failed in an earlier grid in this folder and not retried by this one: roar@blur (1 run); see report.md's Failures" in printed
+    failures = (out / "report.md").read_text().split("## Failures")[1]
+    assert "1 run(s) of an earlier grid in this folder failed; this config does not plan them" in failures
+    assert "again to retry them." not in failures and f"`{blurred.run_id}`" in failures and "CUDA out of memory" in failures
+    # the grid that plans it retries it, and says it was this command's to retry
+    assert benchmark(out) == 0
+    assert "earlier grid" not in capsys.readouterr().out
+    assert {r["run_id"]: r["status"] for r in store.rows()}[blurred.run_id] == "done"
+    assert (out / "report.md").read_text().split("## Failures")[1].strip() == "None."
+
+
 def test_a_changed_fill_setting_reruns_only_that_fills_runs(finished, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(finished, out)

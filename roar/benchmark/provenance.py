@@ -223,17 +223,27 @@ def kept_rows_line(rows: list[dict[str, Any]], plan: list[RunSpec], default_fill
     a rerun after ``protocol.fill`` changed printed nothing of the old fill's curves, which the report
     then showed as ``roar@channel_mean``.
     """
+    listed = _unplanned(rows, plan, default_fill, "done")
+    return f"kept from an earlier grid in this folder and reported with this one: {listed}; --force starts the folder over" if listed else None
+
+
+def earlier_failures_line(rows: list[dict[str, Any]], plan: list[RunSpec], default_fill: str = DEFAULT_FILL) -> str | None:
+    """One line naming the failed runs of an earlier grid in this folder that this config does not
+    plan, so does not retry (they stay under the report's Failures), if any."""
+    listed = _unplanned(rows, plan, default_fill, "failed")
+    return f"failed in an earlier grid in this folder and not retried by this one: {listed}; see report.md's Failures" if listed else None
+
+
+def _unplanned(rows: list[dict[str, Any]], plan: list[RunSpec], default_fill: str, status: str) -> str:
+    """``roar@channel_mean (2 runs), ...``: the rows of ``status`` not in ``plan``, per mode@fill, in the report's order."""
     planned = {spec.run_id for spec in plan}
-    kept: dict[tuple[int, str], int] = {}
+    counts: dict[tuple[int, str], int] = {}
     for row in rows:
-        if row.get("status") == "done" and row["run_id"] not in planned and row.get("method") != REFERENCE_METHOD:
+        if row.get("status") == status and row["run_id"] not in planned and row.get("method") != REFERENCE_METHOD:
             mode = str(row["mode"])
             key = (MODES.index(mode) if mode in MODES else len(MODES), entry_label(mode, recorded_fill(row, default_fill), default_fill))
-            kept[key] = kept.get(key, 0) + 1
-    if not kept:
-        return None
-    listed = ", ".join(f"{label} ({n} run{'s' * (n > 1)})" for (_, label), n in sorted(kept.items()))  # in the report's order
-    return f"kept from an earlier grid in this folder and reported with this one: {listed}; --force starts the folder over"
+            counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{label} ({n} run{'s' * (n > 1)})" for (_, label), n in sorted(counts.items()))
 
 
 def _comparable_settings(cfg: BenchmarkConfig, recorded: dict[str, Any]) -> dict[str, Any]:

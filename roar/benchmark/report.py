@@ -129,6 +129,7 @@ def write_report(
     print_table: bool = True,
     level: float = DEFAULT_LEVEL,
     resamples: int = DEFAULT_RESAMPLES,
+    planned: Iterable[str] | None = None,
 ) -> dict[str, Path]:
     """Write the benchmark's report files into ``out_dir``.
 
@@ -150,6 +151,8 @@ def write_report(
         print_table: also print the rankings to the terminal as rich tables.
         level: the confidence level of every interval (0.95: 95%).
         resamples: bootstrap resamples per interval (seeded: the same report on every run).
+        planned: the run ids the writing command plans; failures outside it (an earlier grid's in the
+            folder) are listed apart, as not retried by that command.
 
     Returns:
         Paths keyed ``results``, ``summary``, ``roar``, ``kar``, ``noretrain``, ``noretrain_kar`` (the modes with curves),
@@ -216,7 +219,7 @@ def write_report(
         if mode == "kar":  # the probe qualifies the ROAR and KAR curves just above it
             lines += leakage_lines
     lines += consistency.markdown(analysed, _md_table)
-    lines += _failures_lines(rows)
+    lines += _failures_lines(rows, None if planned is None else set(planned))
     paths["report"] = out / "report.md"
     paths["report"].write_text("\n".join(lines))
     if print_table:

@@ -140,18 +140,34 @@ def _mode_section(
     return lines
 
 
-def _failures_lines(rows: list[dict[str, Any]]) -> list[str]:
+def _failures_lines(rows: list[dict[str, Any]], planned: set[str] | None = None) -> list[str]:
+    """The failed runs with the end of each traceback. With ``planned`` (the run ids of the command
+    that wrote the report), failures it does not plan, left by an earlier grid in the folder, are
+    listed apart: running that command again does not retry them."""
     failed = [r for r in rows if r.get("status") == "failed"]
     lines = ["## Failures", ""]
     if not failed:
         return lines + ["None.", ""]
-    lines += [f"{len(failed)} run(s) failed; run the same benchmark command again to retry them.", ""]
-    for row in failed:
-        error = (row.get("error") or "no error recorded").rstrip()
-        last = error.splitlines()[-1] if error else ""
-        tail = "\n".join(error.splitlines()[-40:])  # the end of a traceback says what went wrong
-        lines += [f"### `{_run_id(row)}`", "", f"{last}", "", "```text", tail.replace("```", "'''"), "```", ""]
+    retried = [r for r in failed if planned is None or _run_id(r) in planned]
+    earlier = [r for r in failed if planned is not None and _run_id(r) not in planned]
+    if retried:
+        lines += [f"{len(retried)} run(s) failed; run the same benchmark command again to retry them.", ""]
+        lines += [line for row in retried for line in _failure_lines(row)]
+    if earlier:
+        lines += [
+            f"{len(earlier)} run(s) of an earlier grid in this folder failed; this config does not plan them, so running it again "
+            "does not retry them (plan their method, mode and fill again to retry them, or --force to start the folder over).",
+            "",
+        ]
+        lines += [line for row in earlier for line in _failure_lines(row)]
     return lines
+
+
+def _failure_lines(row: dict[str, Any]) -> list[str]:
+    error = (row.get("error") or "no error recorded").rstrip()
+    last = error.splitlines()[-1] if error else ""
+    tail = "\n".join(error.splitlines()[-40:])  # the end of a traceback says what went wrong
+    return [f"### `{_run_id(row)}`", "", f"{last}", "", "```text", tail.replace("```", "'''"), "```", ""]
 
 
 def _run_id(row: dict[str, Any]) -> str:

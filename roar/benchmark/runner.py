@@ -43,7 +43,7 @@ from roar.benchmark.prepare import (  # the base model and the ranks; their old 
     train_base,
 )
 from roar.benchmark.progress import GridProgress
-from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, kept_rows_line, method_identity, stale_fill_lines
+from roar.benchmark.provenance import GridProvenance, check_recorded_rows, grid_fills, grid_settings, kept_rows_line, earlier_failures_line, method_identity, stale_fill_lines
 from roar.benchmark.results import ResultsStore
 from roar.benchmark.stacked_jobs import run_stacks
 from roar.benchmark.stack_settings import resolve_stack, stack_groups, unstackable_reason
@@ -188,8 +188,9 @@ def run_benchmark(
             print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out / 'results.db'} (same fingerprint)")
         for line in stale_fill_lines(rows, provenance, plan):
             print(line)
-        if kept := kept_rows_line(rows, plan, cfg.protocol.fill):
-            print(kept)
+        for line in (kept_rows_line(rows, plan, cfg.protocol.fill), earlier_failures_line(rows, plan, cfg.protocol.fill)):
+            if line:
+                print(line)
         with GridProgress(len(plan), len(plan) - len(todo), progress, pending=todo, parallel=_runs_at_once(cfg, launch, todo, parameters)) as bar:
             if not launch.parallel and launch.threads:
                 torch.set_num_threads(launch.threads)
@@ -236,9 +237,10 @@ def write_benchmark_report(cfg: BenchmarkConfig, out: Path, results: ResultsStor
     """results.csv, summary.csv, curves, report.md, and the W&B summary run."""
     from roar.benchmark.report import log_summary_to_wandb, summarize, write_report
 
+    plan, _ = pending_runs(cfg, results)
     paths = write_report(
         out, results, title=f"ROAR/KAR benchmark: {cfg.name}", config=cfg.to_dict(), print_table=print_table,
-        level=cfg.confidence_level, resamples=cfg.bootstrap_resamples,
+        level=cfg.confidence_level, resamples=cfg.bootstrap_resamples, planned={spec.run_id for spec in plan},
     )  # fmt: skip
     if cfg.logger == "wandb":
         try:
