@@ -19,7 +19,7 @@ import difflib
 import inspect
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from roar.attribution.base import INTERPOLATE_MODES, ModelMethod, _eval_mode
 from roar.attribution.checks import _choice
+from roar.attribution.lrp_rules import is_lrp, lrp_rules, user_rules
 
 
 # captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.
@@ -174,6 +175,8 @@ class CaptumMethod(ModelMethod):
         self.layer = layer
         self.interpolate_mode = _choice("interpolate_mode", interpolate_mode, INTERPOLATE_MODES)
         self.params = {"init_args": self.init_args, "attribute_args": self.attribute_args, "layer": layer, "interpolate_mode": interpolate_mode}
+        # LRP: the rules the user's modules carry now, which captum deletes after every call (lrp_rules.py)
+        self._user_rules = user_rules(model) if is_lrp(self.captum_class) else None
         self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
 
     def _build(self) -> Attribution:
@@ -185,7 +188,7 @@ class CaptumMethod(ModelMethod):
         if self._captum is None:  # the default layer needs one forward pass to be found
             self.layer = find_last_conv_block(self.model, inputs[:1])
             self._captum = self._build()
-        with quiet_hook_warnings():
+        with quiet_hook_warnings(), lrp_rules(self.model, self._user_rules) if self._user_rules is not None else nullcontext():
             maps = self._captum.attribute(inputs, target=target, **self.attribute_args)
         if isinstance(maps, tuple):
             maps = maps[0]
