@@ -18,15 +18,15 @@ the duration of one ``attribute`` call:
 
 captum also deletes every module's ``rule`` after each call, so rules a user set on their own
 modules (``module.rule = EpsilonRule(...)``) held for the first batch only; :func:`lrp_rules`
-puts them back before each call and after it. A leaf of another type without a rule is still
+puts them back after each call. A leaf of another type without a rule is still
 refused before captum runs, naming the module: how relevance crosses a user's layer is theirs to choose.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 from captum.attr import LRP
 from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
@@ -35,6 +35,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from roar.models.classifier import Normalize
+
 
 class PassRule(PropagationRule):
     """Relevance passes a module as its gradient does: unchanged through a reshape or an identity.
