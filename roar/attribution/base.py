@@ -36,6 +36,7 @@ INTERPOLATE_MODES = ("nearest", "bilinear", "bicubic", "area")
 _STREAM_RANDOM_BASELINE = 1
 _STREAM_ENSEMBLE_NOISE = 2
 _STREAM_GRADIENT_SHAP = 3
+_STREAM_CAPTUM = 4
 
 
 # --------------------------------------------------------------------------------------------

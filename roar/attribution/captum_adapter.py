@@ -22,18 +22,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution, LayerAttribution
+from captum.attr import Attribution, DeepLiftShap, LayerAttribution, LayerDeepLiftShap
 from torch import Tensor, nn
 
-from roar.attribution.base import INTERPOLATE_MODES, ModelMethod, _eval_mode
+from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
+from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE
 from roar.attribution.checks import _choice
 from roar.attribution.lrp_rules import is_lrp, lrp_rules, user_rules
 
 
 # captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.
-_HOOK_WARNINGS = r"(Setting forward, backward hooks|Setting backward hooks on ReLU)"
+# Lime and KernelShap say on every call that several inputs fit several models: roar attributes batches by design.
+_HOOK_WARNINGS = r"(Setting forward, backward hooks|Setting backward hooks on ReLU|You are providing multiple inputs for Lime)"
 
 
 @contextmanager
@@ -125,8 +128,18 @@ def check_captum_class(cls: Any, path: str) -> type[Attribution]:
     return cls
 
 
+BATCH_BASELINES = "batch"
+"""``attribute_args: {baselines: batch}``: the attribution batch's images as the references, as
+roar's ``gradient_shap`` draws them (the maps then depend on the batch size, which their fingerprint records)."""
+
+EVERY_PAIR = (DeepLiftShap, LayerDeepLiftShap)
+"""Classes that run every input against every reference: with ``baselines: batch`` a batch of B
+images is B * B passes, so inputs go in chunks of at most :data:`DEFAULT_BATCH_SIZE` pairs."""
+
+
 def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribute_args: dict[str, Any]) -> None:
-    """Refuse an argument the captum class does not take, naming the ones it does."""
+    """Refuse an argument the captum class does not take, naming the ones it does, and a missing
+    one it needs (``baselines`` of the SHAP classes: ``batch`` or a number)."""
     is_layer = issubclass(cls, LayerAttribution)
     for what, function, skip, args, ours in (
         ("init_args", cls.__init__, 3 if is_layer else 2, init_args, set()),
@@ -139,6 +152,28 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
             bad = unknown or taken
             why = "it does not take" if unknown else "roar sets"
             raise ValueError(f"{cls.__name__} {what}: {why} {', '.join(map(repr, bad))}; accepted: {', '.join(sorted(accepted - ours)) or 'none'}")
+        missing = [name for name in _required(function, skip) if name not in args]
+        if missing:
+            hint = f" (baselines: {BATCH_BASELINES}, the batch's images as the references)" if "baselines" in missing else ""
+            raise ValueError(f"{cls.__name__} {what}: it needs {', '.join(map(repr, missing))}{hint}")
+    baselines = attribute_args.get("baselines")
+    if "baselines" in _required(cls.attribute, 2):  # the SHAP classes: a distribution of images
+        if baselines != BATCH_BASELINES:
+            raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r}; it needs several reference images, "
+                             f"which a config gives as baselines: {BATCH_BASELINES} (the batch's images)")  # fmt: skip
+        return
+    if baselines == BATCH_BASELINES:  # one baseline per image: each image would be its own, a zero map
+        raise ValueError(f"{cls.__name__} attribute_args: baselines {BATCH_BASELINES!r} is for classes that draw from several "
+                         "references (DeepLiftShap, GradientShap); it takes one per image: give a number")  # fmt: skip
+    if isinstance(baselines, str) and baselines != BATCH_BASELINES:
+        raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r} is not one roar knows; "
+                         f"give {BATCH_BASELINES!r} (the batch's images as the references) or a number")  # fmt: skip
+
+
+def _required(function: Any, skip: int) -> list[str]:
+    """The parameters after the first ``skip`` that have no default."""
+    params = list(inspect.signature(function).parameters.values())[skip:]
+    return [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 class CaptumMethod(ModelMethod):
@@ -178,6 +213,7 @@ class CaptumMethod(ModelMethod):
         # LRP: the rules the user's modules carry now, which captum deletes after every call (lrp_rules.py)
         self._user_rules = user_rules(model) if is_lrp(self.captum_class) else None
         self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
+        self._state = np.random.RandomState(0)  # reseeded per call from its sample indices (_begin)
 
     def _build(self) -> Attribution:
         if self.is_layer:
@@ -188,11 +224,28 @@ class CaptumMethod(ModelMethod):
         if self._captum is None:  # the default layer needs one forward pass to be found
             self.layer = find_last_conv_block(self.model, inputs[:1])
             self._captum = self._build()
-        with quiet_hook_warnings(), lrp_rules(self.model, self._user_rules) if self._user_rules is not None else nullcontext():
-            maps = self._captum.attribute(inputs, target=target, **self.attribute_args)
-        if isinstance(maps, tuple):
-            maps = maps[0]
+        args, step = self.attribute_args, inputs.shape[0]
+        if args.get("baselines") == BATCH_BASELINES:
+            # the caller's whole batch (an ensemble's clean images); one image alone is its own only
+            # reference (a zero map), so it is compared with black, as gradient_shap does
+            refs = references.detach() if references.shape[0] > 1 else torch.zeros_like(references).expand(2, *references.shape[1:])
+            args = {**args, "baselines": refs}
+            if issubclass(self.captum_class, EVERY_PAIR):
+                step = max(1, DEFAULT_BATCH_SIZE // refs.shape[0])
+        chunks = []
+        # captum's sampling classes (GradientShap, KernelShap, Lime...) draw from the global RNGs: seeded
+        # by the batch's sample indices, a rerun gives the same maps
+        with quiet_hook_warnings(), _seeded_global_rngs(self._state, inputs.device):
+            for start in range(0, inputs.shape[0], step):
+                part = inputs[start : start + step].detach().requires_grad_(True) if step < inputs.shape[0] else inputs
+                with lrp_rules(self.model, self._user_rules) if self._user_rules is not None else nullcontext():
+                    maps = self._captum.attribute(part, target=target[start : start + step], **args)
+                chunks.append(maps[0] if isinstance(maps, tuple) else maps)
+        maps = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return self._to_input(maps, inputs) if self.is_layer else maps
+
+    def _begin(self, inputs: Tensor, indices: Tensor) -> None:
+        self._state = np.random.RandomState(np.random.SeedSequence([_STREAM_CAPTUM, *indices.tolist()]).generate_state(4))
 
     def _to_input(self, maps: Tensor, inputs: Tensor) -> Tensor:
         """A layer map ``(B, K, h, w)`` as an input map ``(B, C, H, W)``: channel sum, upsample, repeat."""

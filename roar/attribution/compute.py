@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from roar.attribution.captum_adapter import BATCH_BASELINES
 from roar.attribution.base import TARGETS, resolve_target
 from roar.attribution.batch_budget import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, auto_batch_size, check_batch_size, check_budget
 from roar.attribution.device import DEVICES as DEVICES, DeviceUnavailableError as DeviceUnavailableError, check_device as check_device, resolve_device
@@ -52,6 +53,7 @@ def check_ranking(method: str, params: dict[str, Any] | None, *, granularity: st
 BATCH_DEPENDENT = ("gradient_shap",)
 """Methods whose default references are the other images of the batch: their maps depend on the
 attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it).
+A captum class given ``attribute_args: {baselines: batch}`` is one too.
 For them ``batch_size: auto`` is :data:`~roar.attribution.batch_budget.DEFAULT_BATCH_SIZE`, never
 a machine's memory: the same config gives the same ranks on any machine."""
 
@@ -60,6 +62,8 @@ def is_batch_dependent(method: str, params: dict[str, Any]) -> bool:
     """Whether ``method``'s maps depend on the attribution batch (see :data:`BATCH_DEPENDENT`)."""
     resolved = resolved_params(method, params)
     key = str(resolved.get("method", method))  # a key under a new name ({name: gs, method: gradient_shap}) too
+    if (resolved.get("attribute_args") or {}).get("baselines") == BATCH_BASELINES:  # a captum class given the batch
+        return True
     return key.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
 
 
