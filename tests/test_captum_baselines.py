@@ -40,6 +40,7 @@ def test_deeplift_shap_against_the_batch_is_the_difference_from_its_mean_times_t
     ("GradientShap", {"baselines": "batch"}),
     ("KernelShap", {"n_samples": 8}),
     ("ShapleyValueSampling", {"n_samples": 2}),
+    ("FeaturePermutation", {}),
 ])  # fmt: skip
 def test_sampling_classes_give_the_same_maps_for_the_same_images(linear, cls, args):
     x = torch.rand(6, 1, 4, 4)
@@ -57,6 +58,8 @@ def test_the_batch_as_baselines_puts_the_batch_size_in_the_fingerprint():
     entry = {"class_path": "captum.attr.GradientShap", "attribute_args": {"baselines": "batch"}}
     fingerprint = lambda params, size: method_fingerprint("gs", params, checkpoint_sha="0" * 64, dataset_id={"name": "digits"}, split="test", target="predicted", batch_size=size)  # noqa: E731
     assert fingerprint(entry, 32)["batch_size"] == 32 and fingerprint(entry, "auto")["batch_size"] == 256
+    permuted = {"class_path": "captum.attr.FeaturePermutation"}  # features permuted across the batch
+    assert fingerprint(permuted, 32)["batch_size"] == 32
     fixed = {"class_path": "captum.attr.IntegratedGradients", "attribute_args": {"baselines": 0.0}}
     assert "batch_size" not in fingerprint(fixed, 32), "a fixed baseline gives the same maps in any batch"
 

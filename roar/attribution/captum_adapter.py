@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution, DeepLiftShap, LayerAttribution, LayerDeepLiftShap
+from captum.attr import Attribution, DeepLiftShap, FeaturePermutation, LayerAttribution, LayerDeepLiftShap
 from torch import Tensor, nn
 
 from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
@@ -168,6 +168,12 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
     if isinstance(baselines, str) and baselines != BATCH_BASELINES:
         raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r} is not one roar knows; "
                          f"give {BATCH_BASELINES!r} (the batch's images as the references) or a number")  # fmt: skip
+
+
+def uses_the_batch(cls: type[Attribution], attribute_args: dict[str, Any]) -> bool:
+    """Whether the class's maps depend on the other images of the batch: references drawn from it
+    (``baselines: batch``), or features permuted across it (``FeaturePermutation``)."""
+    return attribute_args.get("baselines") == BATCH_BASELINES or issubclass(cls, FeaturePermutation)
 
 
 def _required(function: Any, skip: int) -> list[str]:

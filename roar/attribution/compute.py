@@ -16,12 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from roar.attribution.captum_adapter import BATCH_BASELINES
 from roar.attribution.base import TARGETS, resolve_target
 from roar.attribution.batch_budget import AUTO, DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, auto_batch_size, check_batch_size, check_budget
 from roar.attribution.device import DEVICES as DEVICES, DeviceUnavailableError as DeviceUnavailableError, check_device as check_device, resolve_device
 from roar.attribution.ensembles import check_ensemble_settings
-from roar.attribution.registry import ENSEMBLE_PARAMS, get_method, needs_model, resolved_params
+from roar.attribution.registry import ENSEMBLE_PARAMS, captum_uses_the_batch, get_method, needs_model, resolved_params
 from roar.attribution.store import AttributionStore, checkpoint_sha256, complete_fingerprint
 from roar.data.ranking import check_granularity, check_score
 from roar.fingerprint import fingerprint_key, jsonable, roar_version
@@ -53,7 +52,7 @@ def check_ranking(method: str, params: dict[str, Any] | None, *, granularity: st
 BATCH_DEPENDENT = ("gradient_shap",)
 """Methods whose default references are the other images of the batch: their maps depend on the
 attribution batch size, which is then part of their fingerprint (give ``baselines`` to avoid it).
-A captum class given ``attribute_args: {baselines: batch}`` is one too.
+So are captum classes given ``attribute_args: {baselines: batch}``, and ``FeaturePermutation``.
 For them ``batch_size: auto`` is :data:`~roar.attribution.batch_budget.DEFAULT_BATCH_SIZE`, never
 a machine's memory: the same config gives the same ranks on any machine."""
 
@@ -62,7 +61,7 @@ def is_batch_dependent(method: str, params: dict[str, Any]) -> bool:
     """Whether ``method``'s maps depend on the attribution batch (see :data:`BATCH_DEPENDENT`)."""
     resolved = resolved_params(method, params)
     key = str(resolved.get("method", method))  # a key under a new name ({name: gs, method: gradient_shap}) too
-    if (resolved.get("attribute_args") or {}).get("baselines") == BATCH_BASELINES:  # a captum class given the batch
+    if captum_uses_the_batch(method, params):  # references drawn from the batch, or features permuted across it
         return True
     return key.startswith(BATCH_DEPENDENT) and resolved.get("baselines") is None
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from roar.attribution.base import AttributionMethod, ModelMethod
 from roar.attribution.checks import _check_model
-from roar.attribution.captum_adapter import check_captum_args, check_captum_class
+from roar.attribution.captum_adapter import check_captum_args, check_captum_class, uses_the_batch
 from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
 from roar.attribution.function_method import function_params
 from roar.attribution.method_factory import ENSEMBLE_PARAMS, MethodFactory, factory_for
@@ -124,6 +124,12 @@ def accepted_params(name: str, params: dict[str, Any] | None = None) -> tuple[st
 def needs_model(name: str, params: dict[str, Any] | None = None) -> bool:
     """Whether a method reads the model (and so its ranks depend on the base checkpoint)."""
     return _checked(name, params)[0].needs_model
+
+
+def captum_uses_the_batch(name: str, params: dict[str, Any] | None = None) -> bool:
+    """Whether a captum class's maps depend on the other images of its batch (:func:`~roar.attribution.captum_adapter.uses_the_batch`)."""
+    factory, _, params = _checked(name, params)
+    return factory.kind == "captum" and uses_the_batch(factory.target, dict(params.get("attribute_args") or {}))
 
 
 def resolved_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
