@@ -68,7 +68,7 @@ def test_the_batch_as_baselines_puts_the_batch_size_in_the_fingerprint():
     ("DeepLiftShap", {}, r"DeepLiftShap attribute_args: it needs 'baselines' \(baselines: batch, the batch's images as the references\)$"),
     ("GradientShap", {"baselines": 0.0}, r"baselines 0.0; it needs several reference images, which a config gives as baselines: batch"),
     ("IntegratedGradients", {"baselines": "batch"}, r"baselines 'batch' is for classes that draw from several references \(DeepLiftShap, GradientShap\); it takes one per image: give a number"),
-    ("IntegratedGradients", {"baselines": "black"}, r"baselines 'black' is not one roar knows; give 'batch' \(the batch's images as the references\) or a number"),
+    ("IntegratedGradients", {"baselines": "black"}, r"baselines 'black' is not one a config can give; give a number \(that value in every pixel\)$"),
 ])  # fmt: skip
 def test_baselines_a_config_cannot_give_are_refused_by_name(linear, cls, args, match):
     with pytest.raises(ValueError, match=match):

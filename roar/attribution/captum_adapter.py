@@ -139,7 +139,7 @@ images is B * B passes, so inputs go in chunks of at most :data:`DEFAULT_BATCH_S
 
 def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribute_args: dict[str, Any]) -> None:
     """Refuse an argument the captum class does not take, naming the ones it does, and a missing
-    one it needs (``baselines`` of the SHAP classes: ``batch`` or a number)."""
+    one it needs (the SHAP classes' ``baselines``, which a config gives as ``batch``)."""
     is_layer = issubclass(cls, LayerAttribution)
     for what, function, skip, args, ours in (
         ("init_args", cls.__init__, 3 if is_layer else 2, init_args, set()),
@@ -165,9 +165,9 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
     if baselines == BATCH_BASELINES:  # one baseline per image: each image would be its own, a zero map
         raise ValueError(f"{cls.__name__} attribute_args: baselines {BATCH_BASELINES!r} is for classes that draw from several "
                          "references (DeepLiftShap, GradientShap); it takes one per image: give a number")  # fmt: skip
-    if isinstance(baselines, str) and baselines != BATCH_BASELINES:
-        raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r} is not one roar knows; "
-                         f"give {BATCH_BASELINES!r} (the batch's images as the references) or a number")  # fmt: skip
+    if isinstance(baselines, str):
+        raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r} is not one a config can give; "
+                         "give a number (that value in every pixel)")  # fmt: skip
 
 
 def uses_the_batch(cls: type[Attribution], attribute_args: dict[str, Any]) -> bool:
