@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution, DeepLiftShap, FeaturePermutation, LayerAttribution, LayerDeepLiftShap
+from captum.attr import Attribution, DeepLiftShap, FeaturePermutation, LayerAttribution, LayerDeepLiftShap, NeuronAttribution, NoiseTunnel
 from torch import Tensor, nn
 
 from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
@@ -125,6 +125,12 @@ def check_captum_class(cls: Any, path: str) -> type[Attribution]:
     if not (isinstance(cls, type) and issubclass(cls, Attribution)):
         raise ValueError(f"class_path {path!r} is {cls!r}, not a captum Attribution class (e.g. captum.attr.DeepLift); "
                          "a plain function goes under function: module:name")  # fmt: skip
+    if issubclass(cls, NoiseTunnel):  # it wraps an Attribution, not a model
+        raise ValueError(f"class_path {path!r}: NoiseTunnel wraps another method, which roar's ensembles do for any method: "
+                         "{class_path: captum.attr.Saliency, ensemble: sg, nt_samples: 25} (sg, sg_sq or var)")  # fmt: skip
+    if issubclass(cls, NeuronAttribution):
+        raise ValueError(f"class_path {path!r} explains one neuron of a layer; roar ranks features by the target class's "
+                         "logit: use a primary class (captum.attr.Saliency...) or a layer class (captum.attr.LayerGradCam...)")  # fmt: skip
     return cls
 
 
