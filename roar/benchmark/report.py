@@ -90,16 +90,19 @@ def _print_rankings(summary: list[dict[str, Any]], title: str, default_fill: str
         for part, group in enumerate(groups):
             # a terminal too narrow for every column gets several tables, each with the method column (rich
             # squeezed it away and cut every other column to "0.…" instead)
-            first_part, last_part = part == 0, part == len(groups) - 1
-            # as wide as its title and caption (up to the console's width): rich wraps them to a narrow table's width
-            width = min(console.width, max(len(heading) if first_part else 0, len(caption) if last_part else 0))
-            table = Table(title=heading if first_part else None, caption=caption if last_part else None, box=box.SIMPLE_HEAD, min_width=width)
+            # title and caption as lines of their own (wrapped at the console's width): as a table's, rich
+            # wrapped them to a narrow table's width, and a table widened to hold them stretched its method column
+            if part == 0:
+                console.print(heading, highlight=False)
+            table = Table(box=box.SIMPLE_HEAD)
             table.add_column("method", overflow="fold", min_width=min(10, max(map(len, methods))))
             for i in group:
                 table.add_column("\n".join(headers[i]), justify="right", overflow="fold")
             for method in methods:
                 table.add_row(method, *(cells[method][i] for i in group))
             console.print(table)
+            if part == len(groups) - 1:
+                console.print(caption, highlight=False)
 
 
 def _column_groups(first: int, widths: list[int], total: int) -> list[list[int]]:
