@@ -100,3 +100,56 @@ def test_lrp_and_layer_lrp_run_through_a_benchmark(tmp_path):
     assert roar_main(["benchmark", *grid]) == 0
     rows = ResultsStore(tmp_path / "out" / "results.db").rows()
     assert {r["method"] for r in rows if r["status"] == "done"} == {"unmasked", "random", "lrp", "lrp_conv2"}
+
+
+# ------------------------------------------------------------------------------ rules: in the entry
+def test_an_entrys_rules_set_epsilon_by_layer_class_or_name_and_leave_the_model_as_it_was():
+    """LRP-epsilon on ``z = W a + b``: ``R_j = a_j W_cj z / (z + eps sign z)`` (Bach et al. 2015, eq. 58)."""
+    model = classifier("linear")
+    x, target = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 1, 0])
+    a, w = (x - MEAN) / STD, model.net.fc.weight.detach()[target].view(5, 1, 4, 4)
+    z = model(x).detach()[torch.arange(5), target].view(5, 1, 1, 1)
+    for key in ("Linear", "net.fc"):
+        maps = get_method("lrp_eps", model, class_path="captum.attr.LRP", rules={key: {"epsilon": 1.0}})(x, target)
+        torch.testing.assert_close(maps, a * w * z / (z + torch.sign(z)), atol=1e-5, rtol=1e-4)
+    # the model's modules carry no rule afterwards: plain LRP on the same model is epsilon 1e-9 again
+    assert not any(hasattr(m, "rule") for m in model.modules())
+    torch.testing.assert_close(get_method("lrp", model, class_path="captum.attr.LRP")(x, target), a * w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "pass"])
+def test_a_layer_without_a_rule_takes_one_from_the_entry(rule):
+    """``fc(2 a)``: fc gives ``R = 2 a W_c``; epsilon and pass both hand it on unchanged through the
+    doubling (pass skips its derivative, as captum does for ReLU; the gradient would double it again)."""
+    model = classifier(f"{__name__}.UsersNet")
+    del model.net.scaled.rule
+    x, target = torch.rand(2, 1, 4, 4), torch.tensor([0, 2])
+    w = model.net.fc.weight.detach()[target].view(2, 1, 4, 4)
+    maps = get_method("lrp", model, class_path="captum.attr.LRP", rules={"Scaled": rule})(x, target)
+    torch.testing.assert_close(maps, (x - MEAN) / STD * 2 * w, atol=1e-5, rtol=1e-4)
+
+
+def test_an_lrp_entry_without_rules_keeps_its_fingerprint():
+    from roar.attribution.registry import resolved_params
+
+    assert "rules" not in resolved_params("lrp", {"class_path": "captum.attr.LRP"})
+    assert resolved_params("lrp", {"class_path": "captum.attr.LRP", "rules": {"Conv2d": "gamma"}})["rules"] == {"Conv2d": "gamma"}
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"class_path": "captum.attr.Saliency", "rules": {"Linear": "epsilon"}}, r"Saliency takes no rules; rules: sets LRP's propagation rules"),
+    ({"class_path": "captum.attr.LRP", "rules": {"Linear": "zplus"}}, r"rules: Linear: 'zplus' is not a rule; rules: epsilon, gamma, alpha1_beta0, identity, pass"),
+    ({"class_path": "captum.attr.LRP", "rules": {"Linear": {"alpha1_beta0": 1}}}, r"rules: Linear: alpha1_beta0 takes no value"),
+    ({"class_path": "captum.attr.LRP", "rules": {"Linear": {"gamma": -1}}}, r"rules: Linear: gamma takes a number >= 0, got -1"),
+    ({"class_path": "captum.attr.LRP", "rules": ["Linear"]}, r"rules must map module names or classes to rules"),
+])  # fmt: skip
+def test_bad_rules_are_refused_at_config_time(entry, match):
+    from roar.attribution.registry import resolved_params
+
+    with pytest.raises(ValueError, match=match):
+        resolved_params("m", entry)
+
+
+def test_rules_for_a_layer_the_model_lacks_name_the_classes_it_has():
+    with pytest.raises(ValueError, match=r"rules: 'Conv3d' names no layer of the model; its layer classes are .*Flatten, Linear, MulticlassAccuracy, Normalize"):
+        get_method("lrp", classifier("linear"), class_path="captum.attr.LRP", rules={"Conv3d": "gamma"})

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE
 from roar.attribution.checks import _choice
-from roar.attribution.lrp_rules import is_lrp, lrp_rules, user_rules
+from roar.attribution.lrp_rules import check_rules, configured_rules, is_lrp, lrp_rules, user_rules
 
 
 # captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.
@@ -176,6 +176,15 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
                          "give a number (that value in every pixel)")  # fmt: skip
 
 
+def check_lrp_entry(cls: type[Attribution], rules: Any) -> None:
+    """``rules:`` belongs to an LRP class, and says rules roar knows (:func:`~roar.attribution.lrp_rules.check_rules`)."""
+    if rules is None:
+        return
+    if not is_lrp(cls):
+        raise ValueError(f"{cls.__name__} takes no rules; rules: sets LRP's propagation rules (captum.attr.LRP, captum.attr.LayerLRP)")
+    check_rules(rules)
+
+
 def uses_the_batch(cls: type[Attribution], attribute_args: dict[str, Any]) -> bool:
     """Whether the class's maps depend on the other images of the batch: references drawn from it
     (``baselines: batch``), or features permuted across it (``FeaturePermutation``)."""
@@ -199,6 +208,8 @@ class CaptumMethod(ModelMethod):
         layer: for layer methods, the dotted module name (default: the last conv block, see
             :func:`find_last_conv_block`).
         interpolate_mode: how a layer map is upsampled to the input.
+        rules: LRP classes only: ``{module name or class name: rule}`` (:func:`~roar.attribution.lrp_rules.check_rules`),
+            set for each call on top of the rules the model's modules carry.
     """
 
     def __init__(
@@ -210,6 +221,7 @@ class CaptumMethod(ModelMethod):
         attribute_args: dict[str, Any] | None = None,
         layer: str | None = None,
         interpolate_mode: str = "bilinear",
+        rules: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(model)
         self.captum_class = check_captum_class(captum_class, getattr(captum_class, "__name__", str(captum_class)))
@@ -222,8 +234,12 @@ class CaptumMethod(ModelMethod):
         self.layer = layer
         self.interpolate_mode = _choice("interpolate_mode", interpolate_mode, INTERPOLATE_MODES)
         self.params = {"init_args": self.init_args, "attribute_args": self.attribute_args, "layer": layer, "interpolate_mode": interpolate_mode}
-        # LRP: the rules the user's modules carry now, which captum deletes after every call (lrp_rules.py)
+        check_lrp_entry(self.captum_class, rules)
+        if rules is not None:  # only when given: the fingerprints of entries without it stay as they were
+            self.params["rules"] = rules
+        # LRP: the rules the user's modules carry now, which captum deletes after every call, and the entry's
         self._user_rules = user_rules(model) if is_lrp(self.captum_class) else None
+        self._rules = configured_rules(model, check_rules(rules)) if rules is not None else {}
         self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
         self._state = np.random.RandomState(0)  # reseeded per call from its sample indices (_begin)
 
@@ -250,7 +266,7 @@ class CaptumMethod(ModelMethod):
         with quiet_hook_warnings(), _seeded_global_rngs(self._state, inputs.device):
             for start in range(0, inputs.shape[0], step):
                 part = inputs[start : start + step].detach().requires_grad_(True) if step < inputs.shape[0] else inputs
-                with lrp_rules(self.model, self._user_rules) if self._user_rules is not None else nullcontext():
+                with lrp_rules(self.model, self._user_rules, self._rules) if self._user_rules is not None else nullcontext():
                     maps = self._captum.attribute(part, target=target[start : start + step], **args)
                 chunks.append(maps[0] if isinstance(maps, tuple) else maps)
         maps = torch.cat(chunks) if len(chunks) > 1 else chunks[0]

@@ -12,7 +12,7 @@ the duration of one ``attribute`` call:
   relevance is that of its standardised value. The epsilon rule would divide by ``x - mean`` and
   blow up at the channel mean, the very value ROAR fills with.
 - ``nn.Flatten``, ``nn.Unflatten``, ``nn.Identity`` (reshapes, no-ops): :class:`PassRule`,
-  relevance carried on unchanged by the gradient.
+  relevance passed on unchanged.
 - torchmetrics' metrics (the classifier's accuracies, leaves that forward never calls):
   :class:`PassRule`, which never fires.
 
@@ -30,7 +30,8 @@ from typing import Any
 
 from captum.attr import LRP
 from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
-from captum.attr._utils.lrp_rules import IdentityRule, PropagationRule
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule, PropagationRule
+import torch
 from torch import nn
 from torchmetrics import Metric
 
@@ -38,13 +39,17 @@ from roar.models.classifier import Normalize
 
 
 class PassRule(PropagationRule):
-    """Relevance passes a module as its gradient does: unchanged through a reshape or an identity.
+    """Relevance passes a module unchanged: through a reshape or an identity as the gradient carries
+    it, and through an elementwise layer (GELU, SiLU...) as captum passes it through ReLU, the
+    layer's derivative skipped (its output's gradient goes to its input as it is).
 
     No tensor hooks: captum's rules hook the input and the output tensor, which for ``nn.Identity``
     are one tensor, and the identity rule's input hook then ran before the output hook it reads.
     """
 
-    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> Any:
+        if len(inputs) == 1 and isinstance(outputs, torch.Tensor) and outputs.shape == inputs[0].shape and outputs is not inputs[0]:
+            return inputs[0] + (outputs - inputs[0]).detach()  # the output's value, the identity's gradient
         return None
 
     def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
@@ -58,6 +63,61 @@ ROAR_RULES: dict[type[nn.Module], type[PropagationRule]] = {
     nn.Unflatten: PassRule,
     nn.Identity: PassRule,
 }
+
+
+# ``rules:`` of an LRP entry: a rule by name, with its one setting where it has one (Montavon et al., "Layer-Wise
+# Relevance Propagation: An Overview", 2019: epsilon for dense layers, gamma for convolutions, alpha1-beta0 near the input).
+RULES: dict[str, tuple[type[PropagationRule], str | None]] = {
+    "epsilon": (EpsilonRule, "epsilon"),
+    "gamma": (GammaRule, "gamma"),
+    "alpha1_beta0": (Alpha1_Beta0_Rule, None),
+    "identity": (IdentityRule, None),
+    "pass": (PassRule, None),
+}
+
+
+def check_rules(rules: Any) -> dict[str, tuple[str, float | None]]:
+    """``rules`` of a config entry as ``{module name or class name: (rule, setting)}``.
+
+    Each value is a rule's name (``epsilon``, ``gamma``...) or a one-key mapping giving its setting
+    (``{gamma: 0.25}``, ``{epsilon: 1.0e-6}``).
+
+    Raises:
+        ValueError: naming a key or value that is not one, and the rules.
+    """
+    if not isinstance(rules, dict) or not rules:
+        raise ValueError(f"rules must map module names or classes to rules, e.g. {{Conv2d: {{gamma: 0.25}}, Linear: epsilon}}; got {rules!r}")
+    checked = {}
+    for key, spec in rules.items():
+        name, setting = (next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (spec, None))
+        if not isinstance(name, str) or name not in RULES:
+            raise ValueError(f"rules: {key}: {spec!r} is not a rule; rules: {', '.join(RULES)} (epsilon and gamma take a value: {{gamma: 0.25}})")
+        if setting is not None and (RULES[name][1] is None or isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting < 0):
+            what = f"takes a number >= 0, got {setting!r}" if RULES[name][1] else "takes no value"
+            raise ValueError(f"rules: {key}: {name} {what}")
+        checked[str(key)] = (name, None if setting is None else float(setting))
+    return checked
+
+
+def configured_rules(model: nn.Module, rules: dict[str, tuple[str, float | None]]) -> dict[nn.Module, PropagationRule]:
+    """The rule of each leaf module that ``rules`` names, by its dotted name or else its class name.
+
+    Raises:
+        ValueError: a key that names no leaf module and no class of one, with the classes there are.
+    """
+    leaves = leaf_modules(model)
+    classes = {type(module).__name__ for module in leaves.values()}
+    unknown = [key for key in rules if key not in leaves and key not in classes]
+    if unknown:
+        raise ValueError(f"rules: {', '.join(map(repr, unknown))} names no layer of the model; its layer classes are "
+                         f"{', '.join(sorted(classes))}; a layer by name: {', '.join(list(leaves)[:4])}...")  # fmt: skip
+    chosen = {}
+    for name, module in leaves.items():
+        spec = rules.get(name) or rules.get(type(module).__name__)
+        if spec is not None:
+            rule, setting = RULES[spec[0]]
+            chosen[module] = rule(**({setting: spec[1]} if setting and spec[1] is not None else {}))
+    return chosen
 
 
 def is_lrp(captum_class: type) -> bool:
@@ -89,23 +149,26 @@ def _roar_rule(module: nn.Module) -> PropagationRule | None:
 
 
 @contextmanager
-def lrp_rules(model: nn.Module, kept: dict[nn.Module, PropagationRule]) -> Iterator[None]:
-    """Within the block, roar's modules have their rules; on exit those are gone and the user's
-    rules ``kept`` are back (captum deletes every rule after a call).
+def lrp_rules(model: nn.Module, kept: dict[nn.Module, PropagationRule], configured: dict[nn.Module, PropagationRule] | None = None) -> Iterator[None]:
+    """Within the block, the ``configured`` rules (an entry's ``rules:``) hold, and roar's modules have
+    theirs; on exit those are gone and the user's rules ``kept`` are back (captum deletes every rule
+    after a call). Configured rules are set for the call only: methods of one model share it.
 
     Raises:
         ValueError: naming a leaf module that has no rule and is of a type captum has none for.
     """
-    added = []
+    added = list(configured or {})
     try:
+        for module, rule in (configured or {}).items():
+            module.rule = rule
         for name, module in leaf_modules(model).items():
             if hasattr(module, "rule") or type(module) in SUPPORTED_LAYERS_WITH_RULES or type(module) in SUPPORTED_NON_LINEAR_LAYERS:
                 continue
             if (rule := _roar_rule(module)) is None:
                 raise ValueError(
-                    f"LRP has no rule for layer {name!r} ({type(module).__name__}); give it one where the network is built, "
-                    "e.g. self.<layer>.rule = captum.attr._utils.lrp_rules.EpsilonRule() (IdentityRule for a layer of "
-                    "the same shape in and out)"
+                    f"LRP has no rule for layer {name!r} ({type(module).__name__}); give it one in the entry "
+                    f"(rules: {{{type(module).__name__}: epsilon}}; identity for a layer of the same shape in and out) "
+                    "or where the network is built (self.<layer>.rule = captum.attr._utils.lrp_rules.EpsilonRule())"
                 )
             module.rule = rule
             added.append(module)

@@ -67,7 +67,7 @@ class MethodFactory:
     def own_params(self) -> tuple[str, ...]:
         """The parameters of the method itself (not the ensemble's)."""
         if self.kind == "captum":
-            return ("init_args", "attribute_args", "layer", "interpolate_mode")
+            return ("init_args", "attribute_args", "layer", "interpolate_mode", "rules")  # rules: LRP only, no default
         if self.kind == "function":
             return function_params(self.target)[0]
         skip = 2 if self.target.needs_model else 1  # self (and the model)

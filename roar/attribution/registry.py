@@ -25,7 +25,7 @@ from torch import nn
 
 from roar.attribution.base import AttributionMethod, ModelMethod
 from roar.attribution.checks import _check_model
-from roar.attribution.captum_adapter import check_captum_args, check_captum_class, uses_the_batch
+from roar.attribution.captum_adapter import check_captum_args, check_captum_class, check_lrp_entry, uses_the_batch
 from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
 from roar.attribution.function_method import function_params
 from roar.attribution.method_factory import ENSEMBLE_PARAMS, MethodFactory, factory_for
@@ -78,6 +78,7 @@ def _split(name: str, params: dict[str, Any] | None) -> tuple[MethodFactory, dic
             return factory_for(obj), definition, params
         check_captum_class(obj, definition["class_path"])
         check_captum_args(obj, dict(params.get("init_args") or {}), dict(params.get("attribute_args") or {}))
+        check_lrp_entry(obj, params.get("rules"))
         return MethodFactory(obj, "captum"), definition, params
     if "function" in definition:
         obj = import_object(definition["function"], f"method {name!r}: function")
