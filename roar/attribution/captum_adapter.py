@@ -16,7 +16,6 @@ layer's channels, then repeated over the input's), as Grad-CAM is (Selvaraju et 
 from __future__ import annotations
 
 import difflib
-import inspect
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution, DeepLiftShap, FeaturePermutation, LayerAttribution, LayerDeepLiftShap, NeuronAttribution, NoiseTunnel
+from captum.attr import Attribution, LayerAttribution
 from torch import Tensor, nn
 
 from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE
 from roar.attribution.checks import _choice
+from roar.attribution.captum_checks import BATCH_BASELINES, EVERY_PAIR, check_captum_args, check_captum_class, check_lrp_entry
 from roar.attribution.lrp_rules import check_rules, configured_rules, is_lrp, lrp_rules, user_rules
 
 
@@ -108,93 +108,11 @@ def _missing_layer(model: nn.Module, layer: str) -> str:
     return f"model has no layer {layer!r}{hint}; {listing}"
 
 
-def _accepted(function: Any, skip: int) -> tuple[set[str], bool]:
-    """The keyword names a callable takes after its first ``skip`` parameters, and whether it takes **kwargs."""
-    params = list(inspect.signature(function).parameters.values())[skip:]
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}, any(p.kind is p.VAR_KEYWORD for p in params)
-
-
 def _tuples(value: Any) -> Any:
     """YAML gives lists; captum wants tuples (``sliding_window_shapes``, ``strides``)."""
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
-
-
-def check_captum_class(cls: Any, path: str) -> type[Attribution]:
-    if not (isinstance(cls, type) and issubclass(cls, Attribution)):
-        raise ValueError(f"class_path {path!r} is {cls!r}, not a captum Attribution class (e.g. captum.attr.DeepLift); "
-                         "a plain function goes under function: module:name")  # fmt: skip
-    if issubclass(cls, NoiseTunnel):  # it wraps an Attribution, not a model
-        raise ValueError(f"class_path {path!r}: NoiseTunnel wraps another method, which roar's ensembles do for any method: "
-                         "{class_path: captum.attr.Saliency, ensemble: sg, nt_samples: 25} (sg, sg_sq or var)")  # fmt: skip
-    if issubclass(cls, NeuronAttribution):
-        raise ValueError(f"class_path {path!r} explains one neuron of a layer; roar ranks features by the target class's "
-                         "logit: use a primary class (captum.attr.Saliency...) or a layer class (captum.attr.LayerGradCam...)")  # fmt: skip
-    return cls
-
-
-BATCH_BASELINES = "batch"
-"""``attribute_args: {baselines: batch}``: the attribution batch's images as the references, as
-roar's ``gradient_shap`` draws them (the maps then depend on the batch size, which their fingerprint records)."""
-
-EVERY_PAIR = (DeepLiftShap, LayerDeepLiftShap)
-"""Classes that run every input against every reference: with ``baselines: batch`` a batch of B
-images is B * B passes, so inputs go in chunks of at most :data:`DEFAULT_BATCH_SIZE` pairs."""
-
-
-def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribute_args: dict[str, Any]) -> None:
-    """Refuse an argument the captum class does not take, naming the ones it does, and a missing
-    one it needs (the SHAP classes' ``baselines``, which a config gives as ``batch``)."""
-    is_layer = issubclass(cls, LayerAttribution)
-    for what, function, skip, args, ours in (
-        ("init_args", cls.__init__, 3 if is_layer else 2, init_args, set()),
-        ("attribute_args", cls.attribute, 2, attribute_args, {"target"}),
-    ):
-        accepted, var_keyword = _accepted(function, skip)
-        unknown = sorted(set(args) - accepted) if not var_keyword else []
-        taken = sorted(set(args) & ours)
-        if unknown or taken:
-            bad = unknown or taken
-            why = "it does not take" if unknown else "roar sets"
-            raise ValueError(f"{cls.__name__} {what}: {why} {', '.join(map(repr, bad))}; accepted: {', '.join(sorted(accepted - ours)) or 'none'}")
-        missing = [name for name in _required(function, skip) if name not in args]
-        if missing:
-            hint = f" (baselines: {BATCH_BASELINES}, the batch's images as the references)" if "baselines" in missing else ""
-            raise ValueError(f"{cls.__name__} {what}: it needs {', '.join(map(repr, missing))}{hint}")
-    baselines = attribute_args.get("baselines")
-    if "baselines" in _required(cls.attribute, 2):  # the SHAP classes: a distribution of images
-        if baselines != BATCH_BASELINES:
-            raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r}; it needs several reference images, "
-                             f"which a config gives as baselines: {BATCH_BASELINES} (the batch's images)")  # fmt: skip
-        return
-    if baselines == BATCH_BASELINES:  # one baseline per image: each image would be its own, a zero map
-        raise ValueError(f"{cls.__name__} attribute_args: baselines {BATCH_BASELINES!r} is for classes that draw from several "
-                         "references (DeepLiftShap, GradientShap); it takes one per image: give a number")  # fmt: skip
-    if isinstance(baselines, str):
-        raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r} is not one a config can give; "
-                         "give a number (that value in every pixel)")  # fmt: skip
-
-
-def check_lrp_entry(cls: type[Attribution], rules: Any) -> None:
-    """``rules:`` belongs to an LRP class, and says rules roar knows (:func:`~roar.attribution.lrp_rules.check_rules`)."""
-    if rules is None:
-        return
-    if not is_lrp(cls):
-        raise ValueError(f"{cls.__name__} takes no rules; rules: sets LRP's propagation rules (captum.attr.LRP, captum.attr.LayerLRP)")
-    check_rules(rules)
-
-
-def uses_the_batch(cls: type[Attribution], attribute_args: dict[str, Any]) -> bool:
-    """Whether the class's maps depend on the other images of the batch: references drawn from it
-    (``baselines: batch``), or features permuted across it (``FeaturePermutation``)."""
-    return attribute_args.get("baselines") == BATCH_BASELINES or issubclass(cls, FeaturePermutation)
-
-
-def _required(function: Any, skip: int) -> list[str]:
-    """The parameters after the first ``skip`` that have no default."""
-    params = list(inspect.signature(function).parameters.values())[skip:]
-    return [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 class CaptumMethod(ModelMethod):

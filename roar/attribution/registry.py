@@ -25,7 +25,7 @@ from torch import nn
 
 from roar.attribution.base import AttributionMethod, ModelMethod
 from roar.attribution.checks import _check_model
-from roar.attribution.captum_adapter import check_captum_args, check_captum_class, check_lrp_entry, uses_the_batch
+from roar.attribution.captum_checks import check_captum_args, check_captum_class, check_lrp_entry, uses_the_batch
 from roar.attribution.ensembles import ENSEMBLE_REDUCTIONS, Ensemble
 from roar.attribution.function_method import function_params
 from roar.attribution.method_factory import ENSEMBLE_PARAMS, MethodFactory, factory_for
