@@ -282,6 +282,8 @@ class ImageDataModule(LightningDataModule):
         return random_crop_flip(images, self.crop_padding, flip=self.augment == "crop_flip")
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if isinstance(batch, torch.Tensor):  # the model's example input (Lightning's model summary): no sample to mask
+            return batch
         images, labels, indices = batch
         images = self.mask(images, indices)
         trainer = getattr(self, "trainer", None)
