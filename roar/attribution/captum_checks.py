@@ -2,8 +2,8 @@
 
 captum's classes differ in what they need (a layer, a window, reference images) and in whether
 their maps depend on the rest of the batch. These checks turn a config entry's mistake into one
-line naming the argument and what to give instead, instead of a traceback on the probe batch,
-and tell the fingerprint which classes need the batch size (:func:`uses_the_batch`).
+line naming the argument and what to give, not a traceback on the probe batch, and tell the
+fingerprint which classes need the batch size (:func:`uses_the_batch`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ roar's ``gradient_shap`` draws them (the maps then depend on the batch size, whi
 
 EVERY_PAIR = (DeepLiftShap, LayerDeepLiftShap)
 """Classes that run every input against every reference: with ``baselines: batch`` a batch of B
-images is B * B passes, so inputs go in chunks of at most :data:`DEFAULT_BATCH_SIZE` pairs."""
+images is B * B passes, so inputs go in chunks of at most
+:data:`~roar.attribution.batch_budget.DEFAULT_BATCH_SIZE` pairs."""
 
 
 def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribute_args: dict[str, Any]) -> None:
