@@ -371,6 +371,7 @@ def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
+@pytest.mark.slow  # 30 s: three grids of two workers, each interrupted at another moment of their start
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from Linux's /proc")
 def test_ctrl_c_stops_the_workers_without_their_tracebacks(finished, tmp_path):
     """Ctrl-C reaches the whole process group: the workers must stop silently, at any moment of their start.
