@@ -153,3 +153,18 @@ def test_bad_rules_are_refused_at_config_time(entry, match):
 def test_rules_for_a_layer_the_model_lacks_name_the_classes_it_has():
     with pytest.raises(ValueError, match=r"rules: 'Conv3d' names no layer of the model; its layer classes are .*Flatten, Linear, MulticlassAccuracy, Normalize"):
         get_method("lrp", classifier("linear"), class_path="captum.attr.LRP", rules={"Conv3d": "gamma"})
+
+
+def test_a_sanity_config_checks_rules_syntax_up_front_and_their_layer_names_on_the_model():
+    """The sanity checks try every method on a small probe network before training: rules naming the real
+    model's layers (net.conv1) were refused there, as 'names no layer of the model'."""
+    from roar.sanity.arguments import check_methods
+    from roar.sanity.explaining import build_methods
+
+    entry = {"class_path": "captum.attr.LRP", "rules": {"Conv2d": {"gamma": 0.25}, "net.conv1": "alpha1_beta0"}}
+    assert check_methods(["lrp"], {"lrp": entry}) == ["lrp"]
+    with pytest.raises(ValueError, match="'zplus' is not a rule"):
+        check_methods(["lrp"], {"lrp": {**entry, "rules": {"Conv2d": "zplus"}}})
+    model = classifier("small_cnn", 8)
+    maps = build_methods(model, ["lrp"], {"lrp": entry})["lrp"](torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+    assert maps.shape == (2, 1, 8, 8) and torch.isfinite(maps).all()

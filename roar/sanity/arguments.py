@@ -87,7 +87,8 @@ def check_target(target: str) -> str:
     return target
 
 
-_MODEL_SPECIFIC_PARAMS = frozenset({"layer"})
+# Names of the real model's layers, which the probe lacks (LRP's rules: are checked for their syntax by resolved_params)
+_MODEL_SPECIFIC_PARAMS = frozenset({"layer", "rules"})
 
 
 class _Probe(nn.Module):
@@ -135,7 +136,7 @@ def check_methods(
         if not isinstance(given, Mapping):
             raise ValueError(f"method_params[{name!r}] must be a mapping of parameter names to values, got {given!r}")
         resolved_params(name, dict(given))  # an unknown method, definition or parameter fails here, naming it
-        # A layer name refers to the real model, not the probe: it is checked when the method
-        # is first built on the model. Every other value is checked now.
+        # A layer name (layer:, the keys of rules:) refers to the real model, not the probe: it is
+        # checked when the method is first built on the model. Every other value is checked now.
         get_method(name, probe, **{k: v for k, v in given.items() if k not in _MODEL_SPECIFIC_PARAMS})
     return methods
