@@ -31,7 +31,7 @@ from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE
 from roar.attribution.checks import _choice
 from roar.attribution.captum_checks import BATCH_BASELINES, EVERY_PAIR, check_captum_args, check_captum_class, check_lrp_entry
-from roar.attribution.lrp_rules import check_rules, configured_rules, is_lrp, lrp_rules, user_rules
+from roar.attribution.lrp_rules import configured_rules, is_lrp, lrp_rules, user_rules
 
 
 # captum says on every call that it sets hooks (DeepLift, LRP, guided methods): expected here, not news.
@@ -152,12 +152,12 @@ class CaptumMethod(ModelMethod):
         self.layer = layer
         self.interpolate_mode = _choice("interpolate_mode", interpolate_mode, INTERPOLATE_MODES)
         self.params = {"init_args": self.init_args, "attribute_args": self.attribute_args, "layer": layer, "interpolate_mode": interpolate_mode}
-        check_lrp_entry(self.captum_class, rules)
+        checked_rules = check_lrp_entry(self.captum_class, rules)
         if rules is not None:  # only when given: the fingerprints of entries without it stay as they were
             self.params["rules"] = rules
         # LRP: the rules the user's modules carry now, which captum deletes after every call, and the entry's
         self._user_rules = user_rules(model) if is_lrp(self.captum_class) else None
-        self._rules = configured_rules(model, check_rules(rules)) if rules is not None else {}
+        self._rules = configured_rules(model, checked_rules)
         self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
         self._state = np.random.RandomState(0)  # reseeded per call from its sample indices (_begin)
 

@@ -49,6 +49,7 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
     """Refuse an argument the captum class does not take, naming the ones it does, and a missing
     one it needs (the SHAP classes' ``baselines``, which a config gives as ``batch``)."""
     is_layer = issubclass(cls, LayerAttribution)
+    required: list[str] = []
     for what, function, skip, args, ours in (
         ("init_args", cls.__init__, 3 if is_layer else 2, init_args, set()),
         ("attribute_args", cls.attribute, 2, attribute_args, {"target"}),
@@ -60,12 +61,13 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
             bad = unknown or taken
             why = "it does not take" if unknown else "roar sets"
             raise ValueError(f"{cls.__name__} {what}: {why} {', '.join(map(repr, bad))}; accepted: {', '.join(sorted(accepted - ours)) or 'none'}")
-        missing = [name for name in _required(function, skip) if name not in args]
+        required = _required(function, skip)  # the attribute call's, after the loop
+        missing = [name for name in required if name not in args]
         if missing:
             hint = f" (baselines: {BATCH_BASELINES}, the batch's images as the references)" if "baselines" in missing else ""
             raise ValueError(f"{cls.__name__} {what}: it needs {', '.join(map(repr, missing))}{hint}")
     baselines = attribute_args.get("baselines")
-    if "baselines" in _required(cls.attribute, 2):  # the SHAP classes: a distribution of images
+    if "baselines" in required:  # the SHAP classes: a distribution of images
         if baselines != BATCH_BASELINES:
             raise ValueError(f"{cls.__name__} attribute_args: baselines {baselines!r}; it needs several reference images, "
                              f"which a config gives as baselines: {BATCH_BASELINES} (the batch's images)")  # fmt: skip
@@ -78,13 +80,14 @@ def check_captum_args(cls: type[Attribution], init_args: dict[str, Any], attribu
                          "give a number (that value in every pixel)")  # fmt: skip
 
 
-def check_lrp_entry(cls: type[Attribution], rules: Any) -> None:
-    """``rules:`` belongs to an LRP class, and says rules roar knows (:func:`~roar.attribution.lrp_rules.check_rules`)."""
+def check_lrp_entry(cls: type[Attribution], rules: Any) -> dict[str, tuple[str, float | None]]:
+    """``rules:`` belongs to an LRP class, and says rules roar knows: the checked rules
+    (:func:`~roar.attribution.lrp_rules.check_rules`), none when not given."""
     if rules is None:
-        return
+        return {}
     if not is_lrp(cls):
         raise ValueError(f"{cls.__name__} takes no rules; rules: sets LRP's propagation rules (captum.attr.LRP, captum.attr.LayerLRP)")
-    check_rules(rules)
+    return check_rules(rules)
 
 
 def uses_the_batch(cls: type[Attribution], attribute_args: dict[str, Any]) -> bool:

@@ -105,6 +105,8 @@ def configured_rules(model: nn.Module, rules: dict[str, tuple[str, float | None]
     Raises:
         ValueError: a key that names no leaf module and no class of one, with the classes there are.
     """
+    if not rules:
+        return {}
     leaves = leaf_modules(model)
     classes = {type(module).__name__ for module in leaves.values()}
     unknown = [key for key in rules if key not in leaves and key not in classes]
@@ -142,10 +144,8 @@ def user_rules(model: nn.Module) -> dict[nn.Module, PropagationRule]:
 
 
 def _roar_rule(module: nn.Module) -> PropagationRule | None:
-    for kind, rule in ROAR_RULES.items():
-        if type(module) is kind:
-            return rule()
-    return PassRule() if isinstance(module, Metric) else None
+    rule = ROAR_RULES.get(type(module))  # the exact type: a user's subclass may compute something else
+    return rule() if rule is not None else PassRule() if isinstance(module, Metric) else None
 
 
 @contextmanager
