@@ -43,7 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"precision": "bf16-mixed"},
     "contiguous": {"channels_last": False},
     "fp32_contiguous": {"precision": "32-true", "channels_last": False},
-    "compile": {"compile": True},
+    "compile": {"compile": True},  # torch.compile's default mode
+    "graphs": {"compile": "reduce-overhead"},  # torch.compile with CUDA graphs: no per-kernel launch cost
 }
 """Named changes to the config's training settings; each is one row of the figure."""
 
@@ -52,7 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 class Config:
     warmup_steps: int = bounded(1, default=20)
     timed_steps: int = bounded(1, default=200)
-    variants: tuple[str, ...] = ("config", "fp32", "contiguous", "compile")
+    variants: tuple[str, ...] = ("config", "fp32", "contiguous", "compile", "graphs")
     batch_size: int = bounded(0, note="0: the config's data.batch_size", default=0)
     """0: the config's ``data.batch_size`` (128)."""
     image_size: int = bounded(1, default=32)
@@ -95,6 +96,12 @@ class WindowTimer(Callback):
         elif step == self.stop:
             synchronize(pl_module.device)
             self.window = since(self._t0)
+
+
+def _compile_label(compile: bool | str) -> list[str]:
+    if not compile:
+        return []
+    return ["compile" if compile in (True, "default") else f"compile {compile}"]
 
 
 def variant_settings(name: str, base: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +161,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops > 0 else (peak_bf16_flops(device_name) if cuda else None)
     base = {
         "precision": grid.trainer.get("precision", "32-true") if cuda else "32-true",
-        "channels_last": bool(grid.model.get("channels_last", False)), "compile": bool(grid.model.get("compile", False)),
+        "channels_last": bool(grid.model.get("channels_last", False)), "compile": grid.model.get("compile", False),
     }  # fmt: skip
     # One pool of random CIFAR-shaped images, large enough that the timed steps lie in one epoch of full batches.
     val_fraction = float(grid.data.get("val_fraction", 0.1))
@@ -168,7 +175,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
     for name in cfg.variants:
         train = variant_settings(name, base)
         key = tuple(sorted(train.items()))
-        label = ", ".join([train["precision"], "channels_last" if train["channels_last"] else "contiguous", *(["compile"] if train["compile"] else [])])
+        label = ", ".join([train["precision"], "channels_last" if train["channels_last"] else "contiguous", *(_compile_label(train["compile"]))])
         row: dict[str, Any] = {"variant": name, "settings": label, **train}
         if key in measured:
             rows.append({**measured[key], "variant": name, "status": f"same settings as {measured[key]['variant']}"})  # e.g. fp32 on a CPU

@@ -64,6 +64,18 @@ def test_print_config_shows_the_resolved_config():
     assert config["seed_everything"] == 0
 
 
+def test_compile_takes_a_mode_from_the_command_line(tmp_path, capsys):
+    # reduce-overhead (CUDA graphs) is the mode that pays for a CIFAR ResNet50 on a GPU (benchmarks, figure 11)
+    with pytest.raises(SystemExit):
+        main(fit_args(tmp_path, "--model.compile", "reduce-overhead", "--print_config"))
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["compile"] == "reduce-overhead"
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(tmp_path, "--model.compile", "fast"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fast" in err and "reduce-overhead" in err
+
+
 def test_fit_then_test_from_checkpoint_reaches_95_percent(tmp_path):
     # native 8 px keeps it fast; the default 16 px config is checked by the slow test below
     cli = main(fit_args(tmp_path, "--trainer.max_epochs", "12", "--data.init_args.image_size", "8"))

@@ -82,18 +82,25 @@ def test_classifier_rejects_bad_choices():
             ImageClassifier(**{name: -0.5})
 
 
-def test_compiled_classifier_runs_its_compiled_network(monkeypatch):
-    # model.compile: true wraps the network in torch.compile; forward must call that wrapper (a
-    # compiled module refuses bool(), which `compiled or net` asked for). Dynamo is switched off
+@pytest.mark.parametrize("compile", [True, "reduce-overhead"])
+def test_compiled_classifier_runs_its_compiled_network(compile):
+    # model.compile: true (or a mode) wraps the network in torch.compile; forward must call that wrapper
+    # (a compiled module refuses bool(), which `compiled or net` asked for). Dynamo is switched off
     # (torch's own setting) so the wrapper runs eagerly: the dispatch is tested, not inductor's minutes.
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
     torch.manual_seed(0)
-    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, compile=True, channels_last=True)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, compile=compile, channels_last=True)
     assert model._compiled is not None
     x = torch.rand(3, 1, 8, 8)
-    out = model(x)
+    with torch._dynamo.config.patch(disable=True):  # monkeypatch's restore broke torch's config module
+        out = model(x)
     assert out.shape == (3, 10)
     assert torch.allclose(out, model.net(model.normalize(x)))
     assert set(model.state_dict()) == set(ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8).state_dict())
+
+
+def test_an_unknown_compile_mode_is_refused_with_the_modes():
+    # torch.compile itself named the bad mode only at the first step, after the data was loaded
+    with pytest.raises(ValueError, match=r"unknown compile mode 'fast'; valid choices: true, false, default, reduce-overhead, max-autotune"):
+        ImageClassifier(compile="fast")

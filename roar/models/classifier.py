@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 LOSSES = ("cross_entropy", "least_squares")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile``'s modes; ``compile: true`` is ``default``."""
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""The modes that replay CUDA graphs. On an H100 a CIFAR ResNet50 step is launch-bound without them:
+figure 11 (benchmarks/RESULTS.md) measured ``reduce-overhead`` at 2.3x eager's images/s, ``default`` at 0.7x."""
 
 
 class Normalize(nn.Module):
@@ -60,7 +65,9 @@ class ImageClassifier(LightningModule):
         label_smoothing: cross-entropy label smoothing.
         loss: ``cross_entropy``, or ``least_squares`` regression of the logits onto one-hot targets
             (the linear least-squares model of the synthetic benchmark, Hooker et al. 2019).
-        compile: wrap the network with ``torch.compile`` (pays off on GPU for long runs).
+        compile: wrap the network with ``torch.compile``: ``true`` (its ``default`` mode) or a mode
+            name (:data:`COMPILE_MODES`). On a GPU, ``reduce-overhead`` (CUDA graphs) is the one
+            that pays for small images, where launching kernels, not running them, bounds a step.
         channels_last: use the channels-last memory format (faster convolutions on GPU).
         arch_args: further arguments of the network's constructor (e.g. ``{drop_rate: 0.1}`` for
             a timm model, or a class path's own arguments).
@@ -85,7 +92,7 @@ class ImageClassifier(LightningModule):
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.0,
         loss: Literal["cross_entropy", "least_squares"] = "cross_entropy",
-        compile: bool = False,
+        compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False,
         channels_last: bool = False,
         arch_args: dict[str, Any] | None = None,
         weights: str | None = None,
@@ -98,6 +105,8 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile!r}; valid choices: true, false, {', '.join(COMPILE_MODES)}")
         # refused here, before the data is loaded: torch refused label_smoothing 1.5 and a negative momentum
         # with a traceback at the first step, and took a negative weight decay (on a param group) silently
         if not 0 <= label_smoothing < 1:
@@ -118,7 +127,10 @@ class ImageClassifier(LightningModule):
             fresh = load_weights(self.net, weights)
             log.info("model starts from %s%s", weights, f" (head {', '.join(fresh)} freshly initialised)" if fresh else "")
         # Kept out of the module tree so the state_dict has one copy of the weights.
-        object.__setattr__(self, "_compiled", torch.compile(self.net) if compile else None)
+        mode = "default" if compile is True else compile or None
+        object.__setattr__(self, "_compiled", torch.compile(self.net, mode=mode) if mode else None)
+        # CUDA graphs overwrite a step's outputs at the next replay: each forward starts a new step
+        self._marks_steps = mode in CUDA_GRAPH_MODES
         # Lightning's model summary (train.py fit) measures sizes and FLOPs on it; without it, "Total FLOPs: 0".
         # Not under compile: the summary's batch of one compiled the network once more (fit 58 s, not 21 s on digits)
         if not compile:
@@ -131,8 +143,11 @@ class ImageClassifier(LightningModule):
         x = self.normalize(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # not `self._compiled or self.net`: a compiled module refuses bool() (it has no len())
-        return (self._compiled if self._compiled is not None else self.net)(x)
+        if self._compiled is None:
+            return self.net(x)
+        if self._marks_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled(x)
 
     def configure_model(self) -> None:
         if self.hparams.channels_last:
