@@ -164,7 +164,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         "columns": [
             ("what", "measured"), ("arch", "model"), ("shape", "image"), ("members", "N"), ("batch_size", "B"),
             ("separate_images_per_s", f"separate img/s ({clock})"), ("stacked_images_per_s", f"stacked img/s ({clock})"),
-            ("speedup", f"speed-up ({clock})"), ("speedup_wall", "speed-up (wall)"),
+            ("speedup", f"speed-up ({clock})"), *([("speedup_wall", "speed-up (wall)")] if clock != "wall" else []),
             ("speedup_vmap", f"vmap ({clock})"), ("speedup_loop", f"loop ({clock})"),
         ],
     }
