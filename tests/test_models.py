@@ -104,3 +104,27 @@ def test_an_unknown_compile_mode_is_refused_with_the_modes():
     # torch.compile itself named the bad mode only at the first step, after the data was loaded
     with pytest.raises(ValueError, match=r"unknown compile mode 'fast'; valid choices: true, false, default, reduce-overhead, max-autotune"):
         ImageClassifier(compile="fast")
+
+
+def test_the_logged_accuracies_are_the_models_accuracy_on_each_split():
+    # val/acc and test/acc are the epoch's accuracy over every image of the split (torchmetrics' state,
+    # updated each step), not the last batch's nor a stale epoch's: counted here by hand from the predictions
+    from lightning.pytorch import Trainer, seed_everything
+
+    from roar.data.datamodule import ImageDataModule
+
+    seed_everything(0, verbose=False)
+    dm = ImageDataModule(source="digits", image_size=8, batch_size=64, val_fraction=0.2, seed=0)
+    model = ImageClassifier(arch="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=0.05)
+    trainer = Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert 0 < trainer.callback_metrics["train/acc"].item() <= 1  # logged at the epoch's end from the same state
+    model.eval()
+    for split, run in (("val", trainer.validate), ("test", trainer.test)):
+        logged = run(model, datamodule=dm, verbose=False)[0][f"{split}/acc"]
+        loader = getattr(dm, f"{split}_dataloader")()
+        with torch.no_grad():
+            hits = [(model(images).argmax(1) == labels).sum().item() for images, labels, _ in loader]
+        n = len(loader.dataset)
+        assert logged == pytest.approx(sum(hits) / n, abs=1e-6), split
+        assert n > loader.batch_size  # several batches: the last batch alone would not give this number
