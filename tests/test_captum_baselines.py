@@ -78,3 +78,31 @@ def test_baselines_a_config_cannot_give_are_refused_by_name(linear, cls, args, m
 def test_occlusion_without_its_window_is_refused_before_the_probe(linear):
     with pytest.raises(ValueError, match=r"Occlusion attribute_args: it needs 'sliding_window_shapes'$"):
         get_method("occ", linear, class_path="captum.attr.Occlusion")
+
+
+@pytest.fixture(scope="module")
+def cnn() -> ImageClassifier:
+    torch.manual_seed(0)
+    return ImageClassifier(arch="small_cnn", num_classes=3, in_chans=1, image_size=8, channel_mean=[MEAN], channel_std=[STD]).eval()
+
+
+@pytest.mark.parametrize("cls, args", [
+    # roar calls these without seeding the global RNGs (captum_checks.DRAWS_NOTHING): they must draw nothing
+    ("Saliency", {}), ("InputXGradient", {}), ("IntegratedGradients", {"n_steps": 4}), ("GuidedBackprop", {}),
+    ("Deconvolution", {}), ("DeepLift", {}), ("DeepLiftShap", {"baselines": "batch"}), ("LRP", {}),
+    ("Occlusion", {"sliding_window_shapes": [1, 2, 2]}), ("FeatureAblation", {}), ("LayerGradCam", {}),
+    ("LayerIntegratedGradients", {"n_steps": 4}),
+    # these draw, from RNGs roar seeds per call and then restores
+    ("GradientShap", {"baselines": "batch"}), ("KernelShap", {"n_samples": 8}), ("Lime", {"n_samples": 8}),
+    ("ShapleyValueSampling", {"n_samples": 2}), ("FeaturePermutation", {}),
+])  # fmt: skip
+def test_a_captum_call_leaves_the_callers_random_streams_as_they_were(cnn, cls, args):
+    import numpy as np
+
+    x, target = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    method = get_method("m", cnn, class_path=f"captum.attr.{cls}", attribute_args=args)
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    maps = method(x, target, torch.arange(4))
+    assert maps.shape == x.shape
+    assert torch.equal(torch.random.get_rng_state(), torch_state), f"{cls} drew from torch's global RNG"
+    assert np.array_equal(np.random.get_state()[1], numpy_state), f"{cls} drew from NumPy's global RNG"

@@ -62,6 +62,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     Restoring matters because the sanity-check callbacks attribute in the middle of a fit.
     """
     modes = [(module, module.training) for module in model.modules()]
+    if not any(training for _, training in modes):  # a frozen base model: nothing to set or restore
+        yield
+        return
     model.eval()
     try:
         yield

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from roar.attribution.base import _STREAM_CAPTUM, INTERPOLATE_MODES, ModelMethod, _eval_mode, _seeded_global_rngs
 from roar.attribution.batch_budget import DEFAULT_BATCH_SIZE
 from roar.attribution.checks import _choice
-from roar.attribution.captum_checks import BATCH_BASELINES, EVERY_PAIR, check_captum_args, check_captum_class, check_lrp_entry
+from roar.attribution.captum_checks import BATCH_BASELINES, EVERY_PAIR, check_captum_args, check_captum_class, check_lrp_entry, draws_random_numbers
 from roar.attribution.lrp_rules import configured_rules, is_lrp, lrp_rules, user_rules
 
 
@@ -159,6 +159,7 @@ class CaptumMethod(ModelMethod):
         self._user_rules = user_rules(model) if is_lrp(self.captum_class) else None
         self._rules = configured_rules(model, checked_rules)
         self._captum: Attribution | None = None if self.is_layer and layer is None else self._build()
+        self._seeded = draws_random_numbers(self.captum_class)
         self._state = np.random.RandomState(0)  # reseeded per call from its sample indices (_begin)
 
     def _build(self) -> Attribution:
@@ -181,7 +182,7 @@ class CaptumMethod(ModelMethod):
         chunks = []
         # captum's sampling classes (GradientShap, KernelShap, Lime...) draw from the global RNGs: seeded
         # by the batch's sample indices, a rerun gives the same maps
-        with quiet_hook_warnings(), _seeded_global_rngs(self._state, inputs.device):
+        with quiet_hook_warnings(), _seeded_global_rngs(self._state, inputs.device) if self._seeded else nullcontext():
             for start in range(0, inputs.shape[0], step):
                 part = inputs[start : start + step].detach().requires_grad_(True) if step < inputs.shape[0] else inputs
                 with lrp_rules(self.model, self._user_rules, self._rules) if self._user_rules is not None else nullcontext():
@@ -191,7 +192,8 @@ class CaptumMethod(ModelMethod):
         return self._to_input(maps, inputs) if self.is_layer else maps
 
     def _begin(self, inputs: Tensor, indices: Tensor) -> None:
-        self._state = np.random.RandomState(np.random.SeedSequence([_STREAM_CAPTUM, *indices.tolist()]).generate_state(4))
+        if self._seeded:
+            self._state = np.random.RandomState(np.random.SeedSequence([_STREAM_CAPTUM, *indices.tolist()]).generate_state(4))
 
     def _to_input(self, maps: Tensor, inputs: Tensor) -> Tensor:
         """A layer map ``(B, K, h, w)`` as an input map ``(B, C, H, W)``: channel sum, upsample, repeat."""

@@ -11,7 +11,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from captum.attr import Attribution, DeepLiftShap, FeaturePermutation, LayerAttribution, LayerDeepLiftShap, NeuronAttribution, NoiseTunnel
+from captum.attr import (
+    LRP, Attribution, Deconvolution, DeepLift, DeepLiftShap, FeatureAblation, FeaturePermutation, GuidedBackprop,
+    GuidedGradCam, InputXGradient, IntegratedGradients, InternalInfluence, LayerActivation, LayerAttribution,
+    LayerConductance, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation, LayerGradCam, LayerGradientXActivation,
+    LayerIntegratedGradients, LayerLRP, NeuronAttribution, NoiseTunnel, Occlusion, Saliency, ShapleyValues,
+)
 
 from roar.attribution.lrp_rules import check_rules, is_lrp
 
@@ -38,6 +43,21 @@ def check_captum_class(cls: Any, path: str) -> type[Attribution]:
 BATCH_BASELINES = "batch"
 """``attribute_args: {baselines: batch}``: the attribution batch's images as the references, as
 roar's ``gradient_shap`` draws them (the maps then depend on the batch size, which their fingerprint records)."""
+
+DRAWS_NOTHING = frozenset({
+    Saliency, InputXGradient, IntegratedGradients, GuidedBackprop, Deconvolution, GuidedGradCam, DeepLift,
+    DeepLiftShap, LRP, Occlusion, FeatureAblation, ShapleyValues, InternalInfluence, LayerActivation,
+    LayerConductance, LayerDeepLift, LayerDeepLiftShap, LayerFeatureAblation, LayerGradCam,
+    LayerGradientXActivation, LayerIntegratedGradients, LayerLRP,
+})  # fmt: skip
+"""captum classes whose maps draw no random numbers, so a call needs no seeded RNGs: swapping the
+global RNG states in and out cost more host time than a small model's gradient on a GPU (figure 1).
+Exact classes only: a subclass, or any other class (GradientShap, Lime...), is seeded."""
+
+
+def draws_random_numbers(cls: type[Attribution]) -> bool:
+    return cls not in DRAWS_NOTHING
+
 
 EVERY_PAIR = (DeepLiftShap, LayerDeepLiftShap)
 """Classes that run every input against every reference: with ``baselines: batch`` a batch of B
