@@ -326,6 +326,7 @@ def test_fit_prints_its_own_output_not_lightnings_or_wandbs_banners(tmp_path):
     assert list((tmp_path / folder).glob("*.wandb")), f"{folder} holds no W&B run"
 
 
+@pytest.mark.slow  # 15 s: a second train.py subprocess; the W&B line itself is checked by the banners test above
 def test_the_wandb_line_names_a_folder_outside_the_working_directory_absolutely(tmp_path):
     """docs/scale.md's runs under another root: the line printed ../../../tmp/... before."""
     (tmp_path / "work").mkdir()

@@ -83,6 +83,7 @@ def test_a_stacks_lines_share_one_eta(capsys):
     assert len(etas) == 2 and abs(etas[0] - etas[1]) <= 1, etas
 
 
+@pytest.mark.slow  # 16 s: a failing grid in a subprocess; test_a_grid_with_failed_runs_exits_non_zero_listing_them covers failures in-process
 def test_runs_failing_alike_print_their_traceback_once(tmp_path):
     """A bug every retrain meets (here a user's callback): one traceback, one line per further run; all in report.md."""
     out = tmp_path / "grid"
