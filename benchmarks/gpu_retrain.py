@@ -35,6 +35,7 @@ from benchmarks.mfu import (
     needed_images_per_s, peak_bf16_flops, read_grid,
 )  # fmt: skip
 from benchmarks.options import bounded
+from benchmarks.step_floor import time_plain_loop
 from benchmarks.timers import keep_cudnn_benchmark, trainer_kwargs
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -63,6 +64,9 @@ class Config:
     cpu_warmup_steps: int = bounded(1, default=1)
     cpu_timed_steps: int = bounded(1, default=3)
     cpu_compile: bool = False
+    plain_loop: bool = True
+    """Also the config's step in a plain PyTorch loop, eager and (CUDA only) as one whole-step CUDA
+    graph: what Lightning and the data path add, and the GPU's own floor (:mod:`benchmarks.step_floor`)."""
     """Compile on a CPU too (minutes of C++ compilation for ResNet50)."""
 
 
@@ -189,21 +193,51 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         except Exception as err:  # e.g. torch.compile without a working compiler: a row that says so, not a crash
             rows.append({**row, "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"})
             continue
-        speed = {clock: timed * batch / took["window"][clock] for clock in CLOCKS}
-        ips = speed[settings.clock]
-        row.update({
-            "status": "measured", "images_per_s": ips, "images_per_s_wall": speed["wall"],
-            "step_ms": 1000 * took["window"][settings.clock] / timed, "warmup_s": took["warmup"]["wall"],
-            "mfu": mfu(flops, ips, peak), "epoch_s": EPOCH_IMAGES / ips,
-            "grid_gpu_hours": grid_gpu_hours(ips, grid.retrains, grid.max_epochs), "peak_memory_gb": took["peak_memory_gb"],
-        })  # fmt: skip
+        _measured(row, took, settings, batch, timed, flops, peak, grid)
         measured[key] = row
         rows.append(row)
+    if cfg.plain_loop:
+        rows += _plain_loop_rows(settings, grid, base, batch, warmup, timed, flops, peak, cfg.image_size)
     reference = next((r for r in rows if r["variant"] == "config" and r.get("images_per_s")), None)
     for r in rows:
         if reference and r.get("images_per_s"):
             r["vs_config"] = r["images_per_s"] / reference["images_per_s"]
     return _figure(settings, cfg, grid, rows, reference, flops, peak, device_name, batch, warmup, timed)
+
+
+def _measured(row: dict[str, Any], took: dict[str, Any], settings: Settings, batch: int, timed: int, flops, peak, grid) -> None:
+    speed = {clock: timed * batch / took["window"][clock] for clock in CLOCKS}
+    ips = speed[settings.clock]
+    row.update({
+        "status": "measured", "images_per_s": ips, "images_per_s_wall": speed["wall"],
+        "step_ms": 1000 * took["window"][settings.clock] / timed, "warmup_s": took["warmup"]["wall"],
+        "mfu": mfu(flops, ips, peak), "epoch_s": EPOCH_IMAGES / ips,
+        "grid_gpu_hours": grid_gpu_hours(ips, grid.retrains, grid.max_epochs), "peak_memory_gb": took["peak_memory_gb"],
+    })  # fmt: skip
+
+
+def _plain_loop_rows(settings: Settings, grid, base: dict[str, Any], batch, warmup, timed, flops, peak, image_size) -> list[dict[str, Any]]:
+    """The config's step in a plain loop, eager and as one whole-step CUDA graph (:mod:`benchmarks.step_floor`)."""
+    model_args = {**grid.model, "num_classes": 10, "in_chans": 3, "image_size": image_size, "channel_mean": [0.5] * 3, "channel_std": [0.25] * 3}
+    layout = "channels_last" if base["channels_last"] else "contiguous"
+    rows = []
+    for name, graph in (("plain", False), ("plain_graph", True)):
+        row: dict[str, Any] = {
+            "variant": name, "settings": f"{base['precision']}, {layout}, plain loop" + (", whole-step CUDA graph" if graph else ""),
+            "precision": base["precision"], "channels_last": base["channels_last"], "compile": False,
+        }  # fmt: skip
+        if graph and settings.device.type != "cuda":
+            rows.append({**row, "status": "skipped: CUDA only"})
+            continue
+        print(f"  [gpu] {grid.model.get('arch')} {image_size}px batch {batch}, {name}: {warmup}+{timed} steps", file=sys.stderr, flush=True)
+        try:
+            took = time_plain_loop(settings, model_args, base["precision"], batch, warmup, timed, graph)
+        except Exception as err:  # e.g. a capture the driver refuses: a row that says so
+            rows.append({**row, "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"})
+            continue
+        _measured(row, took, settings, batch, timed, flops, peak, grid)
+        rows.append(row)
+    return rows
 
 
 def _figure(settings, cfg, grid, rows, reference, flops, peak, device_name, batch, warmup, timed) -> dict[str, Any]:

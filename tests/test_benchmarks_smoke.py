@@ -53,9 +53,13 @@ def test_smoke_run_writes_every_figure(tmp_path):
 
     gpu = results["figures"]["gpu"]  # on a CPU: smoke numbers, no MFU, no verdict
     assert gpu["meets_target"] is None and gpu["status"].startswith("CPU smoke number")
-    assert [row["variant"] for row in gpu["rows"]] == ["config", "bf16", "contiguous"]
-    assert [row["settings"] for row in gpu["rows"]] == ["32-true, channels_last", "bf16-mixed, channels_last", "32-true, contiguous"]
-    assert all(row["status"] == "measured" and row["images_per_s"] > 0 and row["mfu"] is None for row in gpu["rows"])
+    assert [row["variant"] for row in gpu["rows"]] == ["config", "bf16", "contiguous", "plain", "plain_graph"]
+    assert [row["settings"] for row in gpu["rows"]][:4] == [
+        "32-true, channels_last", "bf16-mixed, channels_last", "32-true, contiguous", "32-true, channels_last, plain loop",
+    ]  # fmt: skip
+    # the plain loop's floor: eager on any device, the whole-step CUDA graph on CUDA only
+    assert gpu["rows"][4]["status"] == "skipped: CUDA only"
+    assert all(row["status"] == "measured" and row["images_per_s"] > 0 and row["mfu"] is None for row in gpu["rows"][:4])
     assert gpu["config"]["retrains"] == 350 and gpu["config"]["forward_gflops_per_image"] > 0
     hours = gpu["rows"][0]["grid_gpu_hours"]
     assert hours * 3600 == pytest.approx(350 * gpu["config"]["max_epochs"] * 50_000 / gpu["rows"][0]["images_per_s"])
