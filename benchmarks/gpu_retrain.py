@@ -191,7 +191,7 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         try:
             took = train_variant(settings, grid, dm_args, train, warmup, timed)
         except Exception as err:  # e.g. torch.compile without a working compiler: a row that says so, not a crash
-            rows.append({**row, "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"})
+            rows.append({**row, "status": _failed(err)})
             continue
         _measured(row, took, settings, batch, timed, flops, peak, grid)
         measured[key] = row
@@ -203,6 +203,10 @@ def run(settings: Settings, cfg: Config | None = None) -> dict[str, Any]:
         if reference and r.get("images_per_s"):
             r["vs_config"] = r["images_per_s"] / reference["images_per_s"]
     return _figure(settings, cfg, grid, rows, reference, flops, peak, device_name, batch, warmup, timed)
+
+
+def _failed(err: Exception) -> str:
+    return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
 
 
 def _measured(row: dict[str, Any], took: dict[str, Any], settings: Settings, batch: int, timed: int, flops, peak, grid) -> None:
@@ -233,7 +237,7 @@ def _plain_loop_rows(settings: Settings, grid, base: dict[str, Any], batch, warm
         try:
             took = time_plain_loop(settings, model_args, base["precision"], batch, warmup, timed, graph)
         except Exception as err:  # e.g. a capture the driver refuses: a row that says so
-            rows.append({**row, "status": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"})
+            rows.append({**row, "status": _failed(err)})
             continue
         _measured(row, took, settings, batch, timed, flops, peak, grid)
         rows.append(row)

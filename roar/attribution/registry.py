@@ -128,7 +128,7 @@ def needs_model(name: str, params: dict[str, Any] | None = None) -> bool:
 
 
 def captum_uses_the_batch(name: str, params: dict[str, Any] | None = None) -> bool:
-    """Whether a captum class's maps depend on the other images of its batch (:func:`~roar.attribution.captum_adapter.uses_the_batch`)."""
+    """Whether a captum class's maps depend on the other images of its batch (:func:`~roar.attribution.captum_checks.uses_the_batch`)."""
     factory, _, params = _checked(name, params)
     return factory.kind == "captum" and uses_the_batch(factory.target, dict(params.get("attribute_args") or {}))
 
